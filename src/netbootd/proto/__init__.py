@@ -1,0 +1,1 @@
+"""Pure protocol codecs and state machines: no sockets, no clocks, no logging, no files."""

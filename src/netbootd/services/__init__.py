@@ -1,0 +1,1 @@
+"""Application glue: decoded requests in, policy and store consulted, replies out. No sockets."""

@@ -1,0 +1,1 @@
+"""Durable state (leases) behind small async interfaces."""
