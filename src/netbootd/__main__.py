@@ -1,0 +1,5 @@
+import sys
+
+from netbootd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""Who is asking: one typed description of a DHCP client, read from its request.
+
+Pure: takes a decoded packet, returns a frozen :class:`ClientInfo`. It never raises on odd
+option contents (a client that sends a broken option 93 is still a client); what it could not
+read it leaves as ``None``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, Opt, decode_suboptions, decode_text
+
+
+class Arch(IntEnum):
+    """IANA "Processor Architecture Types" (RFC 4578 §2.1 and the registry that followed it)."""
+
+    BIOS = 0
+    NEC_PC98 = 1
+    EFI_ITANIUM = 2
+    DEC_ALPHA = 3
+    ARC_X86 = 4
+    INTEL_LEAN = 5
+    EFI_IA32 = 6
+    EFI_X64 = 7
+    EFI_XSCALE = 8
+    EFI_BC = 9  # EDK2 and most firmware really mean x64 here
+    EFI_ARM32 = 10
+    EFI_ARM64 = 11
+    POWERPC_OPEN_FIRMWARE = 12
+    POWERPC_EPAPR = 13
+    POWER_OPAL = 14
+    EFI_X86_HTTP = 15
+    EFI_X64_HTTP = 16
+    EFI_BC_HTTP = 17
+    EFI_ARM32_HTTP = 18
+    EFI_ARM64_HTTP = 19
+    BIOS_HTTP = 20
+    EFI_ARM32_UBOOT = 21
+    EFI_ARM64_UBOOT = 22
+    ARM_UBOOT_32_HTTP = 23
+    ARM_UBOOT_64_HTTP = 24
+    EFI_RISCV32 = 25
+    EFI_RISCV32_HTTP = 26
+    EFI_RISCV64 = 27
+    EFI_RISCV64_HTTP = 28
+    EFI_RISCV128 = 29
+    EFI_RISCV128_HTTP = 30
+    S390_BASIC = 31
+    S390_EXTENDED = 32
+    EFI_MIPS32 = 33
+    EFI_MIPS64 = 34
+    EFI_SUNWAY32 = 35
+    EFI_SUNWAY64 = 36
+    EFI_LOONGARCH32 = 37
+    EFI_LOONGARCH32_HTTP = 38
+    EFI_LOONGARCH64 = 39
+    EFI_LOONGARCH64_HTTP = 40
+    ARM_RPIBOOT = 41
+
+
+class BootClass(StrEnum):
+    """Classes of client that ``--boot CLASS=PATH`` can name."""
+
+    BIOS = "bios"  # legacy PXE ROM (architecture 0)
+    UEFI = "uefi"  # UEFI x64 PXE (architectures 7 and 9)
+    UEFI_IA32 = "uefi-ia32"  # architecture 6
+    UEFI_ARM64 = "uefi-arm64"  # architecture 11
+    UEFI_HTTP = "uefi-http"  # UEFI HTTP Boot, x64 (architecture 16)
+    IPXE = "ipxe"  # any client that says it is iPXE (user class 77 or option 175)
+
+    @property
+    def over_http(self) -> bool:
+        """Whether the boot file of this class is handed out as an http:// URL."""
+        return self in (BootClass.UEFI_HTTP, BootClass.IPXE)
+
+
+def arch_name(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    try:
+        return Arch(code).name.lower().replace("_", "-")
+    except ValueError:
+        return f"arch-{code}"
+
+
+_VENDOR_ARCH = re.compile(r"^(PXEClient|HTTPClient):Arch:(\d{5})")
+
+# iPXE's own encapsulated options (option 175); any of them marks the client as iPXE.
+_IPXE_USER_CLASS = "iPXE"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """What netbootd knows about a client from one DHCP request."""
+
+    mac: str
+    arch: int | None  # option 93 (first entry), else the vendor-class Arch field
+    vendor_class: str  # option 60 as text, "" when absent
+    user_classes: tuple[str, ...]  # option 77, RFC 3004 or iPXE's raw form
+    uuid: str | None  # option 97, canonical text form
+    is_pxe: bool  # vendor class PXEClient...
+    is_http_boot: bool  # vendor class HTTPClient... (UEFI HTTP Boot)
+    is_ipxe: bool  # user class "iPXE" or option 175 present
+    ipxe_features: tuple[int, ...]  # option 175 sub-option codes
+
+    @property
+    def arch_name(self) -> str:
+        return arch_name(self.arch)
+
+    @property
+    def wants_boot(self) -> bool:
+        """Whether the client asked to network-boot at all."""
+        return self.is_pxe or self.is_http_boot or self.is_ipxe
+
+
+def _user_classes(raw: bytes) -> tuple[str, ...]:
+    # RFC 3004 says option 77 is a list of length-prefixed classes; iPXE sends the bare text
+    # "iPXE". Read it as RFC 3004 only when the lengths tile the value exactly.
+    classes: list[str] = []
+    pos = 0
+    while pos < len(raw):
+        length = raw[pos]
+        if length == 0 or pos + 1 + length > len(raw):
+            return (decode_text(raw),)
+        classes.append(decode_text(raw[pos + 1 : pos + 1 + length]))
+        pos += 1 + length
+    return tuple(classes)
+
+
+def _uuid(raw: bytes | None) -> str | None:
+    # RFC 4578 §2.3: a type octet (0) and 16 octets of machine identifier.
+    if raw is None or len(raw) != 17 or raw[0] != 0:
+        return None
+    return str(uuid.UUID(bytes_le=raw[1:]))
+
+
+def _arch(packet: DhcpPacket, vendor_class: str) -> int | None:
+    raw = packet.get(Opt.CLIENT_ARCH)
+    if raw is not None and len(raw) >= 2 and len(raw) % 2 == 0:
+        return int.from_bytes(raw[:2], "big")
+    match = _VENDOR_ARCH.match(vendor_class)
+    if match:
+        return int(match.group(2))
+    return None
+
+
+def classify(packet: DhcpPacket) -> ClientInfo:
+    """Describe the client that sent ``packet``."""
+    raw_vendor = packet.get(Opt.VENDOR_CLASS)
+    vendor_class = decode_text(raw_vendor) if raw_vendor is not None else ""
+    raw_user = packet.get(Opt.USER_CLASS)
+    user_classes = _user_classes(raw_user) if raw_user else ()
+    raw_ipxe = packet.get(Opt.IPXE_ENCAP)
+    features: tuple[int, ...] = ()
+    if raw_ipxe is not None:
+        try:
+            features = tuple(code for code, _ in decode_suboptions(raw_ipxe))
+        except DhcpDecodeError:
+            features = ()
+    return ClientInfo(
+        mac=packet.mac,
+        arch=_arch(packet, vendor_class),
+        vendor_class=vendor_class,
+        user_classes=user_classes,
+        uuid=_uuid(packet.get(Opt.CLIENT_UUID)),
+        is_pxe=vendor_class.startswith("PXEClient"),
+        is_http_boot=vendor_class.startswith("HTTPClient"),
+        is_ipxe=_IPXE_USER_CLASS in user_classes or raw_ipxe is not None,
+        ipxe_features=features,
+    )

@@ -1,0 +1,187 @@
+"""netbootd's configuration: one validated, frozen value built once at start.
+
+Settings come from a TOML file (``--config``) and from command-line flags; a flag overrides the
+file. Everything is checked here, so that the rest of the program never meets a bad value; an
+error names the file and the key. This module reads the config file and nothing else: it does not
+look at interfaces, sockets or the boot root (the composition root does that at start).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from enum import StrEnum
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from netbootd.boot.client import BootClass
+from netbootd.boot.leases import AddressRange
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line for the operator."""
+
+
+class DhcpMode(StrEnum):
+    AUTHORITATIVE = "authoritative"  # hands out addresses from a pool
+    PROXY = "proxy"  # proxyDHCP beside an existing DHCP server (PXE 2.1 §2.2.3)
+    OFF = "off"
+
+
+def _boot_path(value: str) -> str:
+    path = value.strip()
+    if not path:
+        raise ValueError("the boot path is empty")
+    if path.startswith("/") or "\\" in path or "\0" in path or ".." in path.split("/"):
+        raise ValueError(f"boot path {value!r} must be relative to the root, without '..'")
+    return path
+
+
+class Config(BaseModel):
+    """Everything netbootd needs to know to run, validated."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, arbitrary_types_allowed=True
+    )
+
+    interface: str | None = None
+    root: Path | None = None
+    dhcp_mode: DhcpMode = DhcpMode.PROXY
+    dhcp_range: AddressRange | None = None
+    tftp: bool = True
+    http: bool = True
+    boot: dict[BootClass, str] = Field(default_factory=dict)
+    http_port: int = Field(default=80, ge=1, le=65535)
+    tftp_port: int = Field(default=69, ge=1, le=65535)
+    state_dir: Path = Path("/var/lib/netbootd")
+    log_dhcp: bool = False
+    lease_time: int = Field(default=3600, ge=60, le=365 * 86400)
+    next_server: IPv4Address | None = None
+    routers: tuple[IPv4Address, ...] = ()
+    dns_servers: tuple[IPv4Address, ...] = ()
+    domain_name: str | None = None
+    ipxe_dir: Path = Path("/usr/lib/ipxe")
+
+    @field_validator("boot")
+    @classmethod
+    def _check_boot(cls, value: dict[BootClass, str]) -> dict[BootClass, str]:
+        return {key: _boot_path(path) for key, path in value.items()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.dhcp_mode is DhcpMode.AUTHORITATIVE and self.dhcp_range is None:
+            raise ValueError("authoritative DHCP needs a dhcp-range")
+        if self.dhcp_mode is not DhcpMode.AUTHORITATIVE and self.dhcp_range is not None:
+            raise ValueError(f"dhcp-range is only used by authoritative DHCP, not {self.dhcp_mode}")
+        if self.dhcp_mode is not DhcpMode.OFF and self.interface is None:
+            raise ValueError("serving DHCP needs an interface (--interface)")
+        if (self.tftp or self.http) and self.root is None:
+            raise ValueError("serving files needs a root directory (--root)")
+        return self
+
+
+# Keys of the TOML file, spelled as the command-line flags are. "dhcp-range" implies
+# authoritative mode and "proxy = true" proxy mode, as the flags do.
+_FILE_KEYS = {
+    "interface",
+    "root",
+    "dhcp-range",
+    "proxy",
+    "dhcp",
+    "tftp",
+    "http",
+    "boot",
+    "http-port",
+    "tftp-port",
+    "state-dir",
+    "log-dhcp",
+    "lease-time",
+    "next-server",
+    "routers",
+    "dns-servers",
+    "domain-name",
+    "ipxe-dir",
+}
+
+
+def _location(error: Mapping[str, Any]) -> str:
+    parts = [str(part).replace("_", "-") for part in error.get("loc", ()) if part != "__root__"]
+    return ".".join(parts)
+
+
+def _explain(error: ValidationError, source: str) -> ConfigError:
+    first = error.errors()[0]
+    message = str(first.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    where = _location(first)
+    prefix = f"{source}: " if source else ""
+    return ConfigError(f"{prefix}{where + ': ' if where else ''}{message}")
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into flag-named settings; errors name the file."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except PermissionError as exc:
+        raise ConfigError(f"{path}: permission denied") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    unknown = sorted(set(data) - _FILE_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
+    return data
+
+
+def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: str = "") -> Config:
+    """Merge file settings and flags (flags win) into a validated :class:`Config`.
+
+    Both mappings use the flag spelling (``dhcp-range``, ``no-dhcp`` is ``dhcp = false``).
+    ``source`` names the config file in error messages.
+    """
+    merged: dict[str, Any] = dict(file_settings)
+    for key, value in flags.items():
+        if key == "boot":
+            merged["boot"] = {**merged.get("boot", {}), **value}
+        elif value is not None:
+            merged[key] = value
+    where = source if flags == {} else (f"{source} (with flags)" if source else "")
+    try:
+        return _validate(merged)
+    except ValidationError as exc:
+        raise _explain(exc, where) from exc
+    except ValueError as exc:
+        raise ConfigError(f"{where + ': ' if where else ''}{exc}") from exc
+
+
+def _validate(merged: Mapping[str, Any]) -> Config:
+    values: dict[str, Any] = {}
+    for key, value in merged.items():
+        if key in {"proxy", "dhcp", "dhcp-range"}:
+            continue
+        values[key.replace("-", "_")] = value
+    dhcp_on = merged.get("dhcp", True)
+    proxy = merged.get("proxy", False)
+    dhcp_range = merged.get("dhcp-range")
+    if not isinstance(dhcp_on, bool) or not isinstance(proxy, bool):
+        raise ValueError("'dhcp' and 'proxy' must be true or false")
+    if not dhcp_on:
+        if proxy or dhcp_range is not None:
+            raise ValueError("DHCP is off (--no-dhcp) but --proxy or --dhcp-range was given")
+        values["dhcp_mode"] = DhcpMode.OFF
+    elif dhcp_range is not None:
+        if proxy:
+            raise ValueError("--proxy and --dhcp-range exclude each other")
+        values["dhcp_mode"] = DhcpMode.AUTHORITATIVE
+        if isinstance(dhcp_range, str):
+            values["dhcp_range"] = AddressRange.parse(dhcp_range)
+        else:
+            raise ValueError("dhcp-range must be a string FIRST-LAST")
+    else:
+        values["dhcp_mode"] = DhcpMode.PROXY
+    return Config.model_validate(values)

@@ -1,0 +1,101 @@
+"""The HTTP edge: boot files, kernels, initrds and iPXE scripts over HTTP, with aiohttp.
+
+Every path is resolved through the same confined :class:`~netbootd.services.files.FileTree` as
+TFTP, so the two services can never disagree about what is served. aiohttp's ``FileResponse``
+does HEAD, Range (206/416), ETag/If-None-Match, Last-Modified and sendfile. One log line per
+request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from urllib.parse import unquote
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from netbootd.logfmt import format_event
+from netbootd.services.files import AccessDenied, FileNotFound, FileTree
+
+log = logging.getLogger("netbootd.http")
+
+_COUNTERS_KEY = web.AppKey("counters", Counter)
+
+
+class _AccessLog(AbstractAccessLogger):
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        peer = request.remote or "-"
+        length = response.content_length if response.content_length is not None else 0
+        rate = length / time / 1e6 if time > 0 else 0.0
+        self.logger.info(
+            format_event(
+                "request",
+                client=peer,
+                method=request.method,
+                path=request.path,
+                status=response.status,
+                bytes=length,
+                seconds=f"{time:.3f}",
+                rate=f"{rate:.2f}MB/s",
+                range=request.headers.get("Range", "-"),
+            )
+        )
+
+
+async def _serve(request: web.Request) -> web.StreamResponse:
+    counters = request.app[_COUNTERS_KEY]
+    tree: FileTree = request.app[_TREE_KEY]
+    name = unquote(request.match_info["name"])
+    try:
+        path = tree.resolve(name)
+    except FileNotFound:
+        counters["not-found"] += 1
+        raise web.HTTPNotFound(text=f"{name}: not found\n") from None
+    except AccessDenied as exc:
+        counters["forbidden"] += 1
+        raise web.HTTPForbidden(text=f"{name}: {exc}\n") from None
+    counters["served"] += 1
+    return web.FileResponse(path, chunk_size=256 * 1024)
+
+
+_TREE_KEY = web.AppKey("tree", FileTree)
+
+
+class HttpServer:
+    """The HTTP file server on one address and port."""
+
+    def __init__(self, tree: FileTree) -> None:
+        app = web.Application()
+        app[_TREE_KEY] = tree
+        app[_COUNTERS_KEY] = Counter()
+        app.router.add_route("GET", "/{name:.*}", _serve)  # GET routes answer HEAD too
+        self._app = app
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+
+    @property
+    def counters(self) -> Counter[str]:
+        return self._app[_COUNTERS_KEY]
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def start(self, host: str, port: int) -> None:
+        runner = web.AppRunner(
+            self._app, access_log_class=_AccessLog, access_log=log, handle_signals=False
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self._runner = runner
+        addresses = runner.addresses
+        self._port = int(addresses[0][1]) if addresses else port
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
