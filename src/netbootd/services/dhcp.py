@@ -104,6 +104,8 @@ class DhcpService:
         self, request: DhcpPacket, *, local_port: int, source: tuple[str, int]
     ) -> Reply | None:
         """Answer one request received on ``local_port`` from ``source``; None means silence."""
+        if self.settings.log_dhcp:
+            self._log_options("received", request)
         client = classify(request)
         outcome = _Outcome()
         reply: Reply | None = None
@@ -116,10 +118,8 @@ class DhcpService:
             reply = None
         self.counters[f"{kind}:{outcome.decision}"] += 1
         self._log(request, client, kind, outcome, local_port)
-        if self.settings.log_dhcp:
-            self._log_options("received", request)
-            if reply is not None:
-                self._log_options("sent", reply.packet)
+        if self.settings.log_dhcp and reply is not None:
+            self._log_options("sent", reply.packet)
         return reply
 
     async def _dispatch(

@@ -12,6 +12,7 @@ import logging
 import socket
 from collections import Counter
 from ipaddress import IPv4Address
+from typing import cast
 
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, decode, encode
@@ -29,8 +30,8 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # uvloop's UDP transport implements the interface without subclassing it.
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
         self._server.received(self, data, (str(addr[0]), int(addr[1])))
