@@ -1,0 +1,44 @@
+# netbootd: make demo | make test | make lint | make setup
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean
+
+setup: system venv
+
+system:
+	@tools/setup-system.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: setup
+	PYTHONPATH=lab $(BIN)/python -m netbootd_lab.demo
+
+lint: venv
+	$(BIN)/ruff check src tests lab bench
+	$(BIN)/ruff format --check src tests lab bench
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest tests
+
+test-unit: venv
+	$(BIN)/pytest tests/unit
+
+test-integration: setup
+	$(BIN)/pytest tests/integration
+
+test-e2e: setup
+	$(BIN)/pytest tests/e2e
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

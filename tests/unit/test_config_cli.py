@@ -1,0 +1,128 @@
+"""Flags and config files: what is accepted, and one clear line with exit 2 for the rest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from netbootd.boot.client import BootClass
+from netbootd.cli import config_from_args, main, make_parser
+from netbootd.config import ConfigError, DhcpMode
+
+
+def parse(*argv: str):  # type: ignore[no-untyped-def]
+    return config_from_args(make_parser().parse_args(["serve", *argv]))
+
+
+def test_defaults_to_proxy_mode(tmp_path: Path) -> None:
+    config = parse("--interface", "br0", "--root", str(tmp_path))
+    assert config.dhcp_mode is DhcpMode.PROXY
+    assert config.http_port == 80 and config.tftp_port == 69
+
+
+def test_authoritative_with_boot_flags(tmp_path: Path) -> None:
+    config = parse(
+        "--interface", "br0", "--root", str(tmp_path),
+        "--dhcp-range", "10.99.0.100-10.99.0.200",
+        "--boot", "bios=pxelinux.0", "--boot", "ipxe=boot.ipxe",
+        "--http-port", "8080", "--state-dir", str(tmp_path / "s"),
+    )  # fmt: skip
+    assert config.dhcp_mode is DhcpMode.AUTHORITATIVE
+    assert config.dhcp_range is not None
+    assert config.dhcp_range.first == IPv4Address("10.99.0.100")
+    assert config.boot == {BootClass.BIOS: "pxelinux.0", BootClass.IPXE: "boot.ipxe"}
+    assert config.http_port == 8080
+
+
+def test_file_then_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "netbootd.toml"
+    conf.write_text(
+        'interface = "br0"\nroot = "/srv"\ndhcp-range = "10.0.0.10-10.0.0.20"\n'
+        'http-port = 81\n[boot]\nbios = "a.0"\nuefi = "b.efi"\n'
+    )
+    config = parse("--config", str(conf), "--boot", "bios=c.0")
+    assert config.dhcp_mode is DhcpMode.AUTHORITATIVE
+    assert config.http_port == 81
+    assert config.boot == {BootClass.BIOS: "c.0", BootClass.UEFI: "b.efi"}
+    proxied = parse("--config", str(conf), "--proxy")
+    assert proxied.dhcp_mode is DhcpMode.PROXY and proxied.dhcp_range is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--root", "/srv"], "needs an interface"),
+        (["--interface", "br0"], "needs a root"),
+        (
+            ["--interface", "br0", "--root", "/s", "--dhcp-range", "10.0.0.9-10.0.0.1"],
+            "ends before",
+        ),
+        (["--interface", "br0", "--root", "/s", "--dhcp-range", "nonsense"], "FIRST-LAST"),
+        (["--interface", "br0", "--root", "/s", "--boot", "bios=../etc/passwd"], "relative"),
+        (["--no-dhcp", "--no-tftp", "--no-http"], None),
+    ],
+)
+def test_bad_settings(argv: list[str], message: str | None) -> None:
+    if message is None:
+        assert parse(*argv).dhcp_mode is DhcpMode.OFF
+        return
+    with pytest.raises(ConfigError, match=message):
+        parse(*argv)
+
+
+def test_bad_file(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.toml"
+    conf.write_text('interface = "br0"\nroot = "/srv"\nhttp-prot = 81\n')
+    with pytest.raises(ConfigError, match=r"bad.toml: unknown key 'http-prot'"):
+        parse("--config", str(conf))
+    conf.write_text('interface = "br0"\nroot = "/srv"\nhttp-port = "x"\n')
+    with pytest.raises(ConfigError, match=r"bad.toml.*http-port"):
+        parse("--config", str(conf))
+    conf.write_text("interface = \n")
+    with pytest.raises(ConfigError, match=r"bad.toml: .*line 1"):
+        parse("--config", str(conf))
+    with pytest.raises(ConfigError, match="no such file"):
+        parse("--config", str(tmp_path / "missing.toml"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["serve", "--boot", "nonsense"],
+        ["serve", "--boot", "toaster=x"],
+        ["serve", "--http-port", "70000"],
+        ["serve", "--proxy", "--dhcp-range", "1.1.1.1-1.1.1.2"],
+        ["serve", "--frobnicate"],
+        ["serve", "--root", "/nonexistent-dir", "--no-dhcp"],
+    ],
+)
+def test_command_line_errors_are_one_line_exit_2(argv: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "netbootd", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("netbootd")
+
+
+def test_help_lists_the_contract(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--config", "--interface", "--root", "--dhcp-range", "--proxy", "--no-dhcp",
+        "--no-tftp", "--no-http", "--boot", "--http-port", "--tftp-port", "--state-dir",
+        "--log-dhcp",
+    ):  # fmt: skip
+        assert flag in text

@@ -1,0 +1,301 @@
+"""The DHCP service in process: RFC 2131 exchanges, proxyDHCP, replies, logs."""
+
+from __future__ import annotations
+
+import logging
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from netbootd.boot.client import BootClass
+from netbootd.boot.leases import AddressRange, Lease, LeaseBook, LeaseState
+from netbootd.boot.policy import BootPolicy
+from netbootd.config import DhcpMode
+from netbootd.logfmt import parse_event
+from netbootd.proto.dhcp import MessageType, Op, Opt, decode, decode_ip, decode_u32, encode
+from netbootd.services.dhcp import DhcpService, DhcpSettings, Reply
+from netbootd.store.leases import StoreError
+from tests.dhcp_clients import BIOS_PXE, UEFI_HTTP, UUID_OPTION, request
+
+SERVER = IPv4Address("10.99.0.1")
+NET = IPv4Network("10.99.0.0/24")
+POOL = AddressRange.parse("10.99.0.100-10.99.0.101")
+BCAST = IPv4Address("255.255.255.255")
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.rows: dict[IPv4Address, Lease] = {}
+        self.fail = False
+
+    async def load(self) -> list[Lease]:
+        return list(self.rows.values())
+
+    async def save(self, lease: Lease) -> None:
+        if self.fail:
+            raise StoreError("disk full")
+        self.rows[lease.address] = lease
+
+    async def delete(self, address: IPv4Address) -> None:
+        self.rows.pop(address, None)
+
+    async def close(self) -> None:
+        pass
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_service(
+    mode: DhcpMode = DhcpMode.AUTHORITATIVE, **boot: str
+) -> tuple[DhcpService, MemoryStore, Clock]:
+    store, clock = MemoryStore(), Clock()
+    settings = DhcpSettings(
+        mode=mode,
+        server=SERVER,
+        network=NET,
+        pool=POOL if mode is DhcpMode.AUTHORITATIVE else None,
+        lease_time=600,
+        routers=(SERVER,),
+    )
+    policy = BootPolicy({BootClass(k): v for k, v in boot.items()}, SERVER, 80)
+    service = DhcpService(settings, policy, LeaseBook(), store, clock)
+    return service, store, clock
+
+
+async def ask(service: DhcpService, packet, port: int = 67, source=("0.0.0.0", 68)) -> Reply | None:  # type: ignore[no-untyped-def]
+    reply = await service.handle(decode(encode(packet)), local_port=port, source=source)
+    if reply is not None:
+        # Every reply must survive the wire.
+        assert decode(encode(reply.packet, max_size=reply.max_size)) == reply.packet
+    return reply
+
+
+def mtype(reply: Reply | None) -> int | None:
+    assert reply is not None
+    return reply.packet.message_type
+
+
+async def test_bios_pxe_discover_request_ack() -> None:
+    service, store, _ = make_service(bios="pxelinux.0")
+    offer = await ask(
+        service, request(MessageType.DISCOVER, vendor_class=BIOS_PXE, arch=0, uuid=True)
+    )
+    assert mtype(offer) == MessageType.OFFER
+    assert offer is not None
+    p = offer.packet
+    assert p.op == Op.BOOTREPLY and p.xid == 0x1234ABCD
+    assert p.yiaddr == IPv4Address("10.99.0.100")
+    assert p.siaddr == SERVER
+    assert p.file == b"pxelinux.0"
+    assert p.get(Opt.BOOTFILE) == b"pxelinux.0"
+    assert p.get(Opt.TFTP_SERVER) == b"10.99.0.1"
+    assert decode_ip(p.get(Opt.SERVER_ID) or b"") == SERVER
+    assert decode_ip(p.get(Opt.SUBNET_MASK) or b"") == IPv4Address("255.255.255.0")
+    assert decode_ip(p.get(Opt.ROUTER) or b"") == SERVER
+    assert decode_u32(p.get(Opt.LEASE_TIME) or b"") == 600
+    assert p.get(Opt.VENDOR_CLASS) == b"PXEClient"
+    assert p.get(Opt.CLIENT_UUID) == UUID_OPTION
+    assert (offer.address, offer.port) == (BCAST, 68)
+    assert store.rows == {}  # an offer is not a lease
+
+    ack = await ask(
+        service,
+        request(
+            MessageType.REQUEST,
+            vendor_class=BIOS_PXE,
+            arch=0,
+            requested="10.99.0.100",
+            server_id="10.99.0.1",
+        ),
+    )
+    assert mtype(ack) == MessageType.ACK
+    assert ack is not None and ack.packet.yiaddr == IPv4Address("10.99.0.100")
+    lease = store.rows[IPv4Address("10.99.0.100")]
+    assert lease.state is LeaseState.BOUND and lease.expires == 1600.0
+
+
+async def test_second_client_gets_another_address_and_full_pool_is_silent() -> None:
+    service, _, _ = make_service()
+    first = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:01"))
+    second = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:02"))
+    third = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:03"))
+    assert first is not None and second is not None
+    assert first.packet.yiaddr != second.packet.yiaddr
+    assert third is None
+    assert service.counters["DISCOVER:ignored"] == 1
+
+
+async def test_plain_client_gets_no_boot_file() -> None:
+    service, _, _ = make_service()
+    offer = await ask(service, request(MessageType.DISCOVER))
+    assert offer is not None
+    assert offer.packet.file == b"" and offer.packet.get(Opt.BOOTFILE) is None
+    assert offer.packet.get(Opt.VENDOR_CLASS) is None
+
+
+async def test_request_for_another_server_drops_our_offer() -> None:
+    service, _, _ = make_service()
+    await ask(service, request(MessageType.DISCOVER))
+    reply = await ask(
+        service,
+        request(MessageType.REQUEST, requested="10.99.0.100", server_id="10.99.0.254"),
+    )
+    assert reply is None
+    assert service.book.at(IPv4Address("10.99.0.100")) is None
+
+
+@pytest.mark.parametrize(
+    ("requested", "reason"),
+    [("10.99.1.5", "not on this network"), ("10.99.0.50", "not in the pool")],
+)
+async def test_init_reboot_nak(requested: str, reason: str) -> None:
+    service, _, _ = make_service()
+    nak = await ask(service, request(MessageType.REQUEST, requested=requested))
+    assert mtype(nak) == MessageType.NAK
+    assert nak is not None and (nak.address, nak.port) == (BCAST, 68)
+    assert reason in (nak.packet.get(Opt.MESSAGE) or b"").decode()
+    assert nak.packet.yiaddr == IPv4Address(0)
+
+
+async def test_address_of_another_client_is_naked() -> None:
+    service, _, _ = make_service()
+    await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:01"))
+    nak = await ask(
+        service,
+        request(MessageType.REQUEST, mac="02:00:00:00:00:02", requested="10.99.0.100"),
+    )
+    assert mtype(nak) == MessageType.NAK
+
+
+async def test_renew_release_and_reuse() -> None:
+    service, store, clock = make_service()
+    await ask(service, request(MessageType.DISCOVER))
+    await ask(service, request(MessageType.REQUEST, requested="10.99.0.100", server_id="10.99.0.1"))
+    clock.now += 300
+    renew = await ask(
+        service, request(MessageType.REQUEST, ciaddr="10.99.0.100"), source=("10.99.0.100", 68)
+    )
+    assert mtype(renew) == MessageType.ACK
+    assert renew is not None and (renew.address, renew.port) == (IPv4Address("10.99.0.100"), 68)
+    assert store.rows[IPv4Address("10.99.0.100")].expires == clock.now + 600
+    await ask(service, request(MessageType.RELEASE, ciaddr="10.99.0.100", server_id="10.99.0.1"))
+    assert store.rows == {}
+    other = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:09"))
+    assert other is not None and other.packet.yiaddr == IPv4Address("10.99.0.100")
+
+
+async def test_decline_quarantines_the_address() -> None:
+    service, store, _ = make_service()
+    await ask(service, request(MessageType.DISCOVER))
+    await ask(service, request(MessageType.REQUEST, requested="10.99.0.100", server_id="10.99.0.1"))
+    await ask(service, request(MessageType.DECLINE, requested="10.99.0.100", server_id="10.99.0.1"))
+    assert store.rows[IPv4Address("10.99.0.100")].state is LeaseState.DECLINED
+    again = await ask(service, request(MessageType.DISCOVER))
+    assert again is not None and again.packet.yiaddr == IPv4Address("10.99.0.101")
+
+
+async def test_no_ack_when_the_lease_cannot_be_stored() -> None:
+    service, store, _ = make_service()
+    await ask(service, request(MessageType.DISCOVER))
+    store.fail = True
+    reply = await ask(
+        service, request(MessageType.REQUEST, requested="10.99.0.100", server_id="10.99.0.1")
+    )
+    assert reply is None
+    assert service.book.at(IPv4Address("10.99.0.100")) is not None  # the offer is kept
+
+
+async def test_relayed_discover_goes_back_to_the_relay() -> None:
+    service, _, _ = make_service()
+    offer = await ask(service, request(MessageType.DISCOVER, giaddr="10.99.0.2"))
+    assert offer is not None and (offer.address, offer.port) == (IPv4Address("10.99.0.2"), 67)
+    foreign = await ask(service, request(MessageType.DISCOVER, giaddr="192.0.2.1"))
+    assert foreign is None
+
+
+async def test_inform_gets_options_without_lease() -> None:
+    service, _, _ = make_service()
+    ack = await ask(
+        service, request(MessageType.INFORM, ciaddr="10.99.0.7"), source=("10.99.0.7", 68)
+    )
+    assert mtype(ack) == MessageType.ACK
+    assert ack is not None and ack.packet.yiaddr == IPv4Address(0)
+    assert ack.packet.get(Opt.LEASE_TIME) is None
+    assert ack.address == IPv4Address("10.99.0.7")
+
+
+async def test_bootp_and_replies_are_ignored() -> None:
+    service, _, _ = make_service()
+    assert await ask(service, request(None)) is None
+    reply_shaped = request(MessageType.DISCOVER)
+    from dataclasses import replace
+
+    assert await ask(service, replace(reply_shaped, op=Op.BOOTREPLY)) is None
+
+
+async def test_malformed_option_content_is_ignored() -> None:
+    service, _, _ = make_service()
+    bad = request(MessageType.REQUEST, extra=((Opt.REQUESTED_IP, b"\x0a\x63"),))
+    assert await ask(service, bad) is None
+    assert service.counters["REQUEST:ignored"] == 1
+
+
+async def test_uefi_http_boot_gets_url_and_httpclient() -> None:
+    service, _, _ = make_service()
+    offer = await ask(service, request(MessageType.DISCOVER, vendor_class=UEFI_HTTP, arch=16))
+    assert offer is not None
+    assert offer.packet.get(Opt.VENDOR_CLASS) == b"HTTPClient"
+    assert offer.packet.get(Opt.BOOTFILE) == b"http://10.99.0.1/snponly.efi"
+    assert offer.packet.get(Opt.TFTP_SERVER) is None
+
+
+async def test_proxy_offers_boot_information_only() -> None:
+    service, store, _ = make_service(DhcpMode.PROXY)
+    offer = await ask(
+        service, request(MessageType.DISCOVER, vendor_class=BIOS_PXE, arch=0, uuid=True)
+    )
+    assert mtype(offer) == MessageType.OFFER
+    assert offer is not None
+    p = offer.packet
+    assert p.yiaddr == IPv4Address(0)
+    assert p.get(Opt.LEASE_TIME) is None and p.get(Opt.SUBNET_MASK) is None
+    assert p.get(Opt.VENDOR_CLASS) == b"PXEClient"
+    assert p.get(Opt.CLIENT_UUID) == UUID_OPTION
+    assert p.get(Opt.VENDOR_SPECIFIC) == b"\x06\x01\x08\xff"
+    assert p.file == b"undionly.kpxe"
+    # The site server's job: REQUEST on 67 and non-PXE clients are not ours.
+    assert await ask(service, request(MessageType.REQUEST, vendor_class=BIOS_PXE)) is None
+    assert await ask(service, request(MessageType.DISCOVER)) is None
+    ack = await ask(
+        service,
+        request(MessageType.REQUEST, vendor_class=BIOS_PXE, arch=0, ciaddr="10.99.0.57"),
+        port=4011,
+        source=("10.99.0.57", 4011),
+    )
+    assert mtype(ack) == MessageType.ACK
+    assert ack is not None and (ack.address, ack.port) == (IPv4Address("10.99.0.57"), 4011)
+    assert ack.packet.file == b"undionly.kpxe"
+    assert store.rows == {}
+
+
+async def test_transaction_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    service, _, _ = make_service(bios="pxelinux.0")
+    with caplog.at_level(logging.INFO, logger="netbootd.dhcp"):
+        await ask(service, request(MessageType.DISCOVER, vendor_class=BIOS_PXE, arch=0, ipxe=True))
+    event, fields = parse_event(caplog.records[-1].getMessage())
+    assert event == "DISCOVER"
+    assert fields["xid"] == "0x1234abcd"
+    assert fields["mac"] == "52:54:00:12:34:56"
+    assert fields["vendor_class"] == BIOS_PXE
+    assert fields["user_class"] == "iPXE"
+    assert fields["arch"] == "bios"
+    assert fields["client"] == "ipxe"
+    assert fields["decision"] == "OFFER"
+    assert fields["address"] == "10.99.0.100"
+    assert fields["file"] == "pxelinux.0"

@@ -1,0 +1,67 @@
+from ipaddress import IPv4Address
+
+import pytest
+
+from netbootd.boot.leases import (
+    AddressRange,
+    Lease,
+    LeaseBook,
+    LeaseState,
+    choose_address,
+    client_key,
+)
+
+POOL = AddressRange.parse("10.0.0.10-10.0.0.12")
+A, B, C = (IPv4Address(f"10.0.0.{n}") for n in (10, 11, 12))
+
+
+def bound(address: IPv4Address, client: str, expires: float = 100.0) -> Lease:
+    return Lease(address, client, "00:00:00:00:00:01", LeaseState.BOUND, expires)
+
+
+def test_range_parse_and_membership() -> None:
+    assert POOL.size == 3
+    assert B in POOL and IPv4Address("10.0.0.13") not in POOL
+    with pytest.raises(ValueError, match="ends before"):
+        AddressRange.parse("10.0.0.9-10.0.0.1")
+    with pytest.raises(ValueError, match="FIRST-LAST"):
+        AddressRange.parse("10.0.0.9")
+
+
+def test_huge_range_is_not_materialised() -> None:
+    big = AddressRange.parse("10.0.0.1-10.255.255.254")
+    assert big.size == 2**24 - 2
+    assert choose_address(big, LeaseBook(), "c", 0.0) == IPv4Address("10.0.0.1")
+
+
+def test_client_key_prefers_client_identifier() -> None:
+    assert client_key("aa:bb", b"\x01\xaa\xbb") == "id:01:aa:bb"
+    assert client_key("aa:bb", None) == "mac:aa:bb"
+
+
+def test_previous_address_then_requested_then_first_free() -> None:
+    book = LeaseBook([bound(B, "x", expires=5.0)])
+    # x's lease expired at 5.0, but it is still x's previous address.
+    assert choose_address(POOL, book, "x", 10.0) == B
+    assert choose_address(POOL, book, "y", 10.0, requested=C) == C
+    assert choose_address(POOL, book, "y", 1.0) == A  # B still held by x at 1.0
+    assert choose_address(POOL, book, "y", 1.0, requested=B) == A
+
+
+def test_full_pool_and_quarantine() -> None:
+    book = LeaseBook([bound(A, "a"), bound(B, "b")])
+    book.put(Lease(C, "c", "m", LeaseState.DECLINED, 100.0))
+    assert book.holder(C, 0.0) == ""
+    assert choose_address(POOL, book, "d", 0.0) is None
+    assert choose_address(POOL, book, "d", 200.0) == A  # all expired
+
+
+def test_book_moves_client_and_forgets_old_address() -> None:
+    book = LeaseBook([bound(A, "x")])
+    book.put(bound(B, "x"))
+    assert book.at(A) is None
+    assert book.of("x") == bound(B, "x")
+    book.put(bound(B, "y"))  # an address taken over drops its old owner's index
+    assert book.of("x") is None
+    assert book.remove(B) == bound(B, "y")
+    assert len(book) == 0

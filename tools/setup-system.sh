@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the demo and the tests use, if any is missing.
+# Idempotent: with everything present it only checks, and touches no package list.
+set -euo pipefail
+
+packages=(
+  # firmware and virtual machines for the end-to-end boots (SeaBIOS comes with qemu)
+  qemu-system-x86 qemu-utils ipxe-qemu ovmf
+  # boot payloads: iPXE builds, pxelinux, a kernel, a static busybox for a tiny initramfs
+  ipxe pxelinux syslinux-common linux-image-amd64 busybox-static cpio
+  # network namespaces and real clients and peers
+  iproute2 procps isc-dhcp-client dnsmasq-base atftp curl tcpdump
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "system packages: all present"
+  exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "system packages missing: ${missing[*]}" >&2
+  echo "run 'make setup' as root (or install them with apt-get)" >&2
+  exit 1
+fi
+
+echo "system packages: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
