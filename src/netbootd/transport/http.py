@@ -71,7 +71,8 @@ class HttpServer:
         app = web.Application()
         app[_TREE_KEY] = tree
         app[_COUNTERS_KEY] = Counter()
-        app.router.add_route("GET", "/{name:.*}", _serve)  # GET routes answer HEAD too
+        # add_get answers HEAD too; UEFI HTTP Boot sends a HEAD before its GET.
+        app.router.add_get("/{name:.*}", _serve)
         self._app = app
         self._runner: web.AppRunner | None = None
         self._port = 0

@@ -1,0 +1,124 @@
+"""The HTTP edge on loopback, fetched with real curl: GET, HEAD, Range, ETag, confinement."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from netbootd.services.files import FileTree
+from netbootd.transport.http import HttpServer
+
+pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[tuple[HttpServer, Path]]:
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "boot.ipxe").write_text("#!ipxe\nchain http://example.invalid/next\n")
+    (root / "sub" / "kernel").write_bytes(os.urandom(3_000_000))
+    (root / "link").symlink_to("sub/kernel")
+    outside = tmp_path / "secret"
+    outside.write_text("secret")
+    (root / "escape").symlink_to(outside)
+    extra = tmp_path / "undionly.kpxe"
+    extra.write_bytes(b"ipxe-binary")
+    http = HttpServer(FileTree(root, {"undionly.kpxe": extra}))
+    await http.start("127.0.0.1", 0)
+    try:
+        yield http, root
+    finally:
+        await http.close()
+
+
+async def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-s", "-S", "--max-time", "20", *args,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return subprocess.CompletedProcess(args, proc.returncode or 0, out, err)
+
+
+def url(http: HttpServer, path: str) -> str:
+    return f"http://127.0.0.1:{http.port}/{path}"
+
+
+async def test_get_head_and_range(server: tuple[HttpServer, Path]) -> None:
+    http, root = server
+    kernel = (root / "sub" / "kernel").read_bytes()
+    got = await curl(url(http, "sub/kernel"))
+    assert got.returncode == 0 and got.stdout == kernel
+    head = await curl("-I", url(http, "sub/kernel"))
+    headers = head.stdout.lower()
+    assert b"200 ok" in headers and b"content-length: 3000000" in headers
+    assert b"etag:" in headers and b"last-modified:" in headers
+    part = await curl("-r", "100-199", "-D", "-", "-o", "/dev/null", url(http, "sub/kernel"))
+    assert b"206" in part.stdout.split(b"\r\n")[0]
+    body = await curl("-r", "100-199", url(http, "sub/kernel"))
+    assert body.stdout == kernel[100:200]
+    beyond = await curl("-r", "5000000-", "-o", "/dev/null", "-w", "%{http_code}",
+                        url(http, "sub/kernel"))  # fmt: skip
+    assert beyond.stdout == b"416"
+
+
+async def test_etag_revalidation(server: tuple[HttpServer, Path]) -> None:
+    http, _ = server
+    head = await curl("-I", url(http, "boot.ipxe"))
+    etag = next(
+        line.split(b":", 1)[1].strip()
+        for line in head.stdout.split(b"\r\n")
+        if line.lower().startswith(b"etag:")
+    )
+    again = await curl("-o", "/dev/null", "-w", "%{http_code}",
+                       "-H", f"If-None-Match: {etag.decode()}", url(http, "boot.ipxe"))  # fmt: skip
+    assert again.stdout == b"304"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("missing", "404"),
+        ("escape", "403"),
+        ("sub", "403"),
+        ("%2e%2e/secret", "403"),
+        ("sub/..%2f..%2fsecret", "403"),
+    ],
+)
+async def test_refusals(server: tuple[HttpServer, Path], path: str, status: str) -> None:
+    http, _ = server
+    got = await curl("--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", url(http, path))
+    assert got.stdout.decode() == status
+    ok = await curl(url(http, "boot.ipxe"))  # and the next client is served
+    assert ok.stdout.startswith(b"#!ipxe")
+
+
+async def test_symlink_inside_root_and_system_ipxe(server: tuple[HttpServer, Path]) -> None:
+    http, root = server
+    assert (await curl(url(http, "link"))).stdout == (root / "sub" / "kernel").read_bytes()
+    assert (await curl(url(http, "undionly.kpxe"))).stdout == b"ipxe-binary"
+
+
+async def test_one_log_line_per_request(
+    server: tuple[HttpServer, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    from netbootd.logfmt import parse_event
+
+    http, _ = server
+    with caplog.at_level("INFO", logger="netbootd.http"):
+        await curl(url(http, "boot.ipxe"))
+        await curl("-o", "/dev/null", url(http, "missing"))
+        await asyncio.sleep(0.05)
+    events = [parse_event(r.getMessage()) for r in caplog.records if r.name == "netbootd.http"]
+    assert [(e, f["path"], f["status"]) for e, f in events] == [
+        ("request", "/boot.ipxe", "200"),
+        ("request", "/missing", "404"),
+    ]
+    assert events[0][1]["bytes"] == str(len("#!ipxe\nchain http://example.invalid/next\n"))
+    assert http.counters["served"] == 1 and http.counters["not-found"] == 1

@@ -1,0 +1,453 @@
+"""TftpServer over loopback: real clients (curl, atftp, busybox) and a raw-socket peer."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from netbootd.logfmt import parse_event
+from netbootd.proto.tftp import (
+    Ack,
+    Data,
+    Error,
+    ErrorCode,
+    OptionAck,
+    Packet,
+    ReadRequest,
+    WriteRequest,
+    decode,
+    encode,
+)
+from netbootd.services.files import FileTree
+from netbootd.transport.tftp import TftpServer
+
+HOST = "127.0.0.1"
+LOGGER = "netbootd.tftp"
+
+ServerFactory = Callable[..., Awaitable[TftpServer]]
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures and helpers
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    (root / "boot" / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 123))
+    (root / "exact.bin").write_bytes(os.urandom(512 * 64))
+    (root / "empty").write_bytes(b"")
+    (root / "small.txt").write_bytes(b"line one\nline two\r\n")
+    (tmp_path / "secret").write_bytes(b"do not serve\n")
+    (root / "escape").symlink_to(tmp_path / "secret")
+    return root
+
+
+@pytest.fixture
+async def make_server(root: Path) -> AsyncIterator[ServerFactory]:
+    servers: list[TftpServer] = []
+
+    async def make(**kwargs: object) -> TftpServer:
+        server = TftpServer(FileTree(root), **kwargs)  # type: ignore[arg-type]
+        await server.start(HOST, 0)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> TftpServer:
+    return await make_server()
+
+
+def need(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        pytest.skip(f"{binary} is not installed")
+    return path
+
+
+def need_busybox_tftp() -> str:
+    path = need("busybox")
+    applets = subprocess.run([path, "--list"], capture_output=True, text=True, check=False)
+    if "tftp" not in applets.stdout.split():
+        pytest.skip("busybox has no tftp applet")
+    return path
+
+
+async def run(*cmd: str, limit: float = 60.0) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def settle(server: TftpServer) -> None:
+    """Wait until the server has finished (and logged) every transfer."""
+    for _ in range(200):
+        if server.active_sessions == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("transfers did not finish")
+
+
+def transfer_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, str]]:
+    lines = []
+    for record in caplog.records:
+        if record.name == LOGGER:
+            event, fields = parse_event(record.getMessage())
+            if event == "transfer":
+                lines.append(fields)
+    return lines
+
+
+class RawPeer:
+    """A hand-driven TFTP peer on a non-blocking loopback socket."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.setblocking(False)
+
+    async def send(self, what: Packet | bytes, addr: tuple[str, int]) -> None:
+        data = what if isinstance(what, bytes) else encode(what)
+        await asyncio.get_running_loop().sock_sendto(self.sock, data, addr)
+
+    async def recv(self, limit: float = 2.0) -> tuple[Packet, tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        data, addr = await asyncio.wait_for(loop.sock_recvfrom(self.sock, 70000), limit)
+        return decode(data), addr
+
+    async def silent(self, limit: float = 0.3) -> bool:
+        try:
+            await self.recv(limit)
+        except TimeoutError:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def peer() -> Iterator[RawPeer]:
+    p = RawPeer()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def stranger() -> Iterator[RawPeer]:
+    p = RawPeer()
+    yield p
+    p.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Real clients
+
+
+@pytest.mark.parametrize("blksize", [None, 1468])
+async def test_curl_fetch(
+    server: TftpServer,
+    root: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    blksize: int | None,
+) -> None:
+    curl = need("curl")
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    out = tmp_path / "out"
+    extra = [] if blksize is None else ["--tftp-blksize", str(blksize)]
+    url = f"tftp://{HOST}:{server.port}/boot/big.bin"
+    rc, text = await run(curl, "-sS", "--max-time", "60", *extra, "-o", str(out), url)
+    assert rc == 0, text
+    assert digest(out) == digest(root / "boot" / "big.bin")
+    await settle(server)
+    [line] = transfer_lines(caplog)
+    assert list(line) == ["client", "file", "options", "bytes", "seconds", "rate", "result"]
+    assert line["file"] == "boot/big.bin"
+    assert line["bytes"] == str((root / "boot" / "big.bin").stat().st_size)
+    assert line["result"] == "ok"
+    assert line["client"].startswith(f"{HOST}:")
+    assert line["rate"].endswith("MB/s")
+    if blksize is not None:
+        assert f"blksize={blksize}" in line["options"].split(",")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--option", "blksize 1468"], ["--option", "blksize 1468", "--option", "windowsize 8"]],
+)
+async def test_atftp_fetch(
+    server: TftpServer, root: Path, tmp_path: Path, options: list[str]
+) -> None:
+    atftp = need("atftp")
+    out = tmp_path / "out"
+    cmd = [atftp, *options, "--get", "-r", "/boot/big.bin", "-l", str(out), HOST]
+    rc, text = await run(*cmd, str(server.port))
+    assert rc == 0, text
+    assert digest(out) == digest(root / "boot" / "big.bin")
+
+
+@pytest.mark.parametrize("name", ["exact.bin", "empty"])
+async def test_atftp_block_boundaries(
+    server: TftpServer, root: Path, tmp_path: Path, name: str
+) -> None:
+    atftp = need("atftp")
+    out = tmp_path / "out"
+    rc, text = await run(atftp, "--get", "-r", name, "-l", str(out), HOST, str(server.port))
+    assert rc == 0, text
+    assert out.read_bytes() == (root / name).read_bytes()
+
+
+async def test_busybox_fetch(server: TftpServer, root: Path, tmp_path: Path) -> None:
+    busybox = need_busybox_tftp()
+    out = tmp_path / "out"
+    cmd = [busybox, "tftp", "-g", "-b", "1468", "-r", "boot/big.bin", "-l", str(out), HOST]
+    rc, text = await run(*cmd, str(server.port))
+    assert rc == 0, text
+    assert digest(out) == digest(root / "boot" / "big.bin")
+
+
+async def test_not_found_then_keeps_serving(
+    server: TftpServer, root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    curl = need("curl")
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    out = tmp_path / "out"
+    rc, _ = await run(curl, "-s", "-o", str(out), f"tftp://{HOST}:{server.port}/nope")
+    assert rc != 0
+    rc, text = await run(curl, "-sS", "-o", str(out), f"tftp://{HOST}:{server.port}/small.txt")
+    assert rc == 0, text
+    assert out.read_bytes() == (root / "small.txt").read_bytes()
+    await settle(server)
+    lines = transfer_lines(caplog)
+    assert [(x["file"], x["result"]) for x in lines] == [("nope", "not found"), ("small.txt", "ok")]
+    assert lines[0]["options"] == "-"
+    not_found = [r for r in caplog.records if "not found" in r.getMessage()]
+    assert not_found[0].levelno == logging.INFO
+    assert server.counters["not_found"] == 1
+
+
+async def test_path_escape_refused(
+    server: TftpServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    atftp = need("atftp")
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    out = tmp_path / "out"
+    for name in ("../secret", "escape"):
+        rc, text = await run(atftp, "--get", "-r", name, "-l", str(out), HOST, str(server.port))
+        assert rc != 0, text
+        assert not out.exists() or b"do not serve" not in out.read_bytes()
+    results = [x["result"] for x in transfer_lines(caplog)]
+    assert results == ["access denied: parent directory in name", "access denied: outside root"]
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == LOGGER)
+
+
+async def test_40mib_past_rollover_curl(tmp_path: Path) -> None:
+    """blksize 512 rolls the block number over at 32 MiB; the file must come back intact."""
+    curl = need("curl")
+    root = tmp_path / "bigroot"
+    root.mkdir()
+    (root / "huge.bin").write_bytes(os.urandom(40 * 1024 * 1024))
+    server = TftpServer(FileTree(root))
+    await server.start(HOST, 0)
+    try:
+        out = tmp_path / "out"
+        url = f"tftp://{HOST}:{server.port}/huge.bin"
+        rc, text = await run(curl, "-sS", "--max-time", "60", "-o", str(out), url, limit=90)
+        assert rc == 0, text
+        assert digest(out) == digest(root / "huge.bin")
+    finally:
+        await server.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Raw peer: the edges real clients do not exercise
+
+
+async def test_malformed_datagrams_do_not_stop_listener(
+    server: TftpServer, root: Path, peer: RawPeer, tmp_path: Path
+) -> None:
+    listener = (HOST, server.port)
+    for junk in (b"", b"\x00", b"\xff\xff\xff", b"\x00\x07abc", b"\x00\x03\x00", b"\x00\x04"):
+        await peer.send(junk, listener)
+    assert await peer.silent()
+    # A broken request is answered, so its client need not wait for a timeout.
+    await peer.send(b"\x00\x01file-without-mode\x00", listener)
+    reply, _ = await peer.recv()
+    assert isinstance(reply, Error) and reply.code == ErrorCode.ILLEGAL_OPERATION
+    # Stray ACK, DATA and ERROR at the listener: silence.
+    await peer.send(Ack(1), listener)
+    await peer.send(Data(1, b"x"), listener)
+    await peer.send(Error(0, "x"), listener)
+    assert await peer.silent()
+    counters = server.counters
+    assert counters["malformed"] == 7
+    assert counters["stray"] == 3
+
+    curl = need("curl")
+    out = tmp_path / "out"
+    rc, text = await run(curl, "-sS", "-o", str(out), f"tftp://{HOST}:{server.port}/small.txt")
+    assert rc == 0, text
+    assert out.read_bytes() == (root / "small.txt").read_bytes()
+
+
+async def test_raw_transfer_with_stranger(
+    server: TftpServer, root: Path, peer: RawPeer, stranger: RawPeer
+) -> None:
+    await peer.send(ReadRequest("exact.bin", "octet"), (HOST, server.port))
+    packet, session_addr = await peer.recv()
+    assert packet == Data(1, (root / "exact.bin").read_bytes()[:512])
+    assert session_addr[1] != server.port  # a new transfer ID, RFC 1350 §4
+
+    # Someone else talks to the session port: ERROR 5 to them, the transfer goes on.
+    await stranger.send(Ack(1), session_addr)
+    reply, addr = await stranger.recv()
+    assert reply == Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")
+    assert addr == session_addr
+
+    received = bytearray(packet.payload)
+    block = 1
+    while True:
+        await peer.send(Ack(block), session_addr)
+        packet, _ = await peer.recv()
+        assert isinstance(packet, Data)
+        block += 1
+        assert packet.block == block
+        received += packet.payload
+        if len(packet.payload) < 512:
+            break
+    await peer.send(Ack(block), session_addr)
+    assert bytes(received) == (root / "exact.bin").read_bytes()
+    assert block == 65  # 64 full blocks and the empty one
+    await settle(server)
+    assert server.counters["ok"] == 1
+    assert server.counters["unknown_tid"] == 1
+
+
+async def test_raw_oack_and_duplicate_request(server: TftpServer, peer: RawPeer) -> None:
+    request = ReadRequest("small.txt", "octet", (("tsize", "0"), ("blksize", "9000")))
+    await peer.send(request, (HOST, server.port))
+    await peer.send(request, (HOST, server.port))  # a retransmitted request
+    oack, session_addr = await peer.recv()
+    assert oack == OptionAck((("tsize", "19"), ("blksize", "1468")))
+    assert await peer.silent(0.2)  # one transfer, not two
+    assert server.active_sessions == 1
+    await peer.send(Ack(0), session_addr)
+    data, _ = await peer.recv()
+    assert data == Data(1, b"line one\nline two\r\n")
+    await peer.send(Ack(1), session_addr)
+    await settle(server)
+    assert server.counters["duplicate_request"] == 1
+
+
+async def test_raw_netascii(server: TftpServer, peer: RawPeer) -> None:
+    await peer.send(ReadRequest("small.txt", "netascii", (("tsize", "0"),)), (HOST, server.port))
+    oack, session_addr = await peer.recv()
+    expected = b"line one\r\nline two\r\0\r\n"
+    assert oack == OptionAck((("tsize", str(len(expected))),))
+    await peer.send(Ack(0), session_addr)
+    data, _ = await peer.recv()
+    assert data == Data(1, expected)
+    await peer.send(Ack(1), session_addr)
+    await settle(server)
+
+
+@pytest.mark.parametrize(
+    ("packet", "code"),
+    [
+        (ReadRequest("small.txt", "mail"), ErrorCode.ILLEGAL_OPERATION),
+        (ReadRequest("small.txt", "binary"), ErrorCode.ILLEGAL_OPERATION),
+        (WriteRequest("upload.bin", "octet"), ErrorCode.ACCESS_VIOLATION),
+        (ReadRequest("nope", "octet"), ErrorCode.FILE_NOT_FOUND),
+        (ReadRequest("/../secret", "octet"), ErrorCode.ACCESS_VIOLATION),
+        (ReadRequest("boot", "octet"), ErrorCode.ACCESS_VIOLATION),
+    ],
+)
+async def test_raw_refusals(server: TftpServer, peer: RawPeer, packet: Packet, code: int) -> None:
+    await peer.send(packet, (HOST, server.port))
+    reply, _ = await peer.recv()
+    assert isinstance(reply, Error)
+    assert reply.code == code
+    assert server.active_sessions == 0
+
+
+async def test_session_cap_per_client(
+    make_server: ServerFactory, peer: RawPeer, stranger: RawPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    server = await make_server(max_sessions_per_client=1)
+    await peer.send(ReadRequest("small.txt", "octet"), (HOST, server.port))
+    await peer.recv()  # DATA 1, left unacknowledged
+    await stranger.send(ReadRequest("small.txt", "octet"), (HOST, server.port))
+    reply, _ = await stranger.recv()
+    assert reply == Error(ErrorCode.NOT_DEFINED, "too many transfers, try again later")
+    assert [x["result"] for x in transfer_lines(caplog)] == ["refused: too many transfers"]
+    assert server.active_sessions == 1
+
+
+async def test_timeout_and_retries(
+    make_server: ServerFactory, peer: RawPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    server = await make_server(timeout=0.05, retries=2)
+    await peer.send(ReadRequest("small.txt", "octet"), (HOST, server.port))
+    sends = [await peer.recv() for _ in range(3)]  # the first send and two retransmissions
+    assert all(p == Data(1, b"line one\nline two\r\n") for p, _ in sends)
+    await settle(server)
+    assert await peer.silent(0.2)
+    [line] = transfer_lines(caplog)
+    assert line["result"] == "timed out"
+    assert line["bytes"] == "0"
+    assert server.counters["timed_out"] == 1
+
+
+async def test_client_error_ends_transfer(
+    server: TftpServer, peer: RawPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    await peer.send(ReadRequest("small.txt", "octet", (("tsize", "0"),)), (HOST, server.port))
+    _, session_addr = await peer.recv()
+    await peer.send(Error(ErrorCode.OPTION_NEGOTIATION_FAILED, "just the size"), session_addr)
+    await settle(server)
+    [line] = transfer_lines(caplog)
+    assert line["result"] == "client error: just the size"
+    assert line["options"] == "tsize=19"
+
+
+async def test_close_ends_active_transfers(make_server: ServerFactory, peer: RawPeer) -> None:
+    server = await make_server()
+    await peer.send(ReadRequest("boot/big.bin", "octet"), (HOST, server.port))
+    _, session_addr = await peer.recv()
+    assert server.active_sessions == 1
+    await server.close()
+    assert server.active_sessions == 0
+    reply, addr = await peer.recv()
+    assert reply == Error(ErrorCode.NOT_DEFINED, "server shutting down")
+    assert addr == session_addr
