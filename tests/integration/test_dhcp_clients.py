@@ -1,0 +1,185 @@
+"""Real DHCP clients against netbootd in a private lab network: get, renew, reboot, release.
+
+netbootd serves the lab bridge; each client runs in a second namespace joined to the bridge by a
+veth, as a separate machine would. Needs root (network namespaces).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from netbootd_lab import Host, Lab, LogEvent, NetbootdServer
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+UDHCPC_SCRIPT = """#!/bin/sh
+# Applies what udhcpc learned, as a distribution's script would.
+case "$1" in
+  deconfig) ip addr flush dev "$interface" ;;
+  bound|renew) ip addr replace "$ip/$mask" dev "$interface" ;;
+esac
+echo "$1 $ip $serverid $lease" >> "$EVENTS"
+"""
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with Lab(tmp_path / "lab") as the_lab:
+        yield the_lab
+
+
+@pytest.fixture
+def netbootd(lab: Lab, tmp_path: Path) -> NetbootdServer:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "pxelinux.0").write_bytes(b"\0" * 64)
+    return NetbootdServer(
+        lab,
+        root,
+        state_dir=tmp_path / "state",
+        log_path=lab.workdir / "netbootd.log",
+        dhcp_range=lab.dhcp_range(100, 110),
+        boot=["bios=pxelinux.0"],
+        extra_args=["--no-http"],
+    ).start()
+
+
+def client_host(lab: Lab, label: str) -> Host:
+    host = lab.add_host(label)
+    host.ip("addr", "flush", "dev", host.interface)
+    return host
+
+
+def host_address(host: Host) -> str | None:
+    out = host.ip("-4", "-o", "addr", "show", "dev", host.interface)
+    for word_index, word in enumerate(out.split()):
+        if word == "inet":
+            return out.split()[word_index + 1].split("/")[0]
+    return None
+
+
+def dhcp_events(server: NetbootdServer, mac: str) -> list[tuple[str, str]]:
+    return [
+        (ev.event, ev.get("decision"))
+        for ev in server.events()
+        if ev.svc == "dhcp" and ev.get("mac") == mac
+    ]
+
+
+def wait_for(
+    server: NetbootdServer, mac: str, wanted: tuple[str, str], count: int = 1
+) -> list[LogEvent]:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if dhcp_events(server, mac).count(wanted) >= count:
+            return server.events()
+        time.sleep(0.1)
+    raise AssertionError(f"{wanted} x{count} not seen for {mac}: {dhcp_events(server, mac)}")
+
+
+def stored_leases(server: NetbootdServer) -> dict[str, str]:
+    with sqlite3.connect(server.state_dir / "leases.sqlite3") as db:
+        return dict(db.execute("SELECT mac, state FROM leases"))
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox is not installed")
+def test_udhcpc_lease_renew_release(lab: Lab, netbootd: NetbootdServer, tmp_path: Path) -> None:
+    host = client_host(lab, "udhcpc")
+    mac = host.ip("-o", "link", "show", host.interface).split("link/ether ")[1].split()[0]
+    script = tmp_path / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    events_file = tmp_path / "udhcpc.events"
+    client = host.spawn(
+        ["busybox", "udhcpc", "-f", "-i", host.interface, "-s", str(script), "-t", "5", "-T", "1",
+         "-V", "PXEClient:Arch:00000:UNDI:002001"],
+        lab.workdir / "udhcpc.log",
+        env={"EVENTS": str(events_file)},
+    )  # fmt: skip
+    wait_for(netbootd, mac, ("REQUEST", "ACK"))
+    deadline = time.monotonic() + 10
+    while host_address(host) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    address = host_address(host)
+    assert address is not None and address.startswith("10.99.0.1")
+    assert stored_leases(netbootd) == {mac: "bound"}
+
+    os.kill(client.pid, signal.SIGUSR1)  # renew: a unicast REQUEST with ciaddr set
+    wait_for(netbootd, mac, ("REQUEST", "ACK"), count=2)
+    renew = [
+        ev
+        for ev in netbootd.events()
+        if ev.svc == "dhcp" and ev.get("mac") == mac and ev.event == "REQUEST"
+    ][-1]
+    assert renew.get("address") == address
+
+    os.kill(client.pid, signal.SIGUSR2)  # release
+    wait_for(netbootd, mac, ("RELEASE", "released"))
+    assert stored_leases(netbootd) == {}
+    client.stop()
+    assert "bound" in events_file.read_text()
+    assert netbootd.alive()
+
+
+@pytest.mark.skipif(shutil.which("dhclient") is None, reason="dhclient is not installed")
+def test_dhclient_lease_reboot_release(lab: Lab, netbootd: NetbootdServer, tmp_path: Path) -> None:
+    host = client_host(lab, "dhclient")
+    mac = host.ip("-o", "link", "show", host.interface).split("link/ether ")[1].split()[0]
+    leases = tmp_path / "dhclient.leases"
+    base = ["dhclient", "-4", "-lf", str(leases), "-pf", str(tmp_path / "dhclient.pid")]
+    got = host.ns_exec([*base, "-1", "-v", host.interface], timeout=60)
+    assert "bound to" in got.stderr, got.stderr
+    address = host_address(host)
+    assert address is not None
+    assert ("DISCOVER", "OFFER") in dhcp_events(netbootd, mac)
+    assert ("REQUEST", "ACK") in dhcp_events(netbootd, mac)
+
+    # A reboot: the client asks for its remembered address without a server identifier
+    # (RFC 2131 INIT-REBOOT) and gets it back.
+    host.ns_exec([*base, "-x", host.interface], check=False, timeout=30)
+    host.ip("addr", "flush", "dev", host.interface)
+    again = host.ns_exec([*base, "-1", "-v", host.interface], timeout=60)
+    assert "bound to" in again.stderr, again.stderr
+    assert host_address(host) == address
+
+    host.ns_exec([*base, "-r", "-v", host.interface], timeout=30)
+    wait_for(netbootd, mac, ("RELEASE", "released"))
+    assert stored_leases(netbootd) == {}
+    assert netbootd.alive()
+
+
+def test_restart_keeps_leases(lab: Lab, netbootd: NetbootdServer, tmp_path: Path) -> None:
+    """An acknowledged lease survives a restart: the same client gets the same address."""
+    host = client_host(lab, "again")
+    mac = host.ip("-o", "link", "show", host.interface).split("link/ether ")[1].split()[0]
+    udhcpc = ["busybox", "udhcpc", "-n", "-q", "-i", host.interface, "-s", "/bin/true",
+              "-t", "5", "-T", "1"]  # fmt: skip
+    host.ns_exec(udhcpc, timeout=30)
+    first = netbootd.leased_address(mac)
+    assert first is not None
+    netbootd.stop()
+    other = client_host(lab, "other")
+    restarted = NetbootdServer(
+        lab,
+        netbootd.root,
+        state_dir=netbootd.state_dir,
+        log_path=lab.workdir / "netbootd-2.log",
+        dhcp_range=netbootd.dhcp_range,
+        extra_args=["--no-http"],
+    ).start()
+    other.ns_exec(udhcpc, timeout=30)  # a newcomer must not get the first client's address
+    host.ns_exec(udhcpc, timeout=30)
+    assert restarted.leased_address(mac) == first
+    other_mac = other.ip("-o", "link", "show", other.interface).split("link/ether ")[1].split()[0]
+    assert restarted.leased_address(other_mac) not in (None, first)
