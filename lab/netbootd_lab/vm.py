@@ -1,0 +1,195 @@
+"""QEMU guests for the lab: real firmware (SeaBIOS with the iPXE ROM) network-booting from a tap.
+
+A :class:`VM` runs inside the lab namespace, so its only link is the tap on the lab bridge. Its
+serial console goes to a file; :meth:`VM.wait_for` watches that file for a line. The guest is
+expected to power itself off (``-no-reboot``, ``panic=-1``); a deadline kills it otherwise.
+KVM does not work on the lab machines, hence ``-accel tcg``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from netbootd_lab.netns import Lab, LabError, Process
+from netbootd_lab.payload import BOOT_MARKER, CMDLINE_PREFIX
+
+QEMU = "qemu-system-x86_64"
+MAC_PREFIX = "52:54:00:4e:42"
+
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_a-z])")
+
+
+def qemu_available() -> bool:
+    return shutil.which(QEMU) is not None
+
+
+def clean_console(text: str) -> str:
+    """Console bytes as plain text: escape sequences dropped, CR and backspace applied."""
+    lines = []
+    for raw in _ANSI.sub("", text).split("\n"):
+        # A bare CR returns to column 0: what follows it overwrote what came before.
+        visible = raw.rstrip("\r").rsplit("\r", 1)[-1]
+        line: list[str] = []
+        for char in visible:
+            if char == "\b":
+                if line:
+                    line.pop()
+            elif char.isprintable() or char == "\t":
+                line.append(char)
+        lines.append("".join(line).rstrip())
+    return "\n".join(lines)
+
+
+class VM:
+    """One QEMU guest on a lab tap. Start with :meth:`Lab`-bound :func:`start_vm`."""
+
+    def __init__(
+        self,
+        lab: Lab,
+        name: str,
+        *,
+        mac: str,
+        tap: str,
+        console_log: Path,
+        memory_mb: int = 512,
+        nic: str = "e1000",
+        extra_args: Sequence[str] = (),
+    ):
+        self.lab = lab
+        self.name = name
+        self.mac = mac
+        self.tap = tap
+        self.console_log = console_log
+        self.memory_mb = memory_mb
+        self.nic = nic
+        self.extra_args = list(extra_args)
+        self.process: Process | None = None
+        self.started_at = 0.0
+
+    def argv(self) -> list[str]:
+        return [
+            QEMU,
+            "-name", self.name,
+            "-machine", "pc",
+            "-accel", "tcg",
+            "-m", str(self.memory_mb),
+            "-nographic",
+            "-monitor", "none",
+            "-serial", f"file:{self.console_log}",
+            "-no-reboot",
+            "-boot", "order=n",
+            "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
+            "-device", f"{self.nic},netdev=n0,mac={self.mac}",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self) -> VM:
+        self.console_log.parent.mkdir(parents=True, exist_ok=True)
+        self.console_log.write_bytes(b"")
+        self.started_at = time.monotonic()
+        self.process = self.lab.spawn(
+            self.argv(), self.console_log.with_suffix(".qemu.log"), name=f"qemu-{self.name}"
+        )
+        return self
+
+    # -- reading the console -----------------------------------------------------------------
+
+    def console_text(self) -> str:
+        try:
+            return clean_console(self.console_log.read_bytes().decode(errors="replace"))
+        except FileNotFoundError:
+            return ""
+
+    def console_lines(self) -> list[str]:
+        return self.console_text().splitlines()
+
+    def console_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.console_lines()[-lines:])
+
+    def qemu_log(self) -> str:
+        return self.process.log_text() if self.process else ""
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def wait_for(self, marker: str, timeout: float) -> float:
+        """Wait until ``marker`` is on the console; return seconds since the VM started.
+
+        Raises LabError on timeout or when QEMU exits without having printed the marker.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if marker in self.console_text():
+                return self.elapsed()
+            if not self.alive():
+                # The guest may have printed the marker just before powering off.
+                if marker in self.console_text():
+                    return self.elapsed()
+                rc = self.process.returncode if self.process else None
+                raise LabError(
+                    f"VM {self.name} exited (rc={rc}) after {self.elapsed():.1f} s "
+                    f"without printing {marker!r}; qemu said: {self.qemu_log().strip()[-500:]}"
+                )
+            if time.monotonic() >= deadline:
+                raise LabError(
+                    f"VM {self.name}: no {marker!r} on the console after {timeout:.0f} s"
+                )
+            time.sleep(0.1)
+
+    def booted_lines(self) -> list[str]:
+        """Console lines from the boot marker on (what the guest's /init printed)."""
+        lines = self.console_lines()
+        for index, line in enumerate(lines):
+            if BOOT_MARKER in line:
+                return lines[index:]
+        return []
+
+    def kernel_cmdline(self) -> str | None:
+        for line in self.booted_lines():
+            if line.startswith(CMDLINE_PREFIX):
+                return line[len(CMDLINE_PREFIX) :].strip()
+        return None
+
+    def wait_exit(self, timeout: float) -> int | None:
+        return self.process.wait(timeout) if self.process else None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def start_vm(
+    lab: Lab,
+    *,
+    name: str | None = None,
+    memory_mb: int = 512,
+    nic: str = "e1000",
+    extra_args: Sequence[str] = (),
+) -> VM:
+    """Make a tap on the lab bridge and boot a VM from the network through it.
+
+    Each VM of a lab gets its own MAC: ``52:54:00:4e:42:<n>``.
+    """
+    tap = lab.add_tap()
+    index = int(tap.removeprefix("tap")) + 1
+    if index > 0xFF:
+        raise LabError("too many VMs in one lab")
+    vm_name = name or f"vm{index}"
+    vm = VM(
+        lab,
+        vm_name,
+        mac=f"{MAC_PREFIX}:{index:02x}",
+        tap=tap,
+        console_log=lab.workdir / f"{vm_name}.console.log",
+        memory_mb=memory_mb,
+        nic=nic,
+        extra_args=extra_args,
+    )
+    return vm.start()
