@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +97,7 @@ def stored_leases(server: NetbootdServer) -> dict[str, str]:
 @pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox is not installed")
 def test_udhcpc_lease_renew_release(lab: Lab, netbootd: NetbootdServer, tmp_path: Path) -> None:
     host = client_host(lab, "udhcpc")
-    mac = host.ip("-o", "link", "show", host.interface).split("link/ether ")[1].split()[0]
+    mac = host.mac()
     script = tmp_path / "udhcpc.sh"
     script.write_text(UDHCPC_SCRIPT)
     script.chmod(0o755)
@@ -135,7 +136,7 @@ def test_udhcpc_lease_renew_release(lab: Lab, netbootd: NetbootdServer, tmp_path
 @pytest.mark.skipif(shutil.which("dhclient") is None, reason="dhclient is not installed")
 def test_dhclient_lease_reboot_release(lab: Lab, netbootd: NetbootdServer, tmp_path: Path) -> None:
     host = client_host(lab, "dhclient")
-    mac = host.ip("-o", "link", "show", host.interface).split("link/ether ")[1].split()[0]
+    mac = host.mac()
     leases = tmp_path / "dhclient.leases"
     base = ["dhclient", "-4", "-lf", str(leases), "-pf", str(tmp_path / "dhclient.pid")]
     got = host.ns_exec([*base, "-1", "-v", host.interface], timeout=60)
@@ -162,7 +163,7 @@ def test_dhclient_lease_reboot_release(lab: Lab, netbootd: NetbootdServer, tmp_p
 def test_restart_keeps_leases(lab: Lab, netbootd: NetbootdServer, tmp_path: Path) -> None:
     """An acknowledged lease survives a restart: the same client gets the same address."""
     host = client_host(lab, "again")
-    mac = host.ip("-o", "link", "show", host.interface).split("link/ether ")[1].split()[0]
+    mac = host.mac()
     udhcpc = ["busybox", "udhcpc", "-n", "-q", "-i", host.interface, "-s", "/bin/true",
               "-t", "5", "-T", "1"]  # fmt: skip
     host.ns_exec(udhcpc, timeout=30)
@@ -181,5 +182,47 @@ def test_restart_keeps_leases(lab: Lab, netbootd: NetbootdServer, tmp_path: Path
     other.ns_exec(udhcpc, timeout=30)  # a newcomer must not get the first client's address
     host.ns_exec(udhcpc, timeout=30)
     assert restarted.leased_address(mac) == first
-    other_mac = other.ip("-o", "link", "show", other.interface).split("link/ether ")[1].split()[0]
-    assert restarted.leased_address(other_mac) not in (None, first)
+    assert restarted.leased_address(other.mac()) not in (None, first)
+
+
+JUNK_SENDER = """
+import socket, sys
+junk = [
+    b"",                                   # empty
+    b"\\x01",                              # runt
+    b"\\x01\\x01\\x06\\x00" + b"\\x00" * 232 + b"BAD!",   # bad cookie
+    b"\\x03\\x01\\x06\\x00" + b"\\x00" * 232 + bytes([99, 130, 83, 99]),  # op 3
+    b"\\x01\\x01\\x06\\x00" + b"\\x00" * 232 + bytes([99, 130, 83, 99, 53, 200, 1]),  # truncated
+    bytes(range(256)) * 4,
+]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+for target in (sys.argv[1], "255.255.255.255"):
+    for datagram in junk:
+        s.sendto(datagram, (target, 67))
+"""
+
+
+def test_malformed_datagrams_do_not_stop_the_service(
+    lab: Lab, netbootd: NetbootdServer, tmp_path: Path
+) -> None:
+    sender = lab.add_host("junk")
+    sender.ns_exec([sys.executable, "-c", JUNK_SENDER, lab.server_ip])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        malformed = [ev for ev in netbootd.events() if ev.event == "malformed"]
+        if len(malformed) >= 12:
+            break
+        time.sleep(0.1)
+    # Six kinds of junk, unicast and broadcast: each refused with exactly one line.
+    assert len(malformed) == 12, netbootd.log_tail()
+    assert all(ev.get("error") for ev in malformed)
+    host = client_host(lab, "after")
+    got = host.ns_exec(
+        ["busybox", "udhcpc", "-n", "-q", "-i", host.interface, "-s", "/bin/true", "-t", "5"],
+        timeout=30,
+    )
+    assert "obtained" in got.stdout + got.stderr
+    assert "Traceback" not in netbootd.log_text()
+    assert netbootd.alive()
