@@ -19,10 +19,11 @@ from datetime import datetime
 from pathlib import Path
 
 from netbootd.logfmt import parse_event
-from netbootd_lab.netns import Lab, LabError, Process
+from netbootd_lab.netns import Host, Lab, LabError, Namespace, Process
 
 DHCP_PORT = 67
 TFTP_PORT = 69
+PXE_PORT = 4011
 
 _NETBOOTD_LINE = re.compile(r"netbootd\.(?P<svc>dhcp|tftp|http) (?P<msg>.*)$")
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
@@ -67,10 +68,11 @@ class BootServer:
     name = "server"
     ports: tuple[int, ...] = (DHCP_PORT, TFTP_PORT)
 
-    def __init__(self, lab: Lab, root: Path, log_path: Path):
+    def __init__(self, lab: Lab, root: Path, log_path: Path, where: Namespace | None = None):
         self.lab = lab
         self.root = root
         self.log_path = log_path
+        self.where: Namespace = where or lab  # the namespace the server runs in
         self.process: Process | None = None
 
     def argv(self) -> list[str]:
@@ -81,11 +83,11 @@ class BootServer:
 
     def start(self, timeout: float = 30) -> BootServer:
         """Start the server and wait until its UDP ports are bound."""
-        self.process = self.lab.spawn(
+        self.process = self.where.spawn(
             self.argv(), self.log_path, name=self.name, env={"PYTHONUNBUFFERED": "1"}
         )
         try:
-            self.lab.wait_udp_ports(self.ports, timeout, watch=self.process)
+            self.where.wait_udp_ports(self.ports, timeout, watch=self.process)
         except LabError as exc:
             raise LabError(f"{exc}\n--- {self.name} log ---\n{self.log_tail()}") from None
         return self
@@ -152,12 +154,16 @@ class NetbootdServer(BootServer):
         dhcp_range: tuple[str, str] | None = None,
         boot: Sequence[str] = ("bios=pxelinux.0",),
         extra_args: Sequence[str] = (),
+        proxy: bool = False,
     ):
         super().__init__(lab, root, log_path)
         self.state_dir = state_dir
         self.dhcp_range = dhcp_range or lab.dhcp_range()
         self.boot = list(boot)
         self.extra_args = list(extra_args)
+        self.proxy = proxy  # proxyDHCP beside another DHCP server instead of a pool
+        if proxy:
+            self.ports = (DHCP_PORT, PXE_PORT, TFTP_PORT)
 
     def argv(self) -> list[str]:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -166,9 +172,9 @@ class NetbootdServer(BootServer):
             "serve",
             "--interface", self.lab.bridge,
             "--root", str(self.root),
-            "--dhcp-range", "-".join(self.dhcp_range),
             "--state-dir", str(self.state_dir),
         ]  # fmt: skip
+        argv += ["--proxy"] if self.proxy else ["--dhcp-range", "-".join(self.dhcp_range)]
         for spec in self.boot:
             argv += ["--boot", spec]
         return argv + self.extra_args
@@ -199,32 +205,41 @@ class DnsmasqServer(BootServer):
         state_dir: Path,
         log_path: Path,
         dhcp_range: tuple[str, str] | None = None,
-        boot_file: str = "pxelinux.0",
+        boot_file: str | None = "pxelinux.0",
+        host: Host | None = None,
     ):
-        super().__init__(lab, root, log_path)
+        """dnsmasq in the lab namespace, or on ``host`` as a site's DHCP server.
+
+        With ``boot_file=None`` it serves addresses only (no boot file, no TFTP), as a home
+        router or a site DHCP server beside a proxyDHCP does.
+        """
+        super().__init__(lab, root, log_path, where=host)
         self.state_dir = state_dir
         self.dhcp_range = dhcp_range or lab.dhcp_range()
         self.boot_file = boot_file
+        self.interface = host.interface if host is not None else lab.bridge
+        if boot_file is None:
+            self.ports = (DHCP_PORT,)
 
     def argv(self) -> list[str]:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        return [
+        argv = [
             "dnsmasq",
             "--no-daemon",
             "--conf-file=/dev/null",
             "--user=root",
             "--pid-file=",
             "--port=0",
-            f"--interface={self.lab.bridge}",
+            f"--interface={self.interface}",
             "--bind-interfaces",
             f"--dhcp-range={self.dhcp_range[0]},{self.dhcp_range[1]}",
-            f"--dhcp-boot={self.boot_file}",
-            "--enable-tftp",
-            f"--tftp-root={self.root}",
             "--log-dhcp",
             "--log-facility=-",
             f"--dhcp-leasefile={self.state_dir / 'dnsmasq.leases'}",
         ]
+        if self.boot_file is not None:
+            argv += [f"--dhcp-boot={self.boot_file}", "--enable-tftp", f"--tftp-root={self.root}"]
+        return argv
 
     def _relative(self, path: str) -> str:
         root = str(self.root).rstrip("/") + "/"
