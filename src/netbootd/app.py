@@ -177,7 +177,21 @@ class App:
         self.dhcp = DhcpServer(service, self.interface.name, ports)
         await self.dhcp.start()
 
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Every service's outcome counters, by service."""
+        found: dict[str, dict[str, int]] = {}
+        if self.dhcp is not None:
+            found["dhcp"] = self.dhcp.all_counters()
+        if self.tftp is not None:
+            found["tftp"] = {k: v for k, v in self.tftp.counters.items() if v}
+        if self.http is not None:
+            found["http"] = dict(self.http.counters)
+        return found
+
     async def stop(self) -> None:
+        for service, counts in self.counters().items():
+            summary = ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
+            log.info(format_event("counters", service=service, counts=summary))
         for server in (self.dhcp, self.tftp, self.http):
             if server is not None:
                 with contextlib.suppress(Exception):

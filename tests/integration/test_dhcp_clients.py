@@ -170,6 +170,9 @@ def test_restart_keeps_leases(lab: Lab, netbootd: NetbootdServer, tmp_path: Path
     first = netbootd.leased_address(mac)
     assert first is not None
     netbootd.stop()
+    # A clean stop reports what every service did.
+    assert "counters service=dhcp" in netbootd.log_text()
+    assert "REQUEST:ACK=1" in netbootd.log_text()
     other = client_host(lab, "other")
     restarted = NetbootdServer(
         lab,

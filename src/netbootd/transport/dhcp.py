@@ -72,6 +72,10 @@ class DhcpServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
 
+    def all_counters(self) -> dict[str, int]:
+        """The edge's counters (malformed, dropped, sent) and the service's, by outcome."""
+        return {**self.counters, **self._service.counters}
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for port in self._ports:
