@@ -105,6 +105,21 @@ def _within(root: str, path: str) -> bool:
     return path == root or path.startswith(root + os.sep) or root == os.sep
 
 
+def _regular_file(real: str) -> Path:
+    """``real`` (a path without symlinks) if it is a regular file, else the lookup error."""
+    try:
+        info = os.stat(real)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFound("no such file") from None
+    except PermissionError:
+        raise AccessDenied("permission denied") from None
+    except OSError as exc:
+        raise AccessDenied(f"cannot stat: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise AccessDenied("not a regular file")
+    return Path(real)
+
+
 class FileTree:
     """Serve regular files below ``root``, plus a few named files from elsewhere.
 
@@ -129,19 +144,12 @@ class FileTree:
         if not _within(root, real):
             raise AccessDenied("outside root")
         try:
-            info = os.stat(real)
-        except (FileNotFoundError, NotADirectoryError):
+            return _regular_file(real)
+        except FileNotFound:
             extra = self._extra.get(relative)
             if extra is None:
-                raise FileNotFound("no such file") from None
-            return self._resolve_extra(extra)
-        except PermissionError:
-            raise AccessDenied("permission denied") from None
-        except OSError as exc:
-            raise AccessDenied(f"cannot stat: {exc.strerror}") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise AccessDenied("not a regular file")
-        return Path(real)
+                raise
+            return _regular_file(os.path.realpath(extra))
 
     def open(self, name: str) -> LocalFile:
         path = self.resolve(name)
@@ -180,16 +188,3 @@ class FileTree:
         if ".." in relative.split("/"):
             raise AccessDenied("parent directory in name")
         return relative
-
-    @staticmethod
-    def _resolve_extra(path: Path) -> Path:
-        real = os.path.realpath(path)
-        try:
-            info = os.stat(real)
-        except FileNotFoundError:
-            raise FileNotFound("no such file") from None
-        except OSError as exc:
-            raise AccessDenied(f"cannot stat: {exc.strerror}") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise AccessDenied("not a regular file")
-        return Path(real)
