@@ -61,7 +61,7 @@ class App:
             try:
                 self.interface = interface_info(config.interface)
             except InterfaceError as exc:
-                raise StartError(str(exc)) from exc
+                raise ConfigError(str(exc)) from exc  # a bad --interface is a bad flag
         if config.root is not None:
             if not config.root.is_dir():
                 raise ConfigError(f"root {config.root}: not a directory")

@@ -112,12 +112,16 @@ def _location(error: Mapping[str, Any]) -> str:
     return ".".join(parts)
 
 
-def _explain(error: ValidationError, source: str) -> ConfigError:
+def _explain(error: ValidationError, source: str, flags: Mapping[str, Any]) -> ConfigError:
     first = error.errors()[0]
-    message = str(first.get("msg", "invalid value"))
-    message = message.removeprefix("Value error, ")
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     where = _location(first)
-    prefix = f"{source}: " if source else ""
+    key = where.split(".", 1)[0]
+    from_flag = bool(key) and flags.get(key) not in (None, {})
+    origin = f"--{key}" if from_flag else source
+    if from_flag and where == key:
+        where = ""  # "--boot: boot: ..." says the same thing twice
+    prefix = f"{origin}: " if origin else ""
     return ConfigError(f"{prefix}{where + ': ' if where else ''}{message}")
 
 
@@ -150,13 +154,12 @@ def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: st
             merged["boot"] = {**merged.get("boot", {}), **value}
         elif value is not None:
             merged[key] = value
-    where = source if flags == {} else (f"{source} (with flags)" if source else "")
     try:
         return _validate(merged)
     except ValidationError as exc:
-        raise _explain(exc, where) from exc
+        raise _explain(exc, source, flags) from exc
     except ValueError as exc:
-        raise ConfigError(f"{where + ': ' if where else ''}{exc}") from exc
+        raise ConfigError(f"{source + ': ' if source else ''}{exc}") from exc
 
 
 def _validate(merged: Mapping[str, Any]) -> Config:

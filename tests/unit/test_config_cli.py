@@ -126,3 +126,22 @@ def test_help_lists_the_contract(capsys: pytest.CaptureFixture[str]) -> None:
         "--log-dhcp",
     ):  # fmt: skip
         assert flag in text
+
+
+def test_errors_name_their_origin(tmp_path: Path) -> None:
+    conf = tmp_path / "site.toml"
+    conf.write_text('interface = "br0"\nroot = "/srv"\nlease-time = 5\n')
+    with pytest.raises(ConfigError, match=r"^.*site.toml: lease-time: "):
+        parse("--config", str(conf))
+    with pytest.raises(ConfigError, match=r"^--boot: boot path '/abs/path' must be relative"):
+        parse("--config", str(conf), "--boot", "bios=/abs/path")
+
+
+def test_missing_interface_is_a_usage_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "netbootd", "serve", "--interface", "nosuch0", "--root",
+         str(tmp_path), "--no-dhcp"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == "netbootd: config error: interface nosuch0: no such interface"

@@ -217,9 +217,6 @@ class DhcpService:
         holder = self.book.holder(address, now)
         if holder is not None and holder != key:
             return self._nak(request, client, outcome, f"{address} is held by another client")
-        if state == "selecting" and holder is None and self.book.of(key) is None:
-            # Our offer expired and was never recorded: the address is free, so honour it.
-            outcome.reason = "offer had expired; address still free"
         lease = Lease(address, key, request.mac, LeaseState.BOUND, now + self.settings.lease_time)
         previous = self.book.at(address)
         self.book.put(lease)  # reserve before the await: no other client can take it meanwhile
