@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from netbootd.boot.client import BootClass
@@ -52,7 +52,6 @@ class App:
     tftp: TftpServer | None = None
     http: HttpServer | None = None
     store: SqliteLeaseStore | None = None
-    _stopping: list[str] = field(default_factory=list)
 
     def prepare(self) -> None:
         """Check what can be checked before binding anything; raise StartError or ConfigError."""

@@ -101,6 +101,8 @@ async def test_refusals(server: tuple[HttpServer, Path], path: str, status: str)
 
 async def test_symlink_inside_root_and_system_ipxe(server: tuple[HttpServer, Path]) -> None:
     http, root = server
+    (root / "a%20b").write_text("literal percent")  # decoded once, not twice
+    assert (await curl(url(http, "a%2520b"))).stdout == b"literal percent"
     assert (await curl(url(http, "link"))).stdout == (root / "sub" / "kernel").read_bytes()
     assert (await curl(url(http, "undionly.kpxe"))).stdout == b"ipxe-binary"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -23,6 +22,7 @@ from netbootd.services.files import AccessDenied, FileNotFound, FileTree
 log = logging.getLogger("netbootd.http")
 
 _COUNTERS_KEY = web.AppKey("counters", Counter)
+_TREE_KEY = web.AppKey("tree", FileTree)
 
 
 class _AccessLog(AbstractAccessLogger):
@@ -47,8 +47,8 @@ class _AccessLog(AbstractAccessLogger):
 
 async def _serve(request: web.Request) -> web.StreamResponse:
     counters = request.app[_COUNTERS_KEY]
-    tree: FileTree = request.app[_TREE_KEY]
-    name = unquote(request.match_info["name"])
+    tree = request.app[_TREE_KEY]
+    name = request.match_info["name"]  # already percent-decoded by aiohttp
     try:
         path = tree.resolve(name)
     except FileNotFound:
@@ -59,9 +59,6 @@ async def _serve(request: web.Request) -> web.StreamResponse:
         raise web.HTTPForbidden(text=f"{name}: {exc}\n") from None
     counters["served"] += 1
     return web.FileResponse(path, chunk_size=256 * 1024)
-
-
-_TREE_KEY = web.AppKey("tree", FileTree)
 
 
 class HttpServer:
