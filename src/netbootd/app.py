@@ -83,8 +83,8 @@ class App:
 
     def _check_boot_files(self, tree: FileTree) -> None:
         for boot_class, path in self.config.boot.items():
-            if boot_class.over_http and not self.config.http:
-                raise ConfigError(f"--boot {boot_class}={path} is served over HTTP, which is off")
+            if boot_class.needs_http and not self.config.http:
+                raise ConfigError(f"--boot {boot_class}={path} needs HTTP, which is off")
             try:
                 tree.resolve(path)
             except FileLookupError as exc:

@@ -104,3 +104,12 @@ def test_ipxe_script_over_tftp_when_http_is_off() -> None:
     client = classify(request(MessageType.DISCOVER, vendor_class=BIOS_PXE, arch=0, ipxe=True))
     p = BootPolicy(boot={}, server=SERVER, http_port=80, http_enabled=False)
     assert p.decide(client).filename == "boot.ipxe"
+
+
+def test_uefi_http_boot_gets_nothing_when_http_is_off() -> None:
+    # UEFI HTTP Boot firmware cannot fall back to TFTP the way iPXE can.
+    client = classify(request(MessageType.DISCOVER, vendor_class=UEFI_HTTP, arch=16))
+    p = BootPolicy(boot={}, server=SERVER, http_port=80, http_enabled=False)
+    decision = p.decide(client)
+    assert decision.filename is None
+    assert decision.reason == "uefi-http needs HTTP, which is off"

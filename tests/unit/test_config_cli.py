@@ -145,3 +145,16 @@ def test_missing_interface_is_a_usage_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip() == "netbootd: config error: interface nosuch0: no such interface"
+
+
+def test_no_http_refuses_only_what_needs_http(tmp_path: Path) -> None:
+    from netbootd.app import App
+
+    (tmp_path / "boot.ipxe").write_text("#!ipxe\n")
+    (tmp_path / "snponly.efi").write_text("x")
+    base = ("--no-dhcp", "--no-http", "--root", str(tmp_path))
+    App(parse(*base, "--boot", "ipxe=boot.ipxe")).prepare()  # iPXE falls back to TFTP
+    with pytest.raises(
+        ConfigError, match=r"^--boot uefi-http=snponly.efi needs HTTP, which is off"
+    ):
+        App(parse(*base, "--boot", "uefi-http=snponly.efi")).prepare()

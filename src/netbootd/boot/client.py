@@ -77,6 +77,14 @@ class BootClass(StrEnum):
         """Whether the boot file of this class is handed out as an http:// URL."""
         return self in (BootClass.UEFI_HTTP, BootClass.IPXE)
 
+    @property
+    def needs_http(self) -> bool:
+        """Whether this class can fetch its boot file only over HTTP.
+
+        iPXE also speaks TFTP; UEFI HTTP Boot firmware takes nothing but a URL.
+        """
+        return self is BootClass.UEFI_HTTP
+
 
 def arch_name(code: int | None) -> str:
     if code is None:

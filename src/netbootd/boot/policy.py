@@ -93,6 +93,8 @@ class BootPolicy:
     def _target(self, boot_class: BootClass, path: str, reason: str) -> BootDecision:
         if boot_class.over_http and self.http_enabled:
             return BootDecision(boot_class, path, self.url_for(path), reason)
+        if boot_class.needs_http:
+            return BootDecision(boot_class, None, None, f"{boot_class} needs HTTP, which is off")
         return BootDecision(boot_class, path, None, reason)
 
     def _configured_or_default(self, boot_class: BootClass) -> tuple[str | None, str]:
