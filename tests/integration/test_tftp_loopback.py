@@ -292,8 +292,13 @@ async def test_40mib_past_rollover_curl(tmp_path: Path) -> None:
 
 
 async def test_malformed_datagrams_do_not_stop_listener(
-    server: TftpServer, root: Path, peer: RawPeer, tmp_path: Path
+    server: TftpServer,
+    root: Path,
+    peer: RawPeer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
     listener = (HOST, server.port)
     for junk in (b"", b"\x00", b"\xff\xff\xff", b"\x00\x07abc", b"\x00\x03\x00", b"\x00\x04"):
         await peer.send(junk, listener)
@@ -310,6 +315,13 @@ async def test_malformed_datagrams_do_not_stop_listener(
     counters = server.counters
     assert counters["malformed"] == 7
     assert counters["stray"] == 3
+    # Each malformed datagram, and only those, left one warning line.
+    malformed = [
+        r for r in caplog.records if r.name == LOGGER and r.getMessage().startswith("malformed ")
+    ]
+    assert len(malformed) == 7
+    assert all(r.levelno == logging.WARNING for r in malformed)
+    assert all("error=" in r.getMessage() for r in malformed)
 
     curl = need("curl")
     out = tmp_path / "out"
