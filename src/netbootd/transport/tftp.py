@@ -77,6 +77,60 @@ class _MemoryFile:
         self._content = b""
 
 
+class _Refusal(Exception):  # noqa: N818 - a request refused, not a failure of ours
+    """Why a read request cannot be served: what to answer, log and count."""
+
+    def __init__(
+        self, error: Error, result: str, counter: str, level: int = logging.WARNING
+    ) -> None:
+        super().__init__(result)
+        self.error, self.result, self.counter, self.level = error, result, counter, level
+
+
+def _cannot_read(reason: str) -> _Refusal:
+    return _Refusal(
+        Error(ErrorCode.NOT_DEFINED, "cannot read file"), f"error: {reason}", "server_error"
+    )
+
+
+def _open_for(source: FileSource, request: ReadRequest) -> OpenedFile:
+    """Open the requested file in the requested mode, or raise the :class:`_Refusal`."""
+    try:
+        opened = source.open(request.filename)
+    except FileNotFound:
+        # pxelinux and GRUB probe many names that do not exist: routine, not a warning.
+        raise _Refusal(
+            Error(ErrorCode.FILE_NOT_FOUND, "file not found"),
+            "not found",
+            "not_found",
+            logging.INFO,
+        ) from None
+    except AccessDenied as exc:
+        raise _Refusal(
+            Error(ErrorCode.ACCESS_VIOLATION, "access violation"),
+            f"access denied: {exc.reason}",
+            "access_denied",
+        ) from None
+    except FileLookupError as exc:
+        raise _cannot_read(exc.reason) from None
+    except OSError as exc:
+        raise _cannot_read(exc.strerror or str(exc)) from None
+    if request.mode != Mode.NETASCII:
+        return opened
+    try:
+        if opened.size > NETASCII_LIMIT:
+            message = "file too large for netascii mode"
+            raise _Refusal(
+                Error(ErrorCode.NOT_DEFINED, message), f"error: {message}", "server_error"
+            )
+        raw = opened.read(0, opened.size)
+    except OSError as exc:
+        raise _cannot_read(exc.strerror or str(exc)) from None
+    finally:
+        opened.close()
+    return _MemoryFile(to_netascii(raw))
+
+
 class _ListenerProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: TftpServer) -> None:
         self._server = server
@@ -437,68 +491,20 @@ class TftpServer:
         task.add_done_callback(self._tasks.discard)
 
     def _open(self, request: ReadRequest, addr: Address, started: float) -> OpenedFile | None:
-        name = request.filename
+        """The file to send, or None after refusing the request (answered, counted, logged)."""
         try:
-            opened = self._source.open(name)
-        except FileNotFound:
+            return _open_for(self._source, request)
+        except _Refusal as refusal:
             self._refuse(
                 addr,
-                name,
+                request.filename,
                 started,
-                error=Error(ErrorCode.FILE_NOT_FOUND, "file not found"),
-                result="not found",
-                counter="not_found",
-                level=logging.INFO,
+                error=refusal.error,
+                result=refusal.result,
+                counter=refusal.counter,
+                level=refusal.level,
             )
             return None
-        except AccessDenied as exc:
-            self._refuse(
-                addr,
-                name,
-                started,
-                error=Error(ErrorCode.ACCESS_VIOLATION, "access violation"),
-                result=f"access denied: {exc.reason}",
-                counter="access_denied",
-            )
-            return None
-        except (FileLookupError, OSError) as exc:
-            reason = exc.reason if isinstance(exc, FileLookupError) else (exc.strerror or str(exc))
-            self._refuse(
-                addr,
-                name,
-                started,
-                error=Error(ErrorCode.NOT_DEFINED, "cannot read file"),
-                result=f"error: {reason}",
-                counter="server_error",
-            )
-            return None
-        if request.mode != Mode.NETASCII:
-            return opened
-        try:
-            if opened.size > NETASCII_LIMIT:
-                self._refuse(
-                    addr,
-                    name,
-                    started,
-                    error=Error(ErrorCode.NOT_DEFINED, "file too large for netascii mode"),
-                    result="error: file too large for netascii mode",
-                    counter="server_error",
-                )
-                return None
-            raw = opened.read(0, opened.size)
-        except OSError as exc:
-            self._refuse(
-                addr,
-                name,
-                started,
-                error=Error(ErrorCode.NOT_DEFINED, "cannot read file"),
-                result=f"error: {exc.strerror or exc}",
-                counter="server_error",
-            )
-            return None
-        finally:
-            opened.close()
-        return _MemoryFile(to_netascii(raw))
 
     async def _open_session_socket(self, transfer: _Transfer) -> None:
         loop = asyncio.get_running_loop()
