@@ -24,7 +24,7 @@ from netbootd.store.leases import SqliteLeaseStore, StoreError
 from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpServer
 from netbootd.transport.netif import InterfaceError, InterfaceInfo, interface_info
-from netbootd.transport.tftp import TftpServer
+from netbootd.transport.tftp import TftpServer, TftpSettings
 
 log = logging.getLogger("netbootd")
 
@@ -117,8 +117,7 @@ class App:
             if config.dhcp_mode is not DhcpMode.OFF:
                 await self._start_dhcp()
             if config.tftp and self.tree is not None:
-                mtu = self.interface.mtu if self.interface is not None else 1500
-                self.tftp = TftpServer(self.tree, max_blksize=max(512, mtu - _TFTP_OVERHEAD))
+                self.tftp = TftpServer(self.tree, self._tftp_settings())
                 await self.tftp.start(host, config.tftp_port)
             if config.http and self.tree is not None:
                 self.http = HttpServer(self.tree)
@@ -140,6 +139,22 @@ class App:
                 http=config.http_port if self.http else "off",
                 root=str(config.root) if config.root else "-",
             )
+        )
+
+    def _tftp_settings(self) -> TftpSettings:
+        config = self.config
+        mtu = self.interface.mtu if self.interface is not None else 1500
+        # The largest block whose datagram fits the interface MTU without IP fragments.
+        unfragmented = max(512, mtu - _TFTP_OVERHEAD)
+        return TftpSettings(
+            max_blksize=config.tftp_max_blksize or unfragmented,
+            max_windowsize=config.tftp_max_windowsize,
+            timeout=config.tftp_timeout,
+            retries=config.tftp_retries,
+            max_sessions=config.tftp_max_sessions,
+            max_sessions_per_client=config.tftp_max_sessions_per_client,
+            single_port=config.tftp_single_port,
+            gso_max_blksize=unfragmented,
         )
 
     async def _start_dhcp(self) -> None:

@@ -55,6 +55,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="netbootd",
@@ -129,6 +136,26 @@ def make_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--http-port", type=_port, metavar="PORT", help="HTTP port (default 80)")
     serve_cmd.add_argument("--tftp-port", type=_port, metavar="PORT", help="TFTP port (default 69)")
+    serve_cmd.add_argument(
+        "--tftp-max-blksize",
+        type=_count,
+        metavar="OCTETS",
+        help="the largest TFTP block a client may negotiate, 8-65464 (default: what fits the "
+        "interface MTU unfragmented)",
+    )
+    serve_cmd.add_argument(
+        "--tftp-single-port",
+        action="store_const",
+        const=True,
+        default=None,
+        help="answer every TFTP transfer from the TFTP port itself, for NAT and firewalls",
+    )
+    serve_cmd.add_argument(
+        "--tftp-upload-dir",
+        type=Path,
+        metavar="DIR",
+        help="accept TFTP writes of new files into DIR (default: read-only)",
+    )
     serve_cmd.add_argument("--state-dir", type=Path, metavar="DIR", help="leases and other state")
     serve_cmd.add_argument(
         "--log-dhcp",
@@ -158,6 +185,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "tftp-port": args.tftp_port,
         "state-dir": args.state_dir,
         "log-dhcp": args.log_dhcp,
+        "tftp-max-blksize": args.tftp_max_blksize,
+        "tftp-single-port": args.tftp_single_port,
+        "tftp-upload-dir": args.tftp_upload_dir,
         "boot": {str(cls): path for cls, path in args.boot},
     }
     if flags["dhcp-range"] is not None or flags["proxy"] or flags["dhcp"] is False:

@@ -64,6 +64,16 @@ class Config(BaseModel):
     dns_servers: tuple[IPv4Address, ...] = ()
     domain_name: str | None = None
     ipxe_dir: Path = Path("/usr/lib/ipxe")
+    # TFTP. None for the block size cap means the interface MTU less the headers, so that no
+    # block leaves as IP fragments (which some PXE ROMs cannot reassemble).
+    tftp_max_blksize: int | None = Field(default=None, ge=8, le=65464)
+    tftp_max_windowsize: int = Field(default=64, ge=1, le=65535)
+    tftp_timeout: float = Field(default=1.0, gt=0, le=255)
+    tftp_retries: int = Field(default=5, ge=0, le=100)
+    tftp_max_sessions: int = Field(default=1024, ge=1, le=65536)
+    tftp_max_sessions_per_client: int = Field(default=32, ge=1, le=65536)
+    tftp_single_port: bool = False
+    tftp_upload_dir: Path | None = None
 
     @field_validator("boot")
     @classmethod
@@ -104,6 +114,14 @@ _FILE_KEYS = {
     "dns-servers",
     "domain-name",
     "ipxe-dir",
+    "tftp-max-blksize",
+    "tftp-max-windowsize",
+    "tftp-timeout",
+    "tftp-retries",
+    "tftp-max-sessions",
+    "tftp-max-sessions-per-client",
+    "tftp-single-port",
+    "tftp-upload-dir",
 }
 
 

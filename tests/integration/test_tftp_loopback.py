@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from netbootd.proto.tftp import (
     decode,
     encode,
 )
-from netbootd.services.files import FileTree
+from netbootd.services.files import FileTree, OpenedFile
 from netbootd.transport.tftp import TftpServer
 
 HOST = "127.0.0.1"
@@ -189,7 +190,16 @@ async def test_curl_fetch(
     assert digest(out) == digest(root / "boot" / "big.bin")
     await settle(server)
     [line] = transfer_lines(caplog)
-    assert list(line) == ["client", "file", "options", "bytes", "seconds", "rate", "result"]
+    assert list(line) == [
+        "client",
+        "file",
+        "options",
+        "bytes",
+        "seconds",
+        "rate",
+        "retransmits",
+        "result",
+    ]
     assert line["file"] == "boot/big.bin"
     assert line["bytes"] == str((root / "boot" / "big.bin").stat().st_size)
     assert line["result"] == "ok"
@@ -463,3 +473,160 @@ async def test_close_ends_active_transfers(make_server: ServerFactory, peer: Raw
     reply, addr = await peer.recv()
     assert reply == Error(ErrorCode.NOT_DEFINED, "server shutting down")
     assert addr == session_addr
+
+
+# --------------------------------------------------------------------------------------------
+# Serving many, and serving without blocking
+
+
+async def fetch_raw(
+    server_port: int, name: str, options: tuple[tuple[str, str], ...] = ()
+) -> tuple[bytes, set[int]]:
+    """Fetch ``name`` lock-step (or window by window) with a raw peer.
+
+    Returns the content and the server ports the DATA came from.
+    """
+    peer = RawPeer()
+    try:
+        await peer.send(ReadRequest(name, "octet", options), (HOST, server_port))
+        blksize, window = 512, 1
+        content = bytearray()
+        ports: set[int] = set()
+        expected = 1
+        while True:
+            packet, addr = await peer.recv(5.0)
+            ports.add(addr[1])
+            if isinstance(packet, OptionAck):
+                agreed = dict(packet.options)
+                blksize = int(agreed.get("blksize", blksize))
+                window = int(agreed.get("windowsize", window))
+                await peer.send(Ack(0), addr)
+                continue
+            assert isinstance(packet, Data), packet
+            assert packet.block == expected % 65536
+            content += packet.payload
+            last = len(packet.payload) < blksize
+            if last or expected % window == 0:
+                await peer.send(Ack(packet.block), addr)
+            if last:
+                return bytes(content), ports
+            expected += 1
+    finally:
+        peer.close()
+
+
+async def test_hundreds_of_simultaneous_transfers(make_server: ServerFactory, root: Path) -> None:
+    (root / "medium.bin").write_bytes(os.urandom(200_000))
+    server = await make_server(max_sessions_per_client=400)
+    fetches = [
+        fetch_raw(server.port, "medium.bin", (("blksize", "1468"),) if i % 2 else ())
+        for i in range(300)
+    ]
+    results = await asyncio.gather(*fetches)
+    expected = (root / "medium.bin").read_bytes()
+    assert all(content == expected for content, _ in results)
+    await settle(server)
+    assert server.counters["ok"] == 300
+
+
+async def test_overall_session_cap(make_server: ServerFactory, root: Path) -> None:
+    server = await make_server(max_sessions=3)
+    peers = [RawPeer() for _ in range(4)]
+    try:
+        for p in peers[:3]:
+            await p.send(ReadRequest("small.txt", "octet"), (HOST, server.port))
+            assert isinstance((await p.recv())[0], Data)  # left unacknowledged
+        await peers[3].send(ReadRequest("small.txt", "octet"), (HOST, server.port))
+        reply, _ = await peers[3].recv()
+        assert reply == Error(ErrorCode.NOT_DEFINED, "too many transfers, try again later")
+        assert server.counters["refused_busy"] == 1
+    finally:
+        for p in peers:
+            p.close()
+
+
+async def test_window_leaves_as_separate_datagrams(server: TftpServer, root: Path) -> None:
+    """A window of blocks may leave in one send (segmentation offload) but arrives as one
+    datagram per block, in order; an ACK inside the window resends from there (RFC 7440)."""
+    data = (root / "boot" / "big.bin").read_bytes()
+    peer = RawPeer()
+    try:
+        options = (("blksize", "1000"), ("windowsize", "8"))
+        await peer.send(ReadRequest("boot/big.bin", "octet", options), (HOST, server.port))
+        oack, addr = await peer.recv()
+        assert oack == OptionAck(options)
+        await peer.send(Ack(0), addr)
+        window = [await peer.recv() for _ in range(8)]
+        assert [p for p, _ in window] == [
+            Data(n, data[(n - 1) * 1000 : n * 1000]) for n in range(1, 9)
+        ]
+        await peer.send(Ack(3), addr)  # as if block 4 were lost
+        again = [(await peer.recv())[0] for _ in range(8)]
+        assert [p.block for p in again if isinstance(p, Data)] == list(range(4, 12))
+    finally:
+        peer.close()
+
+
+async def test_single_port_mode(make_server: ServerFactory, root: Path, tmp_path: Path) -> None:
+    server = await make_server(single_port=True)
+    (content_a, ports_a), (content_b, ports_b) = await asyncio.gather(
+        fetch_raw(server.port, "boot/big.bin", (("blksize", "1468"), ("windowsize", "4"))),
+        fetch_raw(server.port, "small.txt"),
+    )
+    assert content_a == (root / "boot" / "big.bin").read_bytes()
+    assert content_b == (root / "small.txt").read_bytes()
+    assert ports_a == ports_b == {server.port}
+    curl = need("curl")
+    out = tmp_path / "out"
+    rc, text = await run(curl, "-sS", "-o", str(out), f"tftp://{HOST}:{server.port}/boot/big.bin")
+    assert rc == 0, text
+    assert digest(out) == digest(root / "boot" / "big.bin")
+    await settle(server)
+    assert server.counters["ok"] == 3
+
+
+class _GatedSource:
+    """A FileSource whose reads of ``slow.bin`` wait until the test opens the gate."""
+
+    def __init__(self, tree: FileTree) -> None:
+        self.tree = tree
+        self.gate = threading.Event()
+
+    def open(self, name: str) -> OpenedFile:
+        opened = self.tree.open(name)
+        if name != "slow.bin":
+            return opened
+        gate = self.gate
+
+        class Slow:
+            size = opened.size
+
+            def read(self, offset: int, length: int) -> bytes:
+                # On the event loop this would stall every other transfer until it gave up.
+                gate.wait(10)
+                return opened.read(offset, length)
+
+            def close(self) -> None:
+                opened.close()
+
+        return Slow()
+
+
+async def test_file_reads_do_not_block_other_transfers(root: Path) -> None:
+    (root / "slow.bin").write_bytes(b"slow" * 100)
+    source = _GatedSource(FileTree(root))
+    server = TftpServer(source)
+    await server.start(HOST, 0)
+    try:
+        slow = asyncio.ensure_future(fetch_raw(server.port, "slow.bin"))
+        await asyncio.sleep(0.1)
+        # Served while the slow transfer's read is still stuck in its worker thread.
+        content, _ = await asyncio.wait_for(fetch_raw(server.port, "small.txt"), 3)
+        assert content == (root / "small.txt").read_bytes()
+        assert not slow.done()
+        source.gate.set()
+        content, _ = await asyncio.wait_for(slow, 5)
+        assert content == b"slow" * 100
+    finally:
+        source.gate.set()
+        await server.close()

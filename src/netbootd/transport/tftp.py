@@ -1,23 +1,37 @@
-"""The asyncio edge of the TFTP read server: sockets, timers and the transfer log line.
+"""The asyncio edge of the TFTP server: sockets, timers, worker threads and the transfer log line.
 
-A listener on the well-known port takes requests; each accepted read gets its own ephemeral
-UDP socket (a new transfer ID, RFC 1350 §4) driven by a :class:`netbootd.proto.tftp.ReadSession`.
-This module translates the session's actions into datagrams and timers and nothing more: it must
-not decide block numbers, windows, retransmissions or option values (that is the protocol core's
-job), and it must not let one bad datagram or one failing transfer stop the listener.
+A listener on the well-known port takes requests. Each accepted transfer gets its own ephemeral
+UDP socket (a new transfer ID, RFC 1350 §4), or, in single-port mode, shares the listener's and
+is told apart by the client's address and port. A :class:`netbootd.proto.tftp.ReadSession` (or
+:class:`netbootd.proto.tftp_write.WriteSession` for uploads) decides everything about the
+transfer; this module only carries out its actions. It must not decide block numbers, windows,
+retransmissions or option values, and one bad datagram or one failing transfer must never stop
+the listener.
+
+File system calls (open, read, write, fsync) run in a small pool of worker threads, so a slow
+disk delays only the transfer that waits for it, never the event loop or the DHCP service that
+shares it. Reads go ahead of the transfer in chunks of whole blocks. The hot path (an ACK in,
+the next DATA out) avoids the general decoder, and a window of blocks that fit the path MTU
+leaves in one ``sendmsg`` with UDP segmentation offload (``UDP_SEGMENT``) where the kernel has it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
-from collections import Counter
+import socket
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 from netbootd.logfmt import format_event
 from netbootd.proto.tftp import (
+    Ack,
     Action,
-    Data,
     Error,
     ErrorCode,
     Finish,
@@ -46,18 +60,47 @@ from netbootd.services.files import (
     OpenedFile,
 )
 
-__all__ = ["NETASCII_LIMIT", "TftpServer"]
+__all__ = ["NETASCII_LIMIT", "TftpServer", "TftpSettings"]
 
 log = logging.getLogger("netbootd.tftp")
 
 # netascii is converted in memory, whole; boot files never use it, so a small cap is enough.
 NETASCII_LIMIT = 16 * 1024 * 1024
+# Reads ahead of the transfer are about this large, rounded to whole blocks.
+READ_CHUNK = 256 * 1024
+# Linux: setsockopt level SOL_UDP, UDP_SEGMENT (since 4.18). At most 64 segments per send.
+_UDP_SEGMENT = 103
+_GSO_MAX_SEGMENTS = 64
+_GSO_MAX_BYTES = 65000
+# Socket buffers large enough for a whole window of big blocks from many transfers.
+_SOCKET_BUFFER = 4 * 1024 * 1024
+_DATA_OPCODE = Opcode.DATA.to_bytes(2, "big")
+_ACK_OPCODE = 4
+_MAX_DATAGRAM = 65536
+
 Address = tuple[Any, ...]
 
 
 def _client_text(addr: Address) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TftpSettings:
+    """Limits and switches of the TFTP service."""
+
+    max_blksize: int = 1468
+    max_windowsize: int = 64
+    timeout: float = 1.0
+    retries: int = 5
+    max_sessions: int = 1024
+    max_sessions_per_client: int = 32
+    single_port: bool = False
+    # The largest block whose DATA datagram still fits the path MTU (so it may be sent with
+    # segmentation offload); None means "do not use offload".
+    gso_max_blksize: int | None = 1468
+    workers: int = 4
 
 
 class _MemoryFile:
@@ -78,7 +121,7 @@ class _MemoryFile:
 
 
 class _Refusal(Exception):  # noqa: N818 - a request refused, not a failure of ours
-    """Why a read request cannot be served: what to answer, log and count."""
+    """Why a request cannot be served: what to answer, log and count."""
 
     def __init__(
         self, error: Error, result: str, counter: str, level: int = logging.WARNING
@@ -94,7 +137,10 @@ def _cannot_read(reason: str) -> _Refusal:
 
 
 def _open_for(source: FileSource, request: ReadRequest) -> OpenedFile:
-    """Open the requested file in the requested mode, or raise the :class:`_Refusal`."""
+    """Open the requested file in the requested mode, or raise the :class:`_Refusal`.
+
+    Blocking: runs in a worker thread.
+    """
     try:
         opened = source.open(request.filename)
     except FileNotFound:
@@ -131,27 +177,234 @@ def _open_for(source: FileSource, request: ReadRequest) -> OpenedFile:
     return _MemoryFile(to_netascii(raw))
 
 
-class _ListenerProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: TftpServer) -> None:
-        self._server = server
-
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._server._on_request_datagram(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        # An ICMP error for an earlier reply; nothing to do but note it.
-        log.debug("tftp listener socket error: %s", exc)
+# --------------------------------------------------------------------------------------------
+# Sockets
 
 
-class _SessionProtocol(asyncio.DatagramProtocol):
-    def __init__(self, transfer: _Transfer) -> None:
-        self._transfer = transfer
+class _Endpoint:
+    """A non-blocking UDP socket on the event loop: every datagram to ``on_datagram``, and
+    sends that the kernel cannot take at once queued until it can, in order."""
 
-    def datagram_received(self, data: bytes, addr: Address) -> None:
-        self._transfer.on_datagram(data, addr)
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_datagram: Callable[[bytes, Address], None],
+        counters: Counter[str],
+    ) -> None:
+        self.sock = sock
+        self._on_datagram = on_datagram
+        self._counters = counters
+        self._loop = asyncio.get_running_loop()
+        self._outbox: deque[tuple[bytes, Address, int]] = deque()
+        self._writing = False
+        self.closed = False
+        self._loop.add_reader(sock.fileno(), self._readable)
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("tftp session socket error for %s: %s", _client_text(self._transfer.client), exc)
+    @classmethod
+    def bind(
+        cls,
+        family: int,
+        address: Address,
+        on_datagram: Callable[[bytes, Address], None],
+        counters: Counter[str],
+    ) -> _Endpoint:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+            sock.bind(address)
+            return cls(sock, on_datagram, counters)
+        except BaseException:
+            sock.close()
+            raise
+
+    def _readable(self) -> None:
+        # Drain what is queued: one wake-up serves a burst of ACKs or requests.
+        for _ in range(64):
+            if self.closed:
+                return
+            try:
+                data, addr = self.sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # An ICMP error for an earlier datagram (port unreachable): nothing to do.
+                log.debug("tftp socket error: %s", exc)
+                continue
+            self._on_datagram(data, addr)
+
+    def send(self, datagram: bytes, addr: Address, segment: int = 0) -> None:
+        """Send ``datagram``; with ``segment``, as datagrams of that size (UDP GSO)."""
+        if self.closed:
+            return
+        if self._outbox:
+            self._outbox.append((datagram, addr, segment))
+            return
+        if not self._try_send(datagram, addr, segment):
+            self._outbox.append((datagram, addr, segment))
+            self._want_writable()
+
+    def _try_send(self, datagram: bytes, addr: Address, segment: int) -> bool:
+        try:
+            if segment:
+                self.sock.sendmsg(
+                    [datagram],
+                    [(socket.SOL_UDP, _UDP_SEGMENT, segment.to_bytes(2, "little"))],
+                    0,
+                    addr,
+                )
+            else:
+                self.sock.sendto(datagram, addr)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if segment and exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT):
+                raise _NoOffloadError from exc
+            # Unreachable, no route, too big: the datagram is lost; retransmission recovers.
+            self._counters["send_error"] += 1
+            log.debug("tftp: send to %s failed: %s", _client_text(addr), exc)
+        return True
+
+    def _want_writable(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self.sock.fileno(), self._writable)
+
+    def _writable(self) -> None:
+        while self._outbox and not self.closed:
+            datagram, addr, segment = self._outbox[0]
+            try:
+                sent = self._try_send(datagram, addr, segment)
+            except _NoOffloadError:
+                self._outbox.popleft()
+                pieces = [
+                    (datagram[i : i + segment], addr, 0) for i in range(0, len(datagram), segment)
+                ]
+                self._outbox.extendleft(reversed(pieces))
+                continue
+            if not sent:
+                return
+            self._outbox.popleft()
+        if self._writing and not self.closed:
+            self._loop.remove_writer(self.sock.fileno())
+        self._writing = False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        fd = self.sock.fileno()
+        self._loop.remove_reader(fd)
+        if self._writing:
+            self._loop.remove_writer(fd)
+        self._outbox.clear()
+        self.sock.close()
+
+
+class _NoOffloadError(Exception):
+    """The kernel refused a segmentation-offload send."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading ahead
+
+
+class _ReadAhead:
+    """File octets read in worker threads ahead of the transfer, in chunks of whole blocks.
+
+    A block never straddles two chunks, since chunks start on block boundaries. Chunks behind
+    the first unacknowledged block are dropped.
+    """
+
+    def __init__(
+        self,
+        opened: OpenedFile,
+        blksize: int,
+        window: int,
+        executor: Executor,
+        *,
+        on_ready: Callable[[], None],
+        on_error: Callable[[str], None],
+    ) -> None:
+        self._opened = opened
+        self._size = opened.size
+        self.chunk = blksize * max(1, READ_CHUNK // blksize)
+        # Keep a window and a chunk beyond it in memory or on the way.
+        self._ahead = blksize * window + self.chunk
+        self._executor = executor
+        self._on_ready = on_ready
+        self._on_error = on_error
+        self._loop = asyncio.get_running_loop()
+        self._chunks: dict[int, bytes] = {}
+        self._reading: set[int] = set()
+        self._low = 0
+        self.closed = False
+
+    def block(self, offset: int, length: int) -> bytes | None:
+        """The octets at ``offset``, or None (and a read under way) if not read yet."""
+        index = offset // self.chunk
+        data = self._chunks.get(index)
+        if data is None:
+            self._fetch(index)
+            data = self._chunks.get(index)  # known at once when past the end
+            if data is None:
+                return None
+        start = offset - index * self.chunk
+        return data[start : start + length]
+
+    def advance(self, offset: int) -> None:
+        """Everything before ``offset`` is acknowledged: drop it, and read ahead of it."""
+        low = offset // self.chunk
+        if low != self._low:
+            for index in [i for i in self._chunks if i < low]:
+                del self._chunks[index]
+            self._low = low
+        last = min(offset + self._ahead, self._size) // self.chunk
+        for index in range(low, last + 1):
+            if index not in self._chunks:
+                self._fetch(index)
+
+    def _fetch(self, index: int) -> None:
+        if index in self._reading or self.closed:
+            return
+        offset = index * self.chunk
+        if offset > self._size or (offset == self._size and offset > 0):
+            # Past the end: only the empty last block of an exact multiple lives there.
+            self._chunks[index] = b""
+            return
+        length = min(self.chunk, self._size - offset)
+        self._reading.add(index)
+        future = self._loop.run_in_executor(self._executor, self._opened.read, offset, length)
+        future.add_done_callback(lambda f: self._done(index, length, f))
+
+    def _done(self, index: int, length: int, future: asyncio.Future[bytes]) -> None:
+        self._reading.discard(index)
+        if self.closed or future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._on_error(f"read error: {reason}")
+            return
+        data = future.result()
+        if len(data) != length:
+            # The file shrank under us; a short block would end the transfer early with the
+            # client none the wiser.
+            self._on_error("file changed during transfer")
+            return
+        if index >= self._low:
+            self._chunks[index] = data
+        self._on_ready()
+
+    def close(self) -> None:
+        self.closed = True
+        self._chunks.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# One read transfer
 
 
 class _Transfer:
@@ -174,99 +427,149 @@ class _Transfer:
         self._opened = opened
         self._started = started
         self._loop = asyncio.get_running_loop()
-        self._transport: asyncio.DatagramTransport | None = None
+        self._endpoint: _Endpoint | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._blksize = session.negotiated.blksize
+        gso = server.settings.gso_max_blksize
+        self._segment = self._blksize + 4 if gso is not None and self._blksize <= gso else 0
+        self._reader = _ReadAhead(
+            opened,
+            self._blksize,
+            session.negotiated.windowsize,
+            server.executor,
+            on_ready=self._on_read,
+            on_error=self._on_read_error,
+        )
+        # Actions held back until the read-ahead has their octets.
+        self._waiting: list[Action] = []
         self.finished = False
 
     # -- wiring -------------------------------------------------------------------------------
 
-    def attach(self, transport: asyncio.DatagramTransport) -> None:
-        if self.finished:
-            transport.close()
-            return
-        self._transport = transport
+    def attach(self, endpoint: _Endpoint) -> None:
+        self._endpoint = endpoint
+        self._reader.advance(0)
         self._apply(self.session.start(self._loop.time()))
 
     def abort(self, code: int, message: str) -> None:
+        self._waiting.clear()
         self._apply(self.session.abort(code, message))
 
     # -- events -------------------------------------------------------------------------------
 
     def on_datagram(self, data: bytes, addr: Address) -> None:
         try:
-            self._on_datagram(data, addr)
+            if self.finished:
+                return
+            if addr != self.client and addr[:2] != self.client[:2]:
+                # RFC 1350 §4: a packet from another TID gets ERROR 5 and the transfer goes on.
+                self.server.count("unknown_tid")
+                self._send(encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")), addr)
+                return
+            if len(data) == 4 and data[1] == _ACK_OPCODE and data[0] == 0:
+                # The hot path: an ACK, decoded without the general decoder.
+                packet: Any = Ack((data[2] << 8) | data[3])
+            else:
+                try:
+                    packet = decode(data)
+                except TftpDecodeError as exc:
+                    # A damaged packet from the peer is dropped; the retransmit timer recovers.
+                    self.server.malformed(addr, data, exc)
+                    return
+            actions = self.session.receive(packet, self._loop.time())
+            if actions:
+                self._apply(actions)
         except Exception:
-            self.server._count("internal_error")
-            log.exception("tftp: unexpected error in transfer for %s", _client_text(self.client))
-            self.abort(ErrorCode.NOT_DEFINED, "internal server error")
-
-    def _on_datagram(self, data: bytes, addr: Address) -> None:
-        if self.finished:
-            return
-        if addr[:2] != self.client[:2]:
-            # RFC 1350 §4: a packet from another TID gets ERROR 5 and the transfer goes on.
-            self.server._count("unknown_tid")
-            self._sendto(encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")), addr)
-            return
-        try:
-            packet = decode(data)
-        except TftpDecodeError as exc:
-            # A damaged packet from the peer is dropped; the retransmit timer recovers.
-            self.server._malformed(addr, data, exc)
-            return
-        self._apply(self.session.receive(packet, self._loop.time()))
+            self._internal_error()
 
     def _on_timer(self) -> None:
         self._timer = None
         try:
             self._apply(self.session.timeout(self._loop.time()))
         except Exception:
-            self.server._count("internal_error")
-            log.exception("tftp: unexpected error in transfer for %s", _client_text(self.client))
+            self._internal_error()
+
+    def _on_read(self) -> None:
+        if self._waiting and not self.finished:
+            waiting, self._waiting = self._waiting, []
+            try:
+                self._apply(waiting)
+            except Exception:
+                self._internal_error()
+
+    def _on_read_error(self, reason: str) -> None:
+        if not self.finished:
+            self.abort(ErrorCode.NOT_DEFINED, reason)
+
+    def _internal_error(self) -> None:
+        self.server.count("internal_error")
+        log.exception("tftp: unexpected error in transfer for %s", _client_text(self.client))
+        with contextlib.suppress(Exception):
             self.abort(ErrorCode.NOT_DEFINED, "internal server error")
 
     # -- carrying out actions -----------------------------------------------------------------
 
     def _apply(self, actions: list[Action]) -> None:
-        for action in actions:
+        if self._waiting:
+            # Still waiting for octets: keep the order of everything the session asked for.
+            self._waiting.extend(actions)
+            self._arm()
+            return
+        blocks: list[bytes] = []
+        for i, action in enumerate(actions):
+            if type(action) is SendBlock:
+                payload = self._reader.block(action.offset, action.length)
+                if payload is None:
+                    self._flush(blocks)
+                    self._waiting = actions[i:]
+                    self._arm()
+                    return
+                blocks.append(_DATA_OPCODE + action.block.to_bytes(2, "big") + payload)
+                continue
+            self._flush(blocks)
+            blocks = []
             match action:
                 case SendOack(options):
-                    self._sendto(encode(OptionAck(options)), self.client)
-                case SendBlock():
-                    payload = self._read_block(action)
-                    if payload is None:
-                        return
-                    self._sendto(encode(Data(action.block, payload)), self.client)
+                    self._send(encode(OptionAck(options)), self.client)
                 case SendError(code, message):
-                    self._sendto(encode(Error(code, message)), self.client)
+                    self._send(encode(Error(code, message)), self.client)
                 case Finish():
                     self._finish(action)
                     return
+        self._flush(blocks)
+        self._reader.advance(self.session.bytes_acknowledged)
         self._arm()
 
-    def _read_block(self, action: SendBlock) -> bytes | None:
-        """The block's octets, or None after aborting the transfer because they were not there.
+    def _flush(self, blocks: list[bytes]) -> None:
+        if not blocks:
+            return
+        endpoint = self._endpoint
+        if endpoint is None:
+            return
+        segment = self._segment
+        if segment and len(blocks) > 1:
+            per_send = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment)
+            for start in range(0, len(blocks), per_send):
+                group = blocks[start : start + per_send]
+                if len(group) == 1:
+                    endpoint.send(group[0], self.client)
+                    continue
+                try:
+                    endpoint.send(b"".join(group), self.client, segment)
+                except _NoOffloadError:
+                    self.server.offload_failed()
+                    self._segment = segment = 0
+                    for datagram in group:
+                        endpoint.send(datagram, self.client)
+            return
+        for datagram in blocks:
+            endpoint.send(datagram, self.client)
 
-        The one place file content is read; moving reads off the event loop changes only this.
-        """
-        try:
-            payload = self._opened.read(action.offset, action.length)
-        except OSError as exc:
-            self.abort(ErrorCode.NOT_DEFINED, f"read error: {exc.strerror or exc}")
-            return None
-        if len(payload) != action.length:
-            # The file shrank under us; sending a short block would end the transfer early
-            # with the client none the wiser.
-            self.abort(ErrorCode.NOT_DEFINED, "file changed during transfer")
-            return None
-        return payload
-
-    def _sendto(self, datagram: bytes, addr: Address) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.sendto(datagram, addr)
+    def _send(self, datagram: bytes, addr: Address) -> None:
+        if self._endpoint is not None and not self._endpoint.closed:
+            self._endpoint.send(datagram, addr)
         else:
-            # No session socket yet (or any more): the listener is the only way to reach it.
-            self.server._reply(datagram, addr)
+            self.server.reply(datagram, addr)
 
     def _arm(self) -> None:
         deadline = self.session.deadline
@@ -290,10 +593,11 @@ class _Transfer:
         if self.finished:
             return
         self.finished = True
+        self._waiting.clear()
         self._cancel_timer()
+        self._reader.close()
         self._opened.close()
-        if self._transport is not None:
-            self._transport.close()
+        self.server.transfer_done(self, finish.outcome)
         session = self.session
         if finish.outcome is Outcome.OK:
             result, level = "ok", logging.INFO
@@ -304,8 +608,7 @@ class _Transfer:
         else:
             result, level = f"error: {finish.message}", logging.WARNING
         options = ",".join(f"{n}={v}" for n, v in session.negotiated.oack_options) or "-"
-        self.server._transfer_done(self, finish.outcome)
-        self.server._log_transfer(
+        self.server.log_transfer(
             level,
             self.client,
             self.request.filename,
@@ -313,39 +616,64 @@ class _Transfer:
             size=session.bytes_acknowledged,
             started=self._started,
             result=result,
+            retransmits=session.retransmissions,
         )
+
+    def close_endpoint(self) -> None:
+        """Close the transfer's own socket (not a shared one)."""
+        if self._endpoint is not None and not self.server.settings.single_port:
+            self._endpoint.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The server
 
 
 class TftpServer:
-    """A read-only TFTP server over a :class:`FileSource`."""
+    """A TFTP server over a :class:`FileSource`, read-only unless given an upload directory."""
 
     def __init__(
         self,
         source: FileSource,
+        settings: TftpSettings | None = None,
         *,
-        max_blksize: int = 1468,
-        timeout: float = 1.0,
-        retries: int = 5,
-        max_sessions: int = 512,
-        max_sessions_per_client: int = 32,
-        max_windowsize: int = 64,
+        executor: Executor | None = None,
+        **limits: Any,
     ) -> None:
+        if settings is None:
+            settings = TftpSettings(**limits)
+        elif limits:
+            raise TypeError("pass either settings or keyword limits, not both")
         # Check the limits now, not on the first request.
-        negotiate((), file_size=0, max_blksize=max_blksize, max_windowsize=max_windowsize)
-        if timeout <= 0 or retries < 0 or max_sessions < 1 or max_sessions_per_client < 1:
-            raise ValueError("timeout, retries and session limits must be positive")
+        negotiate(
+            (),
+            file_size=0,
+            max_blksize=settings.max_blksize,
+            max_windowsize=settings.max_windowsize,
+        )
+        if (
+            settings.timeout <= 0
+            or settings.retries < 0
+            or settings.max_sessions < 1
+            or settings.max_sessions_per_client < 1
+            or settings.workers < 1
+        ):
+            raise ValueError("timeout, retries, workers and session limits must be positive")
+        self.settings = settings
         self._source = source
-        self._max_blksize = max_blksize
-        self._max_windowsize = max_windowsize
-        self._timeout = timeout
-        self._retries = retries
-        self._max_sessions = max_sessions
-        self._max_per_client = max_sessions_per_client
-        self._listener: asyncio.DatagramTransport | None = None
+        self._own_executor = executor is None
+        self.executor: Executor = executor or ThreadPoolExecutor(
+            max_workers=settings.workers, thread_name_prefix="netbootd-tftp-io"
+        )
+        self._listener: _Endpoint | None = None
+        self._family = socket.AF_INET
         self._host = ""
         self._port = 0
         self._transfers: set[_Transfer] = set()
-        self._by_request: dict[tuple[Address, ReadRequest], _Transfer] = {}
+        # Requests accepted, by (client, request): opening, or transferring.
+        self._by_request: dict[tuple[Address, ReadRequest], _Transfer | None] = {}
+        # Single-port mode: the transfer each client address and port belongs to.
+        self._by_client: dict[Address, _Transfer] = {}
         self._per_client: Counter[Any] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._counters: Counter[str] = Counter()
@@ -356,13 +684,13 @@ class TftpServer:
         if self._listener is not None:
             raise RuntimeError("server already started")
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _ListenerProtocol(self), local_addr=(host, port)
-        )
-        self._listener = transport
-        sockname = transport.get_extra_info("sockname")
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        self._listener = _Endpoint.bind(family, address, self._on_request_datagram, self._counters)
+        self._family = family
         # Session sockets bind to the address actually bound, so a name like "localhost"
         # is resolved once and replies leave from the address the listener uses.
+        sockname = self._listener.sock.getsockname()
         self._host, self._port = sockname[0], sockname[1]
 
     @property
@@ -373,7 +701,8 @@ class TftpServer:
 
     @property
     def active_sessions(self) -> int:
-        return len(self._transfers)
+        """Transfers accepted and not yet finished, including those still opening their file."""
+        return len(self._by_request)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -390,25 +719,33 @@ class TftpServer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._own_executor:
+            # A read stuck on a dead disk must not hold up shutdown.
+            self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- listener -----------------------------------------------------------------------------
 
     def _on_request_datagram(self, data: bytes, addr: Address) -> None:
+        if self.settings.single_port:
+            transfer = self._by_client.get(addr)
+            if transfer is not None and not (len(data) > 1 and data[1] in (1, 2)):
+                transfer.on_datagram(data, addr)
+                return
         try:
             self._dispatch(data, addr)
         except Exception:
             # Whatever went wrong with this datagram, the listener keeps serving.
-            self._count("internal_error")
+            self.count("internal_error")
             log.exception("tftp: unexpected error handling a datagram from %s", _client_text(addr))
 
     def _dispatch(self, data: bytes, addr: Address) -> None:
         try:
             packet = decode(data)
         except TftpDecodeError as exc:
-            self._malformed(addr, data, exc)
+            self.malformed(addr, data, exc)
             if exc.opcode in (Opcode.RRQ, Opcode.WRQ):
                 # A broken request still has a client waiting; tell it instead of timing out.
-                self._reply(encode(Error(exc.code, exc.reason)), addr)
+                self.reply(encode(Error(exc.code, exc.reason)), addr)
             return
         match packet:
             case ReadRequest():
@@ -424,7 +761,7 @@ class TftpServer:
                 )
             case _:
                 # DATA, ACK, ERROR or OACK for no transfer: late packets of a finished one.
-                self._count("stray")
+                self.count("stray")
 
     def _on_read_request(self, request: ReadRequest, addr: Address) -> None:
         started = self._loop_time()
@@ -432,12 +769,16 @@ class TftpServer:
         if key in self._by_request:
             # The client repeated its request before our answer reached it; the transfer
             # already started answers it.
-            self._count("duplicate_request")
+            self.count("duplicate_request")
             return
         name = request.filename
+        if self.settings.single_port and addr in self._by_client:
+            # The same address and port asks for something else: the client gave up on the
+            # old transfer (a reset PXE ROM reuses its port).
+            self._by_client[addr].abort(ErrorCode.NOT_DEFINED, "superseded by a new request")
         if (
-            len(self._transfers) >= self._max_sessions
-            or self._per_client[addr[0]] >= self._max_per_client
+            len(self._by_request) >= self.settings.max_sessions
+            or self._per_client[addr[0]] >= self.settings.max_sessions_per_client
         ):
             self._refuse(
                 addr,
@@ -459,42 +800,19 @@ class TftpServer:
                 counter="bad_mode",
             )
             return
-        opened = self._open(request, addr, started)
-        if opened is None:
-            return
-        try:
-            negotiated = negotiate(
-                request.options,
-                file_size=opened.size,
-                max_blksize=self._max_blksize,
-                max_windowsize=self._max_windowsize,
-            )
-            session = ReadSession(
-                opened.size,
-                negotiated,
-                retransmit_timeout=(
-                    float(negotiated.timeout) if negotiated.timeout else self._timeout
-                ),
-                max_retries=self._retries,
-            )
-            transfer = _Transfer(
-                self, addr, request=request, opened=opened, session=session, started=started
-            )
-        except BaseException:
-            opened.close()
-            raise
-        self._transfers.add(transfer)
-        self._by_request[key] = transfer
+        self._by_request[key] = None
         self._per_client[addr[0]] += 1
-        task = asyncio.get_running_loop().create_task(self._open_session_socket(transfer))
+        task = asyncio.get_running_loop().create_task(self._start_read(request, addr, started))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _open(self, request: ReadRequest, addr: Address, started: float) -> OpenedFile | None:
-        """The file to send, or None after refusing the request (answered, counted, logged)."""
+    async def _start_read(self, request: ReadRequest, addr: Address, started: float) -> None:
+        key = (addr, request)
+        loop = asyncio.get_running_loop()
         try:
-            return _open_for(self._source, request)
+            opened = await loop.run_in_executor(self.executor, _open_for, self._source, request)
         except _Refusal as refusal:
+            self._release(key)
             self._refuse(
                 addr,
                 request.filename,
@@ -504,30 +822,78 @@ class TftpServer:
                 counter=refusal.counter,
                 level=refusal.level,
             )
-            return None
-
-    async def _open_session_socket(self, transfer: _Transfer) -> None:
-        loop = asyncio.get_running_loop()
+            return
+        except BaseException:
+            self._release(key)
+            raise
         try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _SessionProtocol(transfer), local_addr=(self._host, 0)
+            transfer = self._new_transfer(request, addr, opened, started)
+        except BaseException:
+            self._release(key)
+            opened.close()
+            raise
+        self._by_request[key] = transfer
+        self._transfers.add(transfer)
+        if self.settings.single_port:
+            assert self._listener is not None
+            self._by_client[addr] = transfer
+            transfer.attach(self._listener)
+            return
+        try:
+            endpoint = _Endpoint.bind(
+                self._family, (self._host, 0), transfer.on_datagram, self._counters
             )
         except OSError as exc:
-            log.debug("tftp: cannot open a session socket: %s", exc)
+            log.warning("tftp: cannot open a transfer socket: %s", exc.strerror or exc)
             transfer.abort(ErrorCode.NOT_DEFINED, "server cannot open a socket")
             return
-        transfer.attach(transport)
+        transfer.attach(endpoint)
+
+    def _new_transfer(
+        self, request: ReadRequest, addr: Address, opened: OpenedFile, started: float
+    ) -> _Transfer:
+        settings = self.settings
+        negotiated = negotiate(
+            request.options,
+            file_size=opened.size,
+            max_blksize=settings.max_blksize,
+            max_windowsize=settings.max_windowsize,
+        )
+        session = ReadSession(
+            opened.size,
+            negotiated,
+            retransmit_timeout=(
+                float(negotiated.timeout) if negotiated.timeout else settings.timeout
+            ),
+            max_retries=settings.retries,
+        )
+        return _Transfer(
+            self, addr, request=request, opened=opened, session=session, started=started
+        )
 
     # -- bookkeeping used by transfers --------------------------------------------------------
 
-    def _transfer_done(self, transfer: _Transfer, outcome: Outcome) -> None:
-        self._transfers.discard(transfer)
-        self._by_request.pop((transfer.client, transfer.request), None)
-        host = transfer.client[0]
+    def _release(self, key: tuple[Address, ReadRequest]) -> None:
+        self._by_request.pop(key, None)
+        host = key[0][0]
         self._per_client[host] -= 1
         if self._per_client[host] <= 0:
             del self._per_client[host]
-        self._count(outcome.name.lower())
+
+    def transfer_done(self, transfer: _Transfer, outcome: Outcome) -> None:
+        if transfer not in self._transfers:
+            return
+        self._transfers.discard(transfer)
+        self._release((transfer.client, transfer.request))
+        if self._by_client.get(transfer.client) is transfer:
+            del self._by_client[transfer.client]
+        transfer.close_endpoint()
+        self.count(outcome.name.lower())
+
+    def offload_failed(self) -> None:
+        if self.settings.gso_max_blksize is not None:
+            log.info("tftp: the kernel refused UDP segmentation offload; sending one by one")
+            self.settings = replace(self.settings, gso_max_blksize=None)
 
     def _refuse(
         self,
@@ -540,20 +906,20 @@ class TftpServer:
         counter: str,
         level: int = logging.WARNING,
     ) -> None:
-        self._reply(encode(error), addr)
-        self._count(counter)
-        self._log_transfer(level, addr, name, options="-", size=0, started=started, result=result)
+        self.reply(encode(error), addr)
+        self.count(counter)
+        self.log_transfer(level, addr, name, options="-", size=0, started=started, result=result)
 
-    def _reply(self, datagram: bytes, addr: Address) -> None:
-        if self._listener is not None and not self._listener.is_closing():
-            self._listener.sendto(datagram, addr)
+    def reply(self, datagram: bytes, addr: Address) -> None:
+        if self._listener is not None:
+            self._listener.send(datagram, addr)
 
-    def _count(self, name: str) -> None:
+    def count(self, name: str) -> None:
         self._counters[name] += 1
 
-    def _malformed(self, addr: Address, data: bytes, exc: TftpDecodeError) -> None:
+    def malformed(self, addr: Address, data: bytes, exc: TftpDecodeError) -> None:
         # One line and a counter per bad datagram, in the same form as the DHCP edge's.
-        self._count("malformed")
+        self.count("malformed")
         log.warning(
             "%s",
             format_event("malformed", source=_client_text(addr), bytes=len(data), error=exc.reason),
@@ -563,7 +929,7 @@ class TftpServer:
     def _loop_time() -> float:
         return asyncio.get_running_loop().time()
 
-    def _log_transfer(
+    def log_transfer(
         self,
         level: int,
         addr: Address,
@@ -573,6 +939,7 @@ class TftpServer:
         size: int,
         started: float,
         result: str,
+        retransmits: int = 0,
     ) -> None:
         seconds = max(self._loop_time() - started, 0.0)
         rate = size / seconds / 1e6 if seconds > 0 else 0.0
@@ -587,6 +954,7 @@ class TftpServer:
                 bytes=size,
                 seconds=f"{seconds:.3f}",
                 rate=f"{rate:.2f}MB/s",
+                retransmits=retransmits,
                 result=result,
             ),
         )
