@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, IntEnum, StrEnum
+from typing import NamedTuple
 
 __all__ = [
     "BLKSIZE_DEFAULT",
@@ -35,6 +36,7 @@ __all__ = [
     "ReadRequest",
     "ReadSession",
     "SendBlock",
+    "SendBlocks",
     "SendError",
     "SendOack",
     "TftpDecodeError",
@@ -424,6 +426,39 @@ class SendBlock:
         return self.seq % _BLOCK_MOD
 
 
+class SendBlocks(NamedTuple):
+    """Send file blocks ``first`` to ``last`` (absolute, inclusive) back to back.
+
+    Block ``seq`` carries the ``blksize`` octets at ``(seq - 1) * blksize``, or what is left of
+    the file, and goes on the wire as number ``seq % 65536``. One action for a whole window, so
+    that a sender can put the window on the wire in one go. (A named tuple: one is made for
+    every window, and it is the cheapest immutable record to make.)
+    """
+
+    first: int
+    last: int
+    blksize: int
+    size: int
+
+    @property
+    def offset(self) -> int:
+        """Where the first block's octets start."""
+        return (self.first - 1) * self.blksize
+
+    @property
+    def end(self) -> int:
+        """Where the last block's octets end."""
+        return min(self.last * self.blksize, self.size)
+
+    def blocks(self) -> list[SendBlock]:
+        """The blocks one by one."""
+        return [
+            SendBlock(seq, offset, min(self.blksize, self.size - offset))
+            for seq in range(self.first, self.last + 1)
+            for offset in ((seq - 1) * self.blksize,)
+        ]
+
+
 @dataclass(frozen=True, slots=True)
 class SendError:
     code: int
@@ -436,7 +471,7 @@ class Finish:
     message: str = ""
 
 
-Action = SendOack | SendBlock | SendError | Finish
+Action = SendOack | SendBlocks | SendError | Finish
 
 
 class _State(Enum):
@@ -542,7 +577,7 @@ class ReadSession:
             return []
         match packet:
             case Ack(block):
-                return self._on_ack(block, now)
+                return self.ack(block, now)
             case Error(code, message):
                 # RFC 1350 §7: an ERROR ends the transfer and is not acknowledged. RFC 2347
                 # has a client refuse an OACK with ERROR 8, which lands here too.
@@ -584,38 +619,38 @@ class ReadSession:
 
     def _send_window(self, now: float) -> list[Action]:
         first = self._acked + 1
-        last = min(self._acked + self._window, self._blocks)
-        actions: list[Action] = []
-        for seq in range(first, last + 1):
-            offset = (seq - 1) * self._blksize
-            length = min(self._blksize, self._size - offset)
-            actions.append(SendBlock(seq, offset, length))
-            self._bytes_sent += length
-            if seq <= self._highest_sent:
-                self._retransmissions += 1
+        last = self._acked + self._window
+        last = min(last, self._blocks)
+        blksize, size = self._blksize, self._size
+        end = last * blksize
+        self._bytes_sent += (end if end < size else size) - (first - 1) * blksize
+        highest = self._highest_sent
+        if first <= highest:
+            self._retransmissions += min(last, highest) - first + 1
+        if last > highest:
+            self._highest_sent = last
         self._window_end = last
-        self._highest_sent = max(self._highest_sent, last)
         self._deadline = now + self._rto
-        return actions
+        return [SendBlocks(first, last, blksize, size)]
 
-    def _on_ack(self, block: int, now: float) -> list[Action]:
-        if self._state is _State.AWAIT_OACK_ACK:
-            if block != 0:
-                # Only ACK 0 answers an OACK; anything else is stale or confused. Waiting
-                # lets the retransmit timer recover either way.
+    def ack(self, block: int, now: float) -> list[Action]:
+        """``receive(Ack(block), now)``, for callers that decoded the ACK themselves."""
+        state = self._state
+        if state is not _State.TRANSFER:
+            if state is _State.NEW:
+                raise RuntimeError("session not started")
+            if state is _State.DONE:
                 return []
-            self._state = _State.TRANSFER
-            self._retries = 0
-            return self._send_window(now)
+            return self._on_oack_ack(block, now)
         # Map the 16-bit number onto the only blocks it can mean: the last acknowledged one
         # or one in flight. The span is at most 65536 blocks (window <= 65535), so the
         # mapping is unique across rollovers.
-        seq = self._acked + ((block - self._acked) % _BLOCK_MOD)
-        if seq > self._window_end:
-            return []
-        if seq == self._acked:
-            # A duplicate ACK must not trigger a resend, or every delayed packet doubles the
-            # traffic from then on: the Sorcerer's Apprentice syndrome (RFC 1123 §4.2.3.1).
+        acked = self._acked
+        seq = acked + ((block - acked) % _BLOCK_MOD)
+        if seq > self._window_end or seq == acked:
+            # Past what was sent, or a duplicate: a duplicate ACK must not trigger a resend,
+            # or every delayed packet doubles the traffic from then on: the Sorcerer's
+            # Apprentice syndrome (RFC 1123 §4.2.3.1).
             return []
         self._acked = seq
         self._retries = 0
@@ -624,3 +659,14 @@ class ReadSession:
         # RFC 7440 §4: an ACK inside the window acknowledges everything up to it; the next
         # window starts right after, which also resends what the client reported lost.
         return self._send_window(now)
+
+    def _on_oack_ack(self, block: int, now: float) -> list[Action]:
+        if self._state is _State.AWAIT_OACK_ACK:  # pragma: no branch - the only caller
+            if block != 0:
+                # Only ACK 0 answers an OACK; anything else is stale or confused. Waiting
+                # lets the retransmit timer recover either way.
+                return []
+            self._state = _State.TRANSFER
+            self._retries = 0
+            return self._send_window(now)
+        return []

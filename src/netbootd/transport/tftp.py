@@ -22,6 +22,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -30,7 +31,6 @@ from typing import Any
 
 from netbootd.logfmt import format_event
 from netbootd.proto.tftp import (
-    Ack,
     Action,
     Error,
     ErrorCode,
@@ -41,7 +41,7 @@ from netbootd.proto.tftp import (
     Outcome,
     ReadRequest,
     ReadSession,
-    SendBlock,
+    SendBlocks,
     SendError,
     SendOack,
     TftpDecodeError,
@@ -74,11 +74,17 @@ _GSO_MAX_SEGMENTS = 64
 _GSO_MAX_BYTES = 65000
 # Socket buffers large enough for a whole window of big blocks from many transfers.
 _SOCKET_BUFFER = 4 * 1024 * 1024
-_DATA_OPCODE = Opcode.DATA.to_bytes(2, "big")
+_DATA = int(Opcode.DATA)
+_pack_header = struct.Struct("!HH").pack_into
+_HEADER = struct.Struct("!HH").pack
 _ACK_OPCODE = 4
 _MAX_DATAGRAM = 65536
+# What a reader sends to a transfer's own port: ACKs and ERRORs. Anything longer is not one
+# of those, and is still seen as too long when cut here.
+_SESSION_DATAGRAM = 2048
 
 Address = tuple[Any, ...]
+Buffer = bytes | bytearray | memoryview
 
 
 def _client_text(addr: Address) -> str:
@@ -190,12 +196,14 @@ class _Endpoint:
         sock: socket.socket,
         on_datagram: Callable[[bytes, Address], None],
         counters: Counter[str],
+        bufsize: int,
     ) -> None:
         self.sock = sock
+        self._bufsize = bufsize
         self._on_datagram = on_datagram
         self._counters = counters
         self._loop = asyncio.get_running_loop()
-        self._outbox: deque[tuple[bytes, Address, int]] = deque()
+        self._outbox: deque[tuple[Buffer, Address, int]] = deque()
         self._writing = False
         self.closed = False
         self._loop.add_reader(sock.fileno(), self._readable)
@@ -207,6 +215,8 @@ class _Endpoint:
         address: Address,
         on_datagram: Callable[[bytes, Address], None],
         counters: Counter[str],
+        *,
+        bufsize: int = _MAX_DATAGRAM,
     ) -> _Endpoint:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
@@ -215,30 +225,39 @@ class _Endpoint:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
             sock.bind(address)
-            return cls(sock, on_datagram, counters)
+            return cls(sock, on_datagram, counters, bufsize)
         except BaseException:
             sock.close()
             raise
 
     def _readable(self) -> None:
-        # Drain what is queued: one wake-up serves a burst of ACKs or requests.
-        for _ in range(64):
-            if self.closed:
-                return
-            try:
-                data, addr = self.sock.recvfrom(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # An ICMP error for an earlier datagram (port unreachable): nothing to do.
-                log.debug("tftp socket error: %s", exc)
-                continue
-            self._on_datagram(data, addr)
+        # One datagram per wake-up: the loop calls again while more are queued, and a second
+        # read that finds nothing (the common case in lock-step) costs more than the call.
+        if self.closed:
+            return
+        try:
+            data, addr = self.sock.recvfrom(self._bufsize)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # An ICMP error for an earlier datagram (port unreachable): nothing to do.
+            log.debug("tftp socket error: %s", exc)
+            return
+        self._on_datagram(data, addr)
 
-    def send(self, datagram: bytes, addr: Address, segment: int = 0) -> None:
+    def send(self, datagram: Buffer, addr: Address, segment: int = 0) -> None:
         """Send ``datagram``; with ``segment``, as datagrams of that size (UDP GSO)."""
         if self.closed:
             return
+        if not segment and not self._outbox:
+            try:
+                self.sock.sendto(datagram, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self._send_failed(addr, exc)
+                return
         if self._outbox:
             self._outbox.append((datagram, addr, segment))
             return
@@ -246,7 +265,7 @@ class _Endpoint:
             self._outbox.append((datagram, addr, segment))
             self._want_writable()
 
-    def _try_send(self, datagram: bytes, addr: Address, segment: int) -> bool:
+    def _try_send(self, datagram: Buffer, addr: Address, segment: int) -> bool:
         try:
             if segment:
                 self.sock.sendmsg(
@@ -262,10 +281,13 @@ class _Endpoint:
         except OSError as exc:
             if segment and exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT):
                 raise _NoOffloadError from exc
-            # Unreachable, no route, too big: the datagram is lost; retransmission recovers.
-            self._counters["send_error"] += 1
-            log.debug("tftp: send to %s failed: %s", _client_text(addr), exc)
+            self._send_failed(addr, exc)
         return True
+
+    def _send_failed(self, addr: Address, exc: OSError) -> None:
+        # Unreachable, no route, too big: the datagram is lost; retransmission recovers.
+        self._counters["send_error"] += 1
+        log.debug("tftp: send to %s failed: %s", _client_text(addr), exc)
 
     def _want_writable(self) -> None:
         if not self._writing:
@@ -337,34 +359,50 @@ class _ReadAhead:
         self._on_ready = on_ready
         self._on_error = on_error
         self._loop = asyncio.get_running_loop()
-        self._chunks: dict[int, bytes] = {}
+        self._chunks: dict[int, memoryview] = {}
         self._reading: set[int] = set()
         self._low = 0
+        self._next_look = 0
         self.closed = False
 
-    def block(self, offset: int, length: int) -> bytes | None:
-        """The octets at ``offset``, or None (and a read under way) if not read yet."""
+    def ready(self, offset: int, end: int) -> bool:
+        """Whether the octets from ``offset`` to ``end`` are in memory; if not, they are
+        being read and ``on_ready`` follows."""
+        chunk = self.chunk
+        first, last = offset // chunk, max(offset, end - 1) // chunk
+        if first == last and first in self._chunks:
+            return True
+        missing = False
+        for index in range(first, last + 1):
+            if index not in self._chunks:
+                self._fetch(index)
+                # Past the end of the file it is known at once.
+                missing = missing or index not in self._chunks
+        return not missing
+
+    def view(self, offset: int, length: int) -> memoryview:
+        """The octets at ``offset`` (which must be :meth:`ready`), without copying."""
         index = offset // self.chunk
-        data = self._chunks.get(index)
-        if data is None:
-            self._fetch(index)
-            data = self._chunks.get(index)  # known at once when past the end
-            if data is None:
-                return None
         start = offset - index * self.chunk
-        return data[start : start + length]
+        return self._chunks[index][start : start + length]
 
     def advance(self, offset: int) -> None:
         """Everything before ``offset`` is acknowledged: drop it, and read ahead of it."""
-        low = offset // self.chunk
+        if offset < self._next_look:
+            return
+        chunk = self.chunk
+        low = offset // chunk
         if low != self._low:
             for index in [i for i in self._chunks if i < low]:
                 del self._chunks[index]
             self._low = low
-        last = min(offset + self._ahead, self._size) // self.chunk
+        last = min(offset + self._ahead, self._size) // chunk
         for index in range(low, last + 1):
             if index not in self._chunks:
                 self._fetch(index)
+        # Nothing changes until the acknowledged point crosses into the next chunk, unless
+        # the window is larger than a chunk.
+        self._next_look = min((low + 1) * chunk, offset + max(self._ahead - 2 * chunk, 1))
 
     def _fetch(self, index: int) -> None:
         if index in self._reading or self.closed:
@@ -372,7 +410,7 @@ class _ReadAhead:
         offset = index * self.chunk
         if offset > self._size or (offset == self._size and offset > 0):
             # Past the end: only the empty last block of an exact multiple lives there.
-            self._chunks[index] = b""
+            self._chunks[index] = memoryview(b"")
             return
         length = min(self.chunk, self._size - offset)
         self._reading.add(index)
@@ -395,7 +433,7 @@ class _ReadAhead:
             self._on_error("file changed during transfer")
             return
         if index >= self._low:
-            self._chunks[index] = data
+            self._chunks[index] = memoryview(data)
         self._on_ready()
 
     def close(self) -> None:
@@ -468,7 +506,7 @@ class _Transfer:
                 return
             if len(data) == 4 and data[1] == _ACK_OPCODE and data[0] == 0:
                 # The hot path: an ACK, decoded without the general decoder.
-                packet: Any = Ack((data[2] << 8) | data[3])
+                actions = self.session.ack((data[2] << 8) | data[3], self._loop.time())
             else:
                 try:
                     packet = decode(data)
@@ -476,7 +514,7 @@ class _Transfer:
                     # A damaged packet from the peer is dropped; the retransmit timer recovers.
                     self.server.malformed(addr, data, exc)
                     return
-            actions = self.session.receive(packet, self._loop.time())
+                actions = self.session.receive(packet, self._loop.time())
             if actions:
                 self._apply(actions)
         except Exception:
@@ -515,19 +553,17 @@ class _Transfer:
             self._waiting.extend(actions)
             self._arm()
             return
-        blocks: list[bytes] = []
         for i, action in enumerate(actions):
-            if type(action) is SendBlock:
-                payload = self._reader.block(action.offset, action.length)
-                if payload is None:
-                    self._flush(blocks)
+            if type(action) is SendBlocks:
+                offset = action.offset
+                if not self._reader.ready(offset, action.end):
                     self._waiting = actions[i:]
                     self._arm()
                     return
-                blocks.append(_DATA_OPCODE + action.block.to_bytes(2, "big") + payload)
+                self._send_blocks(action)
+                # A window starts at the first unacknowledged block: all before is done with.
+                self._reader.advance(offset)
                 continue
-            self._flush(blocks)
-            blocks = []
             match action:
                 case SendOack(options):
                     self._send(encode(OptionAck(options)), self.client)
@@ -536,34 +572,51 @@ class _Transfer:
                 case Finish():
                     self._finish(action)
                     return
-        self._flush(blocks)
-        self._reader.advance(self.session.bytes_acknowledged)
         self._arm()
 
-    def _flush(self, blocks: list[bytes]) -> None:
-        if not blocks:
-            return
+    def _send_blocks(self, action: SendBlocks) -> None:
+        """Put blocks on the wire: laid out back to back as DATA datagrams in one buffer, and
+        sent with segmentation offload when there are several and they fit the MTU."""
         endpoint = self._endpoint
         if endpoint is None:
             return
+        first, last, blksize, _ = action
+        offset, end = action.offset, action.end
+        if first == last:
+            # Lock-step: one datagram.
+            header = _HEADER(_DATA, first & 0xFFFF)
+            endpoint.send(header + self._reader.view(offset, end - offset), self.client)
+            return
+        step = blksize + 4
+        count = last - first + 1
+        buffer = bytearray(count * step)
+        view = self._reader.view
+        position = 0
+        for seq in range(first, last + 1):
+            length = min(blksize, end - offset)
+            _pack_header(buffer, position, _DATA, seq & 0xFFFF)
+            buffer[position + 4 : position + 4 + length] = view(offset, length)
+            position += 4 + length
+            offset += length
+        if position != len(buffer):
+            del buffer[position:]  # the last block was short
         segment = self._segment
-        if segment and len(blocks) > 1:
-            per_send = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment)
-            for start in range(0, len(blocks), per_send):
-                group = blocks[start : start + per_send]
-                if len(group) == 1:
-                    endpoint.send(group[0], self.client)
-                    continue
+        if segment:
+            per_send = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment) * segment
+            data = memoryview(buffer)
+            for start in range(0, position, per_send):
+                part = data[start : start + per_send]
                 try:
-                    endpoint.send(b"".join(group), self.client, segment)
+                    endpoint.send(part, self.client, segment if len(part) > segment else 0)
                 except _NoOffloadError:
                     self.server.offload_failed()
                     self._segment = segment = 0
-                    for datagram in group:
-                        endpoint.send(datagram, self.client)
-            return
-        for datagram in blocks:
-            endpoint.send(datagram, self.client)
+                    for single in range(start, min(start + per_send, position), step):
+                        endpoint.send(data[single : single + step], self.client)
+        else:
+            data = memoryview(buffer)
+            for start in range(0, position, step):
+                endpoint.send(data[start : start + step], self.client)
 
     def _send(self, datagram: bytes, addr: Address) -> None:
         if self._endpoint is not None and not self._endpoint.closed:
@@ -841,7 +894,11 @@ class TftpServer:
             return
         try:
             endpoint = _Endpoint.bind(
-                self._family, (self._host, 0), transfer.on_datagram, self._counters
+                self._family,
+                (self._host, 0),
+                transfer.on_datagram,
+                self._counters,
+                bufsize=_SESSION_DATAGRAM,
             )
         except OSError as exc:
             log.warning("tftp: cannot open a transfer socket: %s", exc.strerror or exc)
