@@ -31,6 +31,7 @@ __all__ = [
     "Negotiated",
     "Opcode",
     "OptionAck",
+    "Options",
     "Outcome",
     "Packet",
     "ReadRequest",
@@ -45,6 +46,7 @@ __all__ = [
     "decode",
     "encode",
     "negotiate",
+    "option_number",
     "to_netascii",
 ]
 
@@ -336,7 +338,8 @@ class Negotiated:
     oack_options: Options = ()
 
 
-def _number(value: str) -> int | None:
+def option_number(value: str) -> int | None:
+    """An option value as a number, or None unless it is plain decimal digits."""
     # int() would also take "+5", " 5" and "1_0"; only plain decimal digits are a number here.
     if not value or len(value) > _MAX_NUMBER_DIGITS or not (value.isascii() and value.isdigit()):
         return None
@@ -368,7 +371,7 @@ def negotiate(
     tsize: int | None = None
     accepted: list[tuple[str, str]] = []
     for name, raw in request_options:
-        value = _number(raw)
+        value = option_number(raw)
         if value is None:
             continue
         if name == "blksize":

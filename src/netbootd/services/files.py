@@ -24,6 +24,8 @@ __all__ = [
     "FileTree",
     "LocalFile",
     "OpenedFile",
+    "clean_name",
+    "within",
 ]
 
 
@@ -101,7 +103,8 @@ class LocalFile:
 _NO_EXTRA: Mapping[str, Path] = MappingProxyType({})
 
 
-def _within(root: str, path: str) -> bool:
+def within(root: str, path: str) -> bool:
+    """Whether the real path ``path`` is ``root`` or below it."""
     return path == root or path.startswith(root + os.sep) or root == os.sep
 
 
@@ -138,10 +141,10 @@ class FileTree:
 
     def resolve(self, name: str) -> Path:
         """The real path of the regular file ``name`` denotes, or a :class:`FileLookupError`."""
-        relative = self._clean(name)
+        relative = clean_name(name)
         root = str(self._root)
         real = os.path.realpath(os.path.join(root, relative))
-        if not _within(root, real):
+        if not within(root, real):
             raise AccessDenied("outside root")
         try:
             return _regular_file(real)
@@ -172,19 +175,20 @@ class FileTree:
             raise
         return LocalFile(fd, info.st_size)
 
-    @staticmethod
-    def _clean(name: str) -> str:
-        if "\0" in name:
-            raise AccessDenied("NUL in name")
-        if "\\" in name:
-            # Backslash is a separator to DOS and Windows clients; refuse rather than guess.
-            raise AccessDenied("backslash in name")
-        # Clients send both "pxelinux.0" and "/pxelinux.0"; both mean the file in the root.
-        relative = name.removeprefix("/")
-        if not relative:
-            raise AccessDenied("empty name")
-        if relative.startswith("/"):
-            raise AccessDenied("absolute path")
-        if ".." in relative.split("/"):
-            raise AccessDenied("parent directory in name")
-        return relative
+
+def clean_name(name: str) -> str:
+    """A client's name as a path relative to a root, or :class:`AccessDenied`."""
+    if "\0" in name:
+        raise AccessDenied("NUL in name")
+    if "\\" in name:
+        # Backslash is a separator to DOS and Windows clients; refuse rather than guess.
+        raise AccessDenied("backslash in name")
+    # Clients send both "pxelinux.0" and "/pxelinux.0"; both mean the file in the root.
+    relative = name.removeprefix("/")
+    if not relative:
+        raise AccessDenied("empty name")
+    if relative.startswith("/"):
+        raise AccessDenied("absolute path")
+    if ".." in relative.split("/"):
+        raise AccessDenied("parent directory in name")
+    return relative
