@@ -66,6 +66,8 @@ class App:
                 raise ConfigError(f"root {config.root}: not a directory")
             self.tree = FileTree(config.root, system_ipxe_files(config.ipxe_dir))
             self._check_boot_files(self.tree)
+        if config.tftp_upload_dir is not None:
+            self._check_upload_dir(config.tftp_upload_dir, config.root)
         if config.dhcp_mode is DhcpMode.AUTHORITATIVE:
             assert config.dhcp_range is not None and self.interface is not None
             network = self.interface.address.network
@@ -79,6 +81,19 @@ class App:
                 raise ConfigError(
                     f"dhcp-range {config.dhcp_range} contains this server's own address "
                     f"{self.interface.ip}"
+                )
+
+    @staticmethod
+    def _check_upload_dir(upload_dir: Path, root: Path | None) -> None:
+        if not upload_dir.is_dir():
+            raise ConfigError(f"tftp-upload-dir {upload_dir}: not a directory")
+        if root is not None:
+            uploads, served = upload_dir.resolve(), root.resolve()
+            if uploads == served or served in uploads.parents or uploads in served.parents:
+                # Uploads would be served (or could replace what is served) as boot files.
+                raise ConfigError(
+                    f"tftp-upload-dir {upload_dir} must be apart from the root {root}, "
+                    "not inside it or around it"
                 )
 
     def _check_boot_files(self, tree: FileTree) -> None:
@@ -155,6 +170,8 @@ class App:
             max_sessions_per_client=config.tftp_max_sessions_per_client,
             single_port=config.tftp_single_port,
             gso_max_blksize=unfragmented,
+            upload_dir=config.tftp_upload_dir,
+            upload_max_size=config.tftp_upload_max_size,
         )
 
     async def _start_dhcp(self) -> None:

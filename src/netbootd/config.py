@@ -74,6 +74,7 @@ class Config(BaseModel):
     tftp_max_sessions_per_client: int = Field(default=32, ge=1, le=65536)
     tftp_single_port: bool = False
     tftp_upload_dir: Path | None = None
+    tftp_upload_max_size: int = Field(default=1024**3, ge=0)
 
     @field_validator("boot")
     @classmethod
@@ -122,6 +123,7 @@ _FILE_KEYS = {
     "tftp-max-sessions-per-client",
     "tftp-single-port",
     "tftp-upload-dir",
+    "tftp-upload-max-size",
 }
 
 

@@ -630,3 +630,99 @@ async def test_file_reads_do_not_block_other_transfers(root: Path) -> None:
     finally:
         source.gate.set()
         await server.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Uploads (off unless an upload directory is given)
+
+
+@pytest.fixture
+def uploads(tmp_path: Path) -> Path:
+    path = tmp_path / "uploads"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("client", ["atftp", "atftp-window", "curl", "busybox"])
+async def test_upload_with_real_clients(
+    make_server: ServerFactory,
+    root: Path,
+    uploads: Path,
+    client: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    server = await make_server(upload_dir=uploads)
+    source = root / "boot" / "big.bin"
+    where = f"{HOST}:{server.port}"
+    if client.startswith("atftp"):
+        window = ["--option", "blksize 1468", "--option", "windowsize 8"]
+        options = window if client == "atftp-window" else []
+        cmd = [need("atftp"), *options, "--put", "-l", str(source), "-r", "up.bin", HOST]
+        rc, text = await run(*cmd, str(server.port))
+    elif client == "curl":
+        rc, text = await run(need("curl"), "-sS", "-T", str(source), f"tftp://{where}/up.bin")
+    else:
+        busybox = need_busybox_tftp()
+        cmd = [busybox, "tftp", "-p", "-b", "1468", "-l", str(source), "-r", "up.bin", HOST]
+        rc, text = await run(*cmd, str(server.port))
+    assert rc == 0, text
+    # The session lingers for one retransmission timeout in case the last ACK was lost.
+    for _ in range(500):
+        if server.active_sessions == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert digest(uploads / "up.bin") == digest(source)
+    assert sorted(os.listdir(uploads)) == ["up.bin"]  # no temporary left
+    [line] = [
+        fields
+        for record in caplog.records
+        for event, fields in [parse_event(record.getMessage())]
+        if event == "upload"
+    ]
+    assert line["result"] == "ok"
+    assert line["bytes"] == str(source.stat().st_size)
+
+
+async def test_upload_refusals(make_server: ServerFactory, uploads: Path) -> None:
+    (uploads / "taken.bin").write_bytes(b"old")
+    server = await make_server(upload_dir=uploads, upload_max_size=1000)
+    peer = RawPeer()
+    try:
+        cases = [
+            (WriteRequest("taken.bin", "octet"), ErrorCode.FILE_EXISTS),
+            (WriteRequest("../escape.bin", "octet"), ErrorCode.ACCESS_VIOLATION),
+            (WriteRequest("nodir/x.bin", "octet"), ErrorCode.ACCESS_VIOLATION),
+            (WriteRequest("text.txt", "netascii"), ErrorCode.ILLEGAL_OPERATION),
+            (WriteRequest("big.bin", "octet", (("tsize", "5000"),)), ErrorCode.DISK_FULL),
+        ]
+        for request, code in cases:
+            await peer.send(request, (HOST, server.port))
+            reply, _ = await peer.recv()
+            assert isinstance(reply, Error), (request, reply)
+            assert reply.code == code, (request, reply)
+        assert (uploads / "taken.bin").read_bytes() == b"old"
+        assert sorted(os.listdir(uploads)) == ["taken.bin"]
+    finally:
+        peer.close()
+
+
+async def test_abandoned_upload_leaves_nothing(make_server: ServerFactory, uploads: Path) -> None:
+    server = await make_server(upload_dir=uploads, timeout=0.05, retries=1)
+    peer = RawPeer()
+    try:
+        await peer.send(WriteRequest("half.bin", "octet"), (HOST, server.port))
+        ack, addr = await peer.recv()
+        assert ack == Ack(0)
+        await peer.send(Data(1, b"x" * 512), addr)
+        assert (await peer.recv())[0] == Ack(1)
+        # The client goes away: the server gives up and throws the partial file away.
+        await settle(server)
+        for _ in range(100):
+            if not os.listdir(uploads):
+                break
+            await asyncio.sleep(0.02)
+        assert os.listdir(uploads) == []
+        assert server.counters["timed_out"] == 1
+    finally:
+        peer.close()

@@ -158,3 +158,51 @@ def test_no_http_refuses_only_what_needs_http(tmp_path: Path) -> None:
         ConfigError, match=r"^--boot uefi-http=snponly.efi needs HTTP, which is off"
     ):
         App(parse(*base, "--boot", "uefi-http=snponly.efi")).prepare()
+
+
+def test_tftp_settings_from_flags_and_file(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text("tftp-max-windowsize = 16\ntftp-timeout = 2.5\ntftp-upload-max-size = 4096\n")
+    config = parse(
+        "--no-dhcp", "--root", str(tmp_path), "--config", str(site),
+        "--tftp-max-blksize", "8192", "--tftp-single-port", "--tftp-upload-dir", "/srv/up",
+    )  # fmt: skip
+    assert config.tftp_max_blksize == 8192
+    assert config.tftp_single_port is True
+    assert config.tftp_upload_dir == Path("/srv/up")
+    assert (config.tftp_max_windowsize, config.tftp_timeout) == (16, 2.5)
+    assert config.tftp_upload_max_size == 4096
+    assert parse("--no-dhcp", "--root", str(tmp_path)).tftp_max_blksize is None  # MTU decides
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tftp-max-blksize", "7"], "--tftp-max-blksize: .*greater than or equal to 8"),
+        (["--tftp-max-blksize", "70000"], "--tftp-max-blksize: .*less than or equal to 65464"),
+    ],
+)
+def test_bad_tftp_flags(tmp_path: Path, argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse("--no-dhcp", "--root", str(tmp_path), *argv)
+
+
+def test_tftp_max_blksize_not_a_number_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse("--no-dhcp", "--root", str(tmp_path), "--tftp-max-blksize", "big")
+    assert exit_info.value.code == 2
+
+
+def test_upload_dir_must_be_apart_from_the_root(tmp_path: Path) -> None:
+    from netbootd.app import App
+
+    root = tmp_path / "root"
+    (root / "up").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    base = ("--no-dhcp", "--no-http", "--root", str(root))
+    App(parse(*base, "--tftp-upload-dir", str(tmp_path / "elsewhere"))).prepare()
+    for inside in (root, root / "up", tmp_path):
+        with pytest.raises(ConfigError, match="must be apart from the root"):
+            App(parse(*base, "--tftp-upload-dir", str(inside))).prepare()
+    with pytest.raises(ConfigError, match="not a directory"):
+        App(parse(*base, "--tftp-upload-dir", str(tmp_path / "nope"))).prepare()

@@ -27,10 +27,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from netbootd.logfmt import format_event
 from netbootd.proto.tftp import (
+    Ack,
     Action,
     Error,
     ErrorCode,
@@ -52,6 +54,14 @@ from netbootd.proto.tftp import (
     negotiate,
     to_netascii,
 )
+from netbootd.proto.tftp_write import (
+    Complete,
+    SendAck,
+    WriteAction,
+    WriteBlock,
+    WriteSession,
+    negotiate_write,
+)
 from netbootd.services.files import (
     AccessDenied,
     FileLookupError,
@@ -59,6 +69,7 @@ from netbootd.services.files import (
     FileSource,
     OpenedFile,
 )
+from netbootd.services.uploads import FileExists, UploadDir, UploadFile
 
 __all__ = ["NETASCII_LIMIT", "TftpServer", "TftpSettings"]
 
@@ -66,6 +77,10 @@ log = logging.getLogger("netbootd.tftp")
 
 # netascii is converted in memory, whole; boot files never use it, so a small cap is enough.
 NETASCII_LIMIT = 16 * 1024 * 1024
+# Uploads reach the disk in writes of about this size; a client is held back (its ACK waits)
+# while this much is waiting for the disk.
+UPLOAD_CHUNK = 256 * 1024
+UPLOAD_BACKLOG = 4 * 1024 * 1024
 # Reads ahead of the transfer are about this large, rounded to whole blocks.
 READ_CHUNK = 256 * 1024
 # Linux: setsockopt level SOL_UDP, UDP_SEGMENT (since 4.18). At most 64 segments per send.
@@ -107,6 +122,9 @@ class TftpSettings:
     # segmentation offload); None means "do not use offload".
     gso_max_blksize: int | None = 1468
     workers: int = 4
+    # Where write requests may create new files; None refuses every write.
+    upload_dir: Path | None = None
+    upload_max_size: int = 1024 * 1024 * 1024
 
 
 class _MemoryFile:
@@ -181,6 +199,31 @@ def _open_for(source: FileSource, request: ReadRequest) -> OpenedFile:
     finally:
         opened.close()
     return _MemoryFile(to_netascii(raw))
+
+
+def _create_for(uploads: UploadDir, request: WriteRequest) -> UploadFile:
+    """Start the file an upload fills, or raise the :class:`_Refusal`. Blocking."""
+    try:
+        return uploads.create(request.filename)
+    except FileExists:
+        raise _Refusal(
+            Error(ErrorCode.FILE_EXISTS, "file already exists"),
+            "refused: file exists",
+            "upload_refused",
+        ) from None
+    except AccessDenied as exc:
+        raise _Refusal(
+            Error(ErrorCode.ACCESS_VIOLATION, "access violation"),
+            f"access denied: {exc.reason}",
+            "access_denied",
+        ) from None
+    except OSError as exc:
+        code = ErrorCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 0
+        raise _Refusal(
+            Error(code, "cannot create file"),
+            f"error: {exc.strerror or exc}",
+            "server_error",
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,7 +488,93 @@ class _ReadAhead:
 # One read transfer
 
 
-class _Transfer:
+class _Exchange:
+    """What reads and uploads share: the client, the socket, the retransmission timer."""
+
+    request: ReadRequest | WriteRequest
+
+    def __init__(self, server: TftpServer, client: Address, started: float) -> None:
+        self.server = server
+        self.client = client
+        self._started = started
+        self._loop = asyncio.get_running_loop()
+        self._endpoint: _Endpoint | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.finished = False
+
+    def abort(self, code: int, message: str) -> None:
+        raise NotImplementedError
+
+    def _deadline(self) -> float | None:
+        raise NotImplementedError
+
+    def _timed_out(self, now: float) -> None:
+        raise NotImplementedError
+
+    def _stranger(self, addr: Address) -> bool:
+        """Whether ``addr`` is not this transfer's peer; if so it has been answered."""
+        if addr == self.client or addr[:2] == self.client[:2]:
+            return False
+        # RFC 1350 §4: a packet from another TID gets ERROR 5 and the transfer goes on.
+        self.server.count("unknown_tid")
+        self._send(encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")), addr)
+        return True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        try:
+            self._timed_out(self._loop.time())
+        except Exception:
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        self.server.count("internal_error")
+        log.exception("tftp: unexpected error in transfer for %s", _client_text(self.client))
+        with contextlib.suppress(Exception):
+            self.abort(ErrorCode.NOT_DEFINED, "internal server error")
+
+    def _send(self, datagram: bytes, addr: Address) -> None:
+        if self._endpoint is not None and not self._endpoint.closed:
+            self._endpoint.send(datagram, addr)
+        else:
+            self.server.reply(datagram, addr)
+
+    def _arm(self) -> None:
+        deadline = self._deadline()
+        if deadline is None:
+            self._cancel_timer()
+            return
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                # It fires early, finds nothing due and re-arms: cheaper than a new timer for
+                # every block.
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close_endpoint(self) -> None:
+        """Close the transfer's own socket (not a shared one)."""
+        if self._endpoint is not None and not self.server.settings.single_port:
+            self._endpoint.close()
+
+    @staticmethod
+    def _result(finish: Finish) -> tuple[str, int]:
+        """The log line's result and level for how a transfer ended."""
+        if finish.outcome is Outcome.OK:
+            return "ok", logging.INFO
+        if finish.outcome is Outcome.CLIENT_ERROR:
+            return f"client error: {finish.message}", logging.WARNING
+        if finish.outcome is Outcome.TIMED_OUT:
+            return "timed out", logging.WARNING
+        return f"error: {finish.message}", logging.WARNING
+
+
+class _Transfer(_Exchange):
     """One accepted read: its socket, its timer, its file, and the session that decides."""
 
     def __init__(
@@ -458,15 +587,10 @@ class _Transfer:
         session: ReadSession,
         started: float,
     ) -> None:
-        self.server = server
-        self.client = client
+        super().__init__(server, client, started)
         self.request = request
         self.session = session
         self._opened = opened
-        self._started = started
-        self._loop = asyncio.get_running_loop()
-        self._endpoint: _Endpoint | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._blksize = session.negotiated.blksize
         gso = server.settings.gso_max_blksize
         self._segment = self._blksize + 4 if gso is not None and self._blksize <= gso else 0
@@ -480,7 +604,12 @@ class _Transfer:
         )
         # Actions held back until the read-ahead has their octets.
         self._waiting: list[Action] = []
-        self.finished = False
+
+    def _deadline(self) -> float | None:
+        return self.session.deadline
+
+    def _timed_out(self, now: float) -> None:
+        self._apply(self.session.timeout(now))
 
     # -- wiring -------------------------------------------------------------------------------
 
@@ -499,10 +628,7 @@ class _Transfer:
         try:
             if self.finished:
                 return
-            if addr != self.client and addr[:2] != self.client[:2]:
-                # RFC 1350 §4: a packet from another TID gets ERROR 5 and the transfer goes on.
-                self.server.count("unknown_tid")
-                self._send(encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")), addr)
+            if addr != self.client and self._stranger(addr):
                 return
             if len(data) == 4 and data[1] == _ACK_OPCODE and data[0] == 0:
                 # The hot path: an ACK, decoded without the general decoder.
@@ -520,13 +646,6 @@ class _Transfer:
         except Exception:
             self._internal_error()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        try:
-            self._apply(self.session.timeout(self._loop.time()))
-        except Exception:
-            self._internal_error()
-
     def _on_read(self) -> None:
         if self._waiting and not self.finished:
             waiting, self._waiting = self._waiting, []
@@ -538,12 +657,6 @@ class _Transfer:
     def _on_read_error(self, reason: str) -> None:
         if not self.finished:
             self.abort(ErrorCode.NOT_DEFINED, reason)
-
-    def _internal_error(self) -> None:
-        self.server.count("internal_error")
-        log.exception("tftp: unexpected error in transfer for %s", _client_text(self.client))
-        with contextlib.suppress(Exception):
-            self.abort(ErrorCode.NOT_DEFINED, "internal server error")
 
     # -- carrying out actions -----------------------------------------------------------------
 
@@ -618,30 +731,6 @@ class _Transfer:
             for start in range(0, position, step):
                 endpoint.send(data[start : start + step], self.client)
 
-    def _send(self, datagram: bytes, addr: Address) -> None:
-        if self._endpoint is not None and not self._endpoint.closed:
-            self._endpoint.send(datagram, addr)
-        else:
-            self.server.reply(datagram, addr)
-
-    def _arm(self) -> None:
-        deadline = self.session.deadline
-        if deadline is None:
-            self._cancel_timer()
-            return
-        if self._timer is not None:
-            if self._timer.when() <= deadline:
-                # It fires early, finds nothing due and re-arms: cheaper than a new timer for
-                # every block.
-                return
-            self._timer.cancel()
-        self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
     def _finish(self, finish: Finish) -> None:
         if self.finished:
             return
@@ -652,14 +741,7 @@ class _Transfer:
         self._opened.close()
         self.server.transfer_done(self, finish.outcome)
         session = self.session
-        if finish.outcome is Outcome.OK:
-            result, level = "ok", logging.INFO
-        elif finish.outcome is Outcome.CLIENT_ERROR:
-            result, level = f"client error: {finish.message}", logging.WARNING
-        elif finish.outcome is Outcome.TIMED_OUT:
-            result, level = "timed out", logging.WARNING
-        else:
-            result, level = f"error: {finish.message}", logging.WARNING
+        result, level = self._result(finish)
         options = ",".join(f"{n}={v}" for n, v in session.negotiated.oack_options) or "-"
         self.server.log_transfer(
             level,
@@ -672,10 +754,189 @@ class _Transfer:
             retransmits=session.retransmissions,
         )
 
-    def close_endpoint(self) -> None:
-        """Close the transfer's own socket (not a shared one)."""
-        if self._endpoint is not None and not self.server.settings.single_port:
-            self._endpoint.close()
+
+class _Upload(_Exchange):
+    """One accepted write: its socket, its timer, the file being filled, the session."""
+
+    def __init__(
+        self,
+        server: TftpServer,
+        client: Address,
+        *,
+        request: WriteRequest,
+        upload: UploadFile,
+        session: WriteSession,
+        started: float,
+    ) -> None:
+        super().__init__(server, client, started)
+        self.request = request
+        self.session = session
+        self._upload = upload
+        # Received octets not yet handed to a worker thread, and the write under way.
+        self._pending = bytearray()
+        self._pending_at = 0
+        self._writing: asyncio.Future[None] | None = None
+        self._committing = False
+        # Actions held back until the disk has caught up (an ACK) or the file is in place.
+        self._waiting: list[WriteAction] = []
+
+    def attach(self, endpoint: _Endpoint) -> None:
+        self._endpoint = endpoint
+        self._apply(self.session.start(self._loop.time()))
+
+    def abort(self, code: int, message: str) -> None:
+        self._waiting.clear()
+        if self.session.complete and self._upload.committed:
+            # Only lingering for a repeated last block: the file is in place, the client has
+            # its ACK, and an ERROR now would only confuse it.
+            self._finish(Finish(Outcome.OK))
+            return
+        self._apply(self.session.abort(code, message))
+
+    def _deadline(self) -> float | None:
+        return self.session.deadline
+
+    def _timed_out(self, now: float) -> None:
+        self._apply(self.session.timeout(now))
+
+    def on_datagram(self, data: bytes, addr: Address) -> None:
+        try:
+            if self.finished or (addr != self.client and self._stranger(addr)):
+                return
+            try:
+                packet = decode(data)
+            except TftpDecodeError as exc:
+                self.server.malformed(addr, data, exc)
+                return
+            self._apply(self.session.receive(packet, self._loop.time()))
+        except Exception:
+            self._internal_error()
+
+    # -- carrying out actions -----------------------------------------------------------------
+
+    def _apply(self, actions: list[WriteAction]) -> None:
+        if self._waiting:
+            self._waiting.extend(actions)
+            self._arm()
+            return
+        for i, action in enumerate(actions):
+            match action:
+                case WriteBlock(offset, payload):
+                    self._store(offset, payload)
+                case SendAck(block):
+                    if len(self._pending) >= UPLOAD_BACKLOG:
+                        # The disk is behind: the client waits for this ACK until it catches up.
+                        self._waiting = actions[i:]
+                        break
+                    self._send(encode(Ack(block)), self.client)
+                case Complete():
+                    # The last ACK goes out only once the file is whole and in place.
+                    self._waiting = actions[i:]
+                    self._flush()
+                    self._resume()
+                    break
+                case SendOack(options):
+                    self._send(encode(OptionAck(options)), self.client)
+                case SendError(code, message):
+                    self._send(encode(Error(code, message)), self.client)
+                case Finish():
+                    self._finish(action)
+                    return
+        self._arm()
+
+    def _store(self, offset: int, payload: bytes) -> None:
+        if not self._pending:
+            self._pending_at = offset
+        self._pending += payload
+        if len(self._pending) >= UPLOAD_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._writing is not None or not self._pending or self.finished:
+            return
+        data, offset = bytes(self._pending), self._pending_at
+        self._pending.clear()
+        self._writing = self._loop.run_in_executor(
+            self.server.executor, self._upload.write, offset, data
+        )
+        self._writing.add_done_callback(self._written)
+
+    def _written(self, future: asyncio.Future[None]) -> None:
+        self._writing = None
+        if self.finished or future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._storage_failed(exc)
+            return
+        self._flush()
+        self._resume()
+
+    def _resume(self) -> None:
+        """Carry on with held-back actions once what they wait for has happened."""
+        if not self._waiting or self.finished:
+            return
+        head = self._waiting[0]
+        if isinstance(head, Complete):
+            if self._writing is not None or self._pending or self._committing:
+                return
+            self._committing = True
+            commit = self._loop.run_in_executor(self.server.executor, self._upload.commit)
+            commit.add_done_callback(self._committed)
+            return
+        if len(self._pending) < UPLOAD_BACKLOG:
+            waiting, self._waiting = self._waiting, []
+            self._apply(waiting)
+
+    def _committed(self, future: asyncio.Future[None]) -> None:
+        self._committing = False
+        if self.finished or future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._storage_failed(exc)
+            return
+        waiting, self._waiting = self._waiting[1:], []
+        try:
+            self._apply(waiting)
+        except Exception:
+            self._internal_error()
+
+    def _storage_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, FileExists):
+            self.abort(ErrorCode.FILE_EXISTS, "file already exists")
+        elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.abort(ErrorCode.DISK_FULL, "disk full")
+        else:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.abort(ErrorCode.NOT_DEFINED, f"cannot store file: {reason}")
+
+    def _finish(self, finish: Finish) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._waiting.clear()
+        self._pending.clear()
+        self._cancel_timer()
+        if not self._upload.committed:
+            # Whatever was received of a failed upload is thrown away, never shown.
+            self.server.executor.submit(self._upload.discard)
+        self.server.transfer_done(self, finish.outcome)
+        result, level = self._result(finish)
+        options = ",".join(f"{n}={v}" for n, v in self.session.negotiated.oack_options) or "-"
+        self.server.log_transfer(
+            level,
+            self.client,
+            self.request.filename,
+            options=options,
+            size=self.session.bytes_received,
+            started=self._started,
+            result=result,
+            event="upload",
+        )
+
+
+_Live = _Transfer | _Upload
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,11 +983,12 @@ class TftpServer:
         self._family = socket.AF_INET
         self._host = ""
         self._port = 0
-        self._transfers: set[_Transfer] = set()
+        self._transfers: set[_Live] = set()
         # Requests accepted, by (client, request): opening, or transferring.
-        self._by_request: dict[tuple[Address, ReadRequest], _Transfer | None] = {}
+        self._by_request: dict[tuple[Address, ReadRequest | WriteRequest], _Live | None] = {}
         # Single-port mode: the transfer each client address and port belongs to.
-        self._by_client: dict[Address, _Transfer] = {}
+        self._by_client: dict[Address, _Live] = {}
+        self._uploads = UploadDir(settings.upload_dir) if settings.upload_dir else None
         self._per_client: Counter[Any] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._counters: Counter[str] = Counter()
@@ -804,19 +1066,22 @@ class TftpServer:
             case ReadRequest():
                 self._on_read_request(packet, addr)
             case WriteRequest():
-                self._refuse(
-                    addr,
-                    packet.filename,
-                    self._loop_time(),
-                    error=Error(ErrorCode.ACCESS_VIOLATION, "read-only server"),
-                    result="access denied: read-only server",
-                    counter="write_refused",
-                )
+                if self._uploads is None:
+                    self._refuse(
+                        addr,
+                        packet.filename,
+                        self._loop_time(),
+                        error=Error(ErrorCode.ACCESS_VIOLATION, "read-only server"),
+                        result="access denied: read-only server",
+                        counter="write_refused",
+                    )
+                else:
+                    self._on_read_request(packet, addr)
             case _:
                 # DATA, ACK, ERROR or OACK for no transfer: late packets of a finished one.
                 self.count("stray")
 
-    def _on_read_request(self, request: ReadRequest, addr: Address) -> None:
+    def _on_read_request(self, request: ReadRequest | WriteRequest, addr: Address) -> None:
         started = self._loop_time()
         key = (addr, request)
         if key in self._by_request:
@@ -843,6 +1108,8 @@ class TftpServer:
             )
             return
         mode_error = check_mode(request.mode)
+        if isinstance(request, WriteRequest) and request.mode != Mode.OCTET and not mode_error:
+            mode_error = Error(ErrorCode.ILLEGAL_OPERATION, "uploads are octet mode only")
         if mode_error is not None:
             self._refuse(
                 addr,
@@ -855,7 +1122,12 @@ class TftpServer:
             return
         self._by_request[key] = None
         self._per_client[addr[0]] += 1
-        task = asyncio.get_running_loop().create_task(self._start_read(request, addr, started))
+        starting = (
+            self._start_read(request, addr, started)
+            if isinstance(request, ReadRequest)
+            else self._start_upload(request, addr, started)
+        )
+        task = asyncio.get_running_loop().create_task(starting)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -885,6 +1157,55 @@ class TftpServer:
             self._release(key)
             opened.close()
             raise
+        self._begin(key, transfer)
+
+    async def _start_upload(self, request: WriteRequest, addr: Address, started: float) -> None:
+        key = (addr, request)
+        settings = self.settings
+        assert self._uploads is not None
+        negotiated = negotiate_write(
+            request.options,
+            max_blksize=settings.max_blksize,
+            max_windowsize=settings.max_windowsize,
+            max_size=settings.upload_max_size,
+        )
+        try:
+            if isinstance(negotiated, Error):
+                raise _Refusal(negotiated, f"refused: {negotiated.message}", "upload_refused")
+            loop = asyncio.get_running_loop()
+            upload = await loop.run_in_executor(self.executor, _create_for, self._uploads, request)
+        except _Refusal as refusal:
+            self._release(key)
+            self._refuse(
+                addr,
+                request.filename,
+                started,
+                error=refusal.error,
+                result=refusal.result,
+                counter=refusal.counter,
+                level=refusal.level,
+                event="upload",
+            )
+            return
+        except BaseException:
+            self._release(key)
+            raise
+        session = WriteSession(
+            negotiated,
+            max_size=settings.upload_max_size,
+            retransmit_timeout=(
+                float(negotiated.timeout) if negotiated.timeout else settings.timeout
+            ),
+            max_retries=settings.retries,
+        )
+        exchange = _Upload(
+            self, addr, request=request, upload=upload, session=session, started=started
+        )
+        self._begin(key, exchange)
+
+    def _begin(self, key: tuple[Address, ReadRequest | WriteRequest], transfer: _Live) -> None:
+        """Give an accepted transfer its socket and start it."""
+        addr = key[0]
         self._by_request[key] = transfer
         self._transfers.add(transfer)
         if self.settings.single_port:
@@ -930,14 +1251,14 @@ class TftpServer:
 
     # -- bookkeeping used by transfers --------------------------------------------------------
 
-    def _release(self, key: tuple[Address, ReadRequest]) -> None:
+    def _release(self, key: tuple[Address, ReadRequest | WriteRequest]) -> None:
         self._by_request.pop(key, None)
         host = key[0][0]
         self._per_client[host] -= 1
         if self._per_client[host] <= 0:
             del self._per_client[host]
 
-    def transfer_done(self, transfer: _Transfer, outcome: Outcome) -> None:
+    def transfer_done(self, transfer: _Exchange, outcome: Outcome) -> None:
         if transfer not in self._transfers:
             return
         self._transfers.discard(transfer)
@@ -962,10 +1283,13 @@ class TftpServer:
         result: str,
         counter: str,
         level: int = logging.WARNING,
+        event: str = "transfer",
     ) -> None:
         self.reply(encode(error), addr)
         self.count(counter)
-        self.log_transfer(level, addr, name, options="-", size=0, started=started, result=result)
+        self.log_transfer(
+            level, addr, name, options="-", size=0, started=started, result=result, event=event
+        )
 
     def reply(self, datagram: bytes, addr: Address) -> None:
         if self._listener is not None:
@@ -996,7 +1320,8 @@ class TftpServer:
         size: int,
         started: float,
         result: str,
-        retransmits: int = 0,
+        retransmits: int | None = None,
+        event: str = "transfer",
     ) -> None:
         seconds = max(self._loop_time() - started, 0.0)
         rate = size / seconds / 1e6 if seconds > 0 else 0.0
@@ -1004,14 +1329,14 @@ class TftpServer:
             level,
             "%s",
             format_event(
-                "transfer",
+                event,
                 client=_client_text(addr),
                 file=name,
                 options=options,
                 bytes=size,
                 seconds=f"{seconds:.3f}",
                 rate=f"{rate:.2f}MB/s",
-                retransmits=retransmits,
+                **({} if retransmits is None else {"retransmits": retransmits}),
                 result=result,
             ),
         )
