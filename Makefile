@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean
+.PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean bench-tftp
 
 setup: system venv
 
@@ -39,6 +39,11 @@ test-integration: setup
 
 test-e2e: setup
 	$(BIN)/pytest tests/e2e
+
+# Benchmarks print their figures against a peer measured in the same run.
+bench-tftp: venv
+	@EXTRA_PACKAGES=atftpd tools/setup-system.sh
+	PYTHONPATH=lab $(BIN)/python bench/tftp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

@@ -12,6 +12,10 @@ packages=(
   iproute2 procps isc-dhcp-client dnsmasq-base atftp curl tcpdump
 )
 
+# Extra packages for one job (the benchmarks' peers), as "make bench-tftp" passes them.
+read -ra extra <<< "${EXTRA_PACKAGES:-}"
+packages+=("${extra[@]}")
+
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
