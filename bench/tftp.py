@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from netbootd_lab.netns import Host, Lab, Namespace, Process
-from netbootd_lab.servers import netbootd_executable
 from rich.console import Console
 from rich.table import Table
+
+from netbootd_lab.netns import Host, Lab, Namespace, Process
+from netbootd_lab.servers import netbootd_executable
 
 MIB = 1024 * 1024
 OPTION_SETS: dict[str, tuple[str, ...]] = {
@@ -87,7 +88,7 @@ def digest(path: Path) -> str:
 
 
 def single(
-    client: Host, server_ip: str, size: int, expected: str, options: Sequence[str], out: Path
+    client: Host, server_ip: str, *, size: int, expected: str, options: Sequence[str], out: Path
 ) -> float:
     """MB/s of one fetch, or raise if it failed or the copy differs."""
     out.unlink(missing_ok=True)
@@ -103,6 +104,7 @@ def single(
 def concurrent(
     client: Host,
     server_ip: str,
+    *,
     clients: int,
     size: int,
     expected: str,
@@ -178,7 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results[server.name] = {}
                     for label, options in OPTION_SETS.items():
                         rates = [
-                            single(client, lab.server_ip, size, big_sum, options, outdir / "o")
+                            single(
+                                client,
+                                lab.server_ip,
+                                size=size,
+                                expected=big_sum,
+                                options=options,
+                                out=outdir / "o",
+                            )
                             for _ in range(args.runs)
                         ]
                         rate = statistics.median(rates)
@@ -191,11 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     aggregate[server.name] = concurrent(
                         client,
                         lab.server_ip,
-                        args.clients,
-                        medium,
-                        medium_sum,
-                        ("blksize 1468",),
-                        outdir,
+                        clients=args.clients,
+                        size=medium,
+                        expected=medium_sum,
+                        options=("blksize 1468",),
+                        outdir=outdir,
                     )
                     rate, exact = aggregate[server.name]
                     console.print(
