@@ -131,6 +131,12 @@ class RawPeer:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Room for a whole window of large blocks, as a real client sizes its buffer.
+        force = getattr(socket, "SO_RCVBUFFORCE", 33)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, force, 8 * 1024 * 1024)
+        except PermissionError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
         self.sock.bind((HOST, 0))
         self.sock.setblocking(False)
 
@@ -726,3 +732,16 @@ async def test_abandoned_upload_leaves_nothing(make_server: ServerFactory, uploa
         assert server.counters["timed_out"] == 1
     finally:
         peer.close()
+
+
+@pytest.mark.parametrize(("blksize", "window"), [(16384, 32), (65464, 4), (1000, 1), (8, 64)])
+async def test_windows_larger_and_smaller_than_a_read_chunk(
+    make_server: ServerFactory, root: Path, blksize: int, window: int
+) -> None:
+    """Read-ahead keeps up whether a window spans several read chunks or a tiny part of one."""
+    (root / "mid.bin").write_bytes(os.urandom(2 * 1024 * 1024 + 7))
+    server = await make_server(max_blksize=65464, gso_max_blksize=None)
+    options = (("blksize", str(blksize)), ("windowsize", str(window)))
+    name = "mid.bin" if blksize > 8 else "small.txt"
+    content, _ = await fetch_raw(server.port, name, options)
+    assert content == (root / name).read_bytes()

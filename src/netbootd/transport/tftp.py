@@ -443,9 +443,9 @@ class _ReadAhead:
         for index in range(low, last + 1):
             if index not in self._chunks:
                 self._fetch(index)
-        # Nothing changes until the acknowledged point crosses into the next chunk, unless
-        # the window is larger than a chunk.
-        self._next_look = min((low + 1) * chunk, offset + max(self._ahead - 2 * chunk, 1))
+        # Nothing changes until the acknowledged point crosses into the next chunk (one to
+        # drop) or brings the next unread chunk within reach (one to read).
+        self._next_look = min((low + 1) * chunk, (last + 1) * chunk - self._ahead)
 
     def _fetch(self, index: int) -> None:
         if index in self._reading or self.closed:
