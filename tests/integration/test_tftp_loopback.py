@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from netbootd.proto.tftp import (
     encode,
 )
 from netbootd.services.files import FileTree, OpenedFile
+from netbootd.transport import tftp as tftp_transport
 from netbootd.transport.tftp import TftpServer
 
 HOST = "127.0.0.1"
@@ -745,3 +747,26 @@ async def test_windows_larger_and_smaller_than_a_read_chunk(
     name = "mid.bin" if blksize > 8 else "small.txt"
     content, _ = await fetch_raw(server.port, name, options)
     assert content == (root / name).read_bytes()
+
+
+async def test_refused_offload_falls_back_to_single_datagrams(peer: RawPeer) -> None:
+    """More segments than the kernel takes in one send (64, or 128 since Linux 6.2) is
+    refused with EINVAL: the endpoint then sends the same datagrams one by one, in order, and
+    says so once."""
+    refused: list[bool] = []
+    endpoint = tftp_transport._Endpoint.bind(
+        socket.AF_INET,
+        (HOST, 0),
+        lambda data, addr: None,
+        Counter(),
+        on_no_offload=lambda: refused.append(True),
+    )
+    try:
+        segments = [bytes([n]) * 10 for n in range(200)]
+        endpoint.send(b"".join(segments), peer.sock.getsockname(), 10)
+        loop = asyncio.get_running_loop()
+        got = [await asyncio.wait_for(loop.sock_recv(peer.sock, 100), 2) for _ in segments]
+        assert got == segments
+        assert refused == [True]
+    finally:
+        endpoint.close()

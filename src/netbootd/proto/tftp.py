@@ -664,12 +664,10 @@ class ReadSession:
         return self._send_window(now)
 
     def _on_oack_ack(self, block: int, now: float) -> list[Action]:
-        if self._state is _State.AWAIT_OACK_ACK:  # pragma: no branch - the only caller
-            if block != 0:
-                # Only ACK 0 answers an OACK; anything else is stale or confused. Waiting
-                # lets the retransmit timer recover either way.
-                return []
-            self._state = _State.TRANSFER
-            self._retries = 0
-            return self._send_window(now)
-        return []
+        if block != 0:
+            # Only ACK 0 answers an OACK; anything else is stale or confused. Waiting lets
+            # the retransmit timer recover either way.
+            return []
+        self._state = _State.TRANSFER
+        self._retries = 0
+        return self._send_window(now)

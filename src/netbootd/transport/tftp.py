@@ -38,9 +38,11 @@ from netbootd.proto.tftp import (
     ErrorCode,
     Finish,
     Mode,
+    Negotiated,
     Opcode,
     OptionAck,
     Outcome,
+    Packet,
     ReadRequest,
     ReadSession,
     SendBlocks,
@@ -90,9 +92,8 @@ _GSO_MAX_BYTES = 65000
 # Socket buffers large enough for a whole window of big blocks from many transfers.
 _SOCKET_BUFFER = 4 * 1024 * 1024
 _DATA = int(Opcode.DATA)
-_pack_header = struct.Struct("!HH").pack_into
-_HEADER = struct.Struct("!HH").pack
-_ACK_OPCODE = 4
+_ACK = int(Opcode.ACK)
+_DATA_HEADER = struct.Struct("!HH")  # opcode, block number
 _MAX_DATAGRAM = 65536
 # What a reader sends to a transfer's own port: ACKs and ERRORs. Anything longer is not one
 # of those, and is still seen as too long when cut here.
@@ -160,6 +161,14 @@ def _cannot_read(reason: str) -> _Refusal:
     )
 
 
+def _access_denied(exc: AccessDenied) -> _Refusal:
+    return _Refusal(
+        Error(ErrorCode.ACCESS_VIOLATION, "access violation"),
+        f"access denied: {exc.reason}",
+        "access_denied",
+    )
+
+
 def _open_for(source: FileSource, request: ReadRequest) -> OpenedFile:
     """Open the requested file in the requested mode, or raise the :class:`_Refusal`.
 
@@ -176,11 +185,7 @@ def _open_for(source: FileSource, request: ReadRequest) -> OpenedFile:
             logging.INFO,
         ) from None
     except AccessDenied as exc:
-        raise _Refusal(
-            Error(ErrorCode.ACCESS_VIOLATION, "access violation"),
-            f"access denied: {exc.reason}",
-            "access_denied",
-        ) from None
+        raise _access_denied(exc) from None
     except FileLookupError as exc:
         raise _cannot_read(exc.reason) from None
     except OSError as exc:
@@ -212,11 +217,7 @@ def _create_for(uploads: UploadDir, request: WriteRequest) -> UploadFile:
             "upload_refused",
         ) from None
     except AccessDenied as exc:
-        raise _Refusal(
-            Error(ErrorCode.ACCESS_VIOLATION, "access violation"),
-            f"access denied: {exc.reason}",
-            "access_denied",
-        ) from None
+        raise _access_denied(exc) from None
     except OSError as exc:
         code = ErrorCode.DISK_FULL if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 0
         raise _Refusal(
@@ -240,9 +241,11 @@ class _Endpoint:
         on_datagram: Callable[[bytes, Address], None],
         counters: Counter[str],
         bufsize: int,
+        on_no_offload: Callable[[], None],
     ) -> None:
         self.sock = sock
         self._bufsize = bufsize
+        self._on_no_offload = on_no_offload
         self._on_datagram = on_datagram
         self._counters = counters
         self._loop = asyncio.get_running_loop()
@@ -259,6 +262,7 @@ class _Endpoint:
         on_datagram: Callable[[bytes, Address], None],
         counters: Counter[str],
         *,
+        on_no_offload: Callable[[], None],
         bufsize: int = _MAX_DATAGRAM,
     ) -> _Endpoint:
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -268,7 +272,7 @@ class _Endpoint:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
             sock.bind(address)
-            return cls(sock, on_datagram, counters, bufsize)
+            return cls(sock, on_datagram, counters, bufsize, on_no_offload)
         except BaseException:
             sock.close()
             raise
@@ -292,23 +296,14 @@ class _Endpoint:
         """Send ``datagram``; with ``segment``, as datagrams of that size (UDP GSO)."""
         if self.closed:
             return
-        if not segment and not self._outbox:
-            try:
-                self.sock.sendto(datagram, addr)
-                return
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError as exc:
-                self._send_failed(addr, exc)
-                return
         if self._outbox:
             self._outbox.append((datagram, addr, segment))
-            return
-        if not self._try_send(datagram, addr, segment):
+        elif not self._try_send(datagram, addr, segment):
             self._outbox.append((datagram, addr, segment))
             self._want_writable()
 
     def _try_send(self, datagram: Buffer, addr: Address, segment: int) -> bool:
+        """Whether the datagram is done with (sent, or lost for good); False to retry later."""
         try:
             if segment:
                 self.sock.sendmsg(
@@ -323,7 +318,16 @@ class _Endpoint:
             return False
         except OSError as exc:
             if segment and exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT):
-                raise _NoOffloadError from exc
+                # No segmentation offload here after all: the same datagrams one by one.
+                self._on_no_offload()
+                pieces = [datagram[i : i + segment] for i in range(0, len(datagram), segment)]
+                for number, piece in enumerate(pieces):
+                    if not self._try_send(piece, addr, 0):
+                        rest = [(p, addr, 0) for p in pieces[number:]]
+                        self._outbox.extendleft(reversed(rest))
+                        self._want_writable()
+                        break
+                return True
             self._send_failed(addr, exc)
         return True
 
@@ -339,19 +343,10 @@ class _Endpoint:
 
     def _writable(self) -> None:
         while self._outbox and not self.closed:
-            datagram, addr, segment = self._outbox[0]
-            try:
-                sent = self._try_send(datagram, addr, segment)
-            except _NoOffloadError:
-                self._outbox.popleft()
-                pieces = [
-                    (datagram[i : i + segment], addr, 0) for i in range(0, len(datagram), segment)
-                ]
-                self._outbox.extendleft(reversed(pieces))
-                continue
-            if not sent:
+            datagram, addr, segment = self._outbox.popleft()
+            if not self._try_send(datagram, addr, segment):
+                self._outbox.appendleft((datagram, addr, segment))
                 return
-            self._outbox.popleft()
         if self._writing and not self.closed:
             self._loop.remove_writer(self.sock.fileno())
         self._writing = False
@@ -366,10 +361,6 @@ class _Endpoint:
             self._loop.remove_writer(fd)
         self._outbox.clear()
         self.sock.close()
-
-
-class _NoOffloadError(Exception):
-    """The kernel refused a segmentation-offload send."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,14 +502,54 @@ class _Exchange:
     def _timed_out(self, now: float) -> None:
         raise NotImplementedError
 
-    def _stranger(self, addr: Address) -> bool:
-        """Whether ``addr`` is not this transfer's peer; if so it has been answered."""
-        if addr == self.client or addr[:2] == self.client[:2]:
-            return False
-        # RFC 1350 §4: a packet from another TID gets ERROR 5 and the transfer goes on.
-        self.server.count("unknown_tid")
-        self._send(encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")), addr)
-        return True
+    def _datagram(self, data: bytes, addr: Address) -> None:
+        """A datagram from the peer, carried to the session."""
+        raise NotImplementedError
+
+    def on_datagram(self, data: bytes, addr: Address) -> None:
+        try:
+            if self.finished:
+                return
+            if addr != self.client and addr[:2] != self.client[:2]:
+                # RFC 1350 §4: a packet from another TID gets ERROR 5 and the transfer goes on.
+                self.server.count("unknown_tid")
+                self._send(encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")), addr)
+                return
+            self._datagram(data, addr)
+        except Exception:
+            self._internal_error()
+
+    def _decode(self, data: bytes, addr: Address) -> Packet | None:
+        try:
+            return decode(data)
+        except TftpDecodeError as exc:
+            # A damaged packet from the peer is dropped; the retransmit timer recovers.
+            self.server.malformed(addr, data, exc)
+            return None
+
+    def _log_end(
+        self,
+        finish: Finish,
+        negotiated: Negotiated,
+        size: int,
+        *,
+        event: str = "transfer",
+        retransmits: int | None = None,
+    ) -> None:
+        """The transfer's one log line."""
+        result, level = self._result(finish)
+        options = ",".join(f"{n}={v}" for n, v in negotiated.oack_options) or "-"
+        self.server.log_transfer(
+            level,
+            self.client,
+            self.request.filename,
+            options=options,
+            size=size,
+            started=self._started,
+            result=result,
+            retransmits=retransmits,
+            event=event,
+        )
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -591,12 +622,9 @@ class _Transfer(_Exchange):
         self.request = request
         self.session = session
         self._opened = opened
-        self._blksize = session.negotiated.blksize
-        gso = server.settings.gso_max_blksize
-        self._segment = self._blksize + 4 if gso is not None and self._blksize <= gso else 0
         self._reader = _ReadAhead(
             opened,
-            self._blksize,
+            session.negotiated.blksize,
             session.negotiated.windowsize,
             server.executor,
             on_ready=self._on_read,
@@ -624,27 +652,17 @@ class _Transfer(_Exchange):
 
     # -- events -------------------------------------------------------------------------------
 
-    def on_datagram(self, data: bytes, addr: Address) -> None:
-        try:
-            if self.finished:
+    def _datagram(self, data: bytes, addr: Address) -> None:
+        if len(data) == 4 and data[1] == _ACK and data[0] == 0:
+            # The hot path: an ACK, decoded without the general decoder.
+            actions = self.session.ack((data[2] << 8) | data[3], self._loop.time())
+        else:
+            packet = self._decode(data, addr)
+            if packet is None:
                 return
-            if addr != self.client and self._stranger(addr):
-                return
-            if len(data) == 4 and data[1] == _ACK_OPCODE and data[0] == 0:
-                # The hot path: an ACK, decoded without the general decoder.
-                actions = self.session.ack((data[2] << 8) | data[3], self._loop.time())
-            else:
-                try:
-                    packet = decode(data)
-                except TftpDecodeError as exc:
-                    # A damaged packet from the peer is dropped; the retransmit timer recovers.
-                    self.server.malformed(addr, data, exc)
-                    return
-                actions = self.session.receive(packet, self._loop.time())
-            if actions:
-                self._apply(actions)
-        except Exception:
-            self._internal_error()
+            actions = self.session.receive(packet, self._loop.time())
+        if actions:
+            self._apply(actions)
 
     def _on_read(self) -> None:
         if self._waiting and not self.finished:
@@ -697,7 +715,7 @@ class _Transfer(_Exchange):
         offset, end = action.offset, action.end
         if first == last:
             # Lock-step: one datagram.
-            header = _HEADER(_DATA, first & 0xFFFF)
+            header = _DATA_HEADER.pack(_DATA, first & 0xFFFF)
             endpoint.send(header + self._reader.view(offset, end - offset), self.client)
             return
         step = blksize + 4
@@ -707,27 +725,20 @@ class _Transfer(_Exchange):
         position = 0
         for seq in range(first, last + 1):
             length = min(blksize, end - offset)
-            _pack_header(buffer, position, _DATA, seq & 0xFFFF)
+            _DATA_HEADER.pack_into(buffer, position, _DATA, seq & 0xFFFF)
             buffer[position + 4 : position + 4 + length] = view(offset, length)
             position += 4 + length
             offset += length
         if position != len(buffer):
             del buffer[position:]  # the last block was short
-        segment = self._segment
-        if segment:
-            per_send = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // segment) * segment
-            data = memoryview(buffer)
+        gso = self.server.settings.gso_max_blksize
+        data = memoryview(buffer)
+        if gso is not None and blksize <= gso:
+            per_send = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // step) * step
             for start in range(0, position, per_send):
                 part = data[start : start + per_send]
-                try:
-                    endpoint.send(part, self.client, segment if len(part) > segment else 0)
-                except _NoOffloadError:
-                    self.server.offload_failed()
-                    self._segment = segment = 0
-                    for single in range(start, min(start + per_send, position), step):
-                        endpoint.send(data[single : single + step], self.client)
+                endpoint.send(part, self.client, step if len(part) > step else 0)
         else:
-            data = memoryview(buffer)
             for start in range(0, position, step):
                 endpoint.send(data[start : start + step], self.client)
 
@@ -741,16 +752,10 @@ class _Transfer(_Exchange):
         self._opened.close()
         self.server.transfer_done(self, finish.outcome)
         session = self.session
-        result, level = self._result(finish)
-        options = ",".join(f"{n}={v}" for n, v in session.negotiated.oack_options) or "-"
-        self.server.log_transfer(
-            level,
-            self.client,
-            self.request.filename,
-            options=options,
-            size=session.bytes_acknowledged,
-            started=self._started,
-            result=result,
+        self._log_end(
+            finish,
+            session.negotiated,
+            session.bytes_acknowledged,
             retransmits=session.retransmissions,
         )
 
@@ -799,18 +804,10 @@ class _Upload(_Exchange):
     def _timed_out(self, now: float) -> None:
         self._apply(self.session.timeout(now))
 
-    def on_datagram(self, data: bytes, addr: Address) -> None:
-        try:
-            if self.finished or (addr != self.client and self._stranger(addr)):
-                return
-            try:
-                packet = decode(data)
-            except TftpDecodeError as exc:
-                self.server.malformed(addr, data, exc)
-                return
+    def _datagram(self, data: bytes, addr: Address) -> None:
+        packet = self._decode(data, addr)
+        if packet is not None:
             self._apply(self.session.receive(packet, self._loop.time()))
-        except Exception:
-            self._internal_error()
 
     # -- carrying out actions -----------------------------------------------------------------
 
@@ -922,18 +919,7 @@ class _Upload(_Exchange):
             # Whatever was received of a failed upload is thrown away, never shown.
             self.server.executor.submit(self._upload.discard)
         self.server.transfer_done(self, finish.outcome)
-        result, level = self._result(finish)
-        options = ",".join(f"{n}={v}" for n, v in self.session.negotiated.oack_options) or "-"
-        self.server.log_transfer(
-            level,
-            self.client,
-            self.request.filename,
-            options=options,
-            size=self.session.bytes_received,
-            started=self._started,
-            result=result,
-            event="upload",
-        )
+        self._log_end(finish, self.session.negotiated, self.session.bytes_received, event="upload")
 
 
 _Live = _Transfer | _Upload
@@ -1001,7 +987,13 @@ class TftpServer:
         loop = asyncio.get_running_loop()
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         family, _, _, _, address = infos[0]
-        self._listener = _Endpoint.bind(family, address, self._on_request_datagram, self._counters)
+        self._listener = _Endpoint.bind(
+            family,
+            address,
+            self._on_request_datagram,
+            self._counters,
+            on_no_offload=self._offload_failed,
+        )
         self._family = family
         # Session sockets bind to the address actually bound, so a name like "localhost"
         # is resolved once and replies leave from the address the listener uses.
@@ -1043,7 +1035,9 @@ class TftpServer:
     def _on_request_datagram(self, data: bytes, addr: Address) -> None:
         if self.settings.single_port:
             transfer = self._by_client.get(addr)
-            if transfer is not None and not (len(data) > 1 and data[1] in (1, 2)):
+            if transfer is not None and not (
+                len(data) > 1 and data[0] == 0 and data[1] in (Opcode.RRQ, Opcode.WRQ)
+            ):
                 transfer.on_datagram(data, addr)
                 return
         try:
@@ -1064,7 +1058,7 @@ class TftpServer:
             return
         match packet:
             case ReadRequest():
-                self._on_read_request(packet, addr)
+                self._on_request(packet, addr)
             case WriteRequest():
                 if self._uploads is None:
                     self._refuse(
@@ -1076,12 +1070,12 @@ class TftpServer:
                         counter="write_refused",
                     )
                 else:
-                    self._on_read_request(packet, addr)
+                    self._on_request(packet, addr)
             case _:
                 # DATA, ACK, ERROR or OACK for no transfer: late packets of a finished one.
                 self.count("stray")
 
-    def _on_read_request(self, request: ReadRequest | WriteRequest, addr: Address) -> None:
+    def _on_request(self, request: ReadRequest | WriteRequest, addr: Address) -> None:
         started = self._loop_time()
         key = (addr, request)
         if key in self._by_request:
@@ -1219,6 +1213,7 @@ class TftpServer:
                 (self._host, 0),
                 transfer.on_datagram,
                 self._counters,
+                on_no_offload=self._offload_failed,
                 bufsize=_SESSION_DATAGRAM,
             )
         except OSError as exc:
@@ -1268,7 +1263,7 @@ class TftpServer:
         transfer.close_endpoint()
         self.count(outcome.name.lower())
 
-    def offload_failed(self) -> None:
+    def _offload_failed(self) -> None:
         if self.settings.gso_max_blksize is not None:
             log.info("tftp: the kernel refused UDP segmentation offload; sending one by one")
             self.settings = replace(self.settings, gso_max_blksize=None)
