@@ -13,7 +13,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from netbootd.boot.client import BootClass
+from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
 from netbootd.boot.leases import LeaseBook
 from netbootd.boot.policy import DEFAULT_BOOT, BootPolicy
 from netbootd.config import Config, ConfigError, DhcpMode
@@ -97,13 +97,14 @@ class App:
                 )
 
     def _check_boot_files(self, tree: FileTree) -> None:
-        for boot_class, path in self.config.boot.items():
-            if boot_class.needs_http and not self.config.http:
-                raise ConfigError(f"--boot {boot_class}={path} needs HTTP, which is off")
+        for key, path in self.config.boot.items():
+            flag = f"--boot {boot_key_name(key)}={path}"
+            if boot_key_needs_http(key) and not self.config.http:
+                raise ConfigError(f"{flag} needs HTTP, which is off")
             try:
                 tree.resolve(path)
             except FileLookupError as exc:
-                raise ConfigError(f"--boot {boot_class}={path}: {exc}") from exc
+                raise ConfigError(f"{flag}: {exc}") from exc
         for boot_class, path in DEFAULT_BOOT.items():
             if boot_class in self.config.boot:
                 continue

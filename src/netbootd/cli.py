@@ -18,7 +18,7 @@ import uvloop
 
 from netbootd import __version__
 from netbootd.app import StartError, serve
-from netbootd.boot.client import BootClass
+from netbootd.boot.client import BootClass, BootKey, boot_key_name, parse_boot_key
 from netbootd.config import Config, ConfigError, build, load_file
 
 EXIT_BAD_USAGE = 2
@@ -32,17 +32,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _boot_flag(text: str) -> tuple[BootClass, str]:
+def _boot_flag(text: str) -> tuple[BootKey, str]:
     name, sep, path = text.partition("=")
     if not sep or not path:
         raise argparse.ArgumentTypeError(f"expected CLASS=PATH, got {text!r}")
     try:
-        return BootClass(name.strip()), path.strip()
-    except ValueError:
-        choices = ", ".join(c.value for c in BootClass)
-        raise argparse.ArgumentTypeError(
-            f"unknown client class {name!r} (one of: {choices})"
-        ) from None
+        return parse_boot_key(name), path.strip()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _port(text: str) -> int:
@@ -131,7 +128,8 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="CLASS=PATH",
         help="what a class of client gets; repeatable. CLASS: "
         + ", ".join(c.value for c in BootClass)
-        + ". PATH is relative to --root; for ipxe and uefi-http it is handed out as an http:// "
+        + ", or arch-N for one option 93 architecture type (it wins over its class). PATH is "
+        "relative to --root; for ipxe and the uefi-http classes it is handed out as an http:// "
         "URL to this server",
     )
     serve_cmd.add_argument("--http-port", type=_port, metavar="PORT", help="HTTP port (default 80)")
@@ -188,7 +186,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "tftp-max-blksize": args.tftp_max_blksize,
         "tftp-single-port": args.tftp_single_port,
         "tftp-upload-dir": args.tftp_upload_dir,
-        "boot": {str(cls): path for cls, path in args.boot},
+        "boot": {boot_key_name(key): path for key, path in args.boot},
     }
     if flags["dhcp-range"] is not None or flags["proxy"] or flags["dhcp"] is False:
         # A mode given on the command line replaces the file's mode entirely.

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from netbootd.boot.client import BootClass
+from netbootd.boot.client import BootClass, BootKey, parse_boot_key
 from netbootd.boot.leases import AddressRange
 
 
@@ -53,7 +53,7 @@ class Config(BaseModel):
     dhcp_range: AddressRange | None = None
     tftp: bool = True
     http: bool = True
-    boot: dict[BootClass, str] = Field(default_factory=dict)
+    boot: dict[BootKey, str] = Field(default_factory=dict)
     http_port: int = Field(default=80, ge=1, le=65535)
     tftp_port: int = Field(default=69, ge=1, le=65535)
     state_dir: Path = Path("/var/lib/netbootd")
@@ -76,9 +76,24 @@ class Config(BaseModel):
     tftp_upload_dir: Path | None = None
     tftp_upload_max_size: int = Field(default=1024**3, ge=0)
 
+    @field_validator("boot", mode="before")
+    @classmethod
+    def _boot_keys(cls, value: object) -> object:
+        if not isinstance(value, Mapping):
+            return value  # pydantic says what is wrong with it
+        keys: dict[BootKey, object] = {}
+        for key, path in value.items():
+            if isinstance(key, BootClass | int):
+                keys[key] = path
+            elif isinstance(key, str):
+                keys[parse_boot_key(key)] = path
+            else:
+                raise ValueError(f"boot: a class name is expected, not {key!r}")
+        return keys
+
     @field_validator("boot")
     @classmethod
-    def _check_boot(cls, value: dict[BootClass, str]) -> dict[BootClass, str]:
+    def _check_boot(cls, value: dict[BootKey, str]) -> dict[BootKey, str]:
         return {key: _boot_path(path) for key, path in value.items()}
 
     @model_validator(mode="after")

@@ -1,8 +1,17 @@
+import re
 from ipaddress import IPv4Address
 
 import pytest
 
-from netbootd.boot.client import Arch, BootClass, classify
+from netbootd.boot.client import (
+    Arch,
+    BootClass,
+    BootKey,
+    boot_key_name,
+    classify,
+    is_http_arch,
+    parse_boot_key,
+)
 from netbootd.boot.policy import BootPolicy
 from netbootd.proto.dhcp import MessageType, Opt
 from tests.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
@@ -112,4 +121,90 @@ def test_uefi_http_boot_gets_nothing_when_http_is_off() -> None:
     p = BootPolicy(boot={}, server=SERVER, http_port=80, http_enabled=False)
     decision = p.decide(client)
     assert decision.filename is None
-    assert decision.reason == "uefi-http needs HTTP, which is off"
+    assert decision.reason == "default for uefi-http: needs HTTP, which is off"
+
+
+@pytest.mark.parametrize(
+    ("arch", "named"),
+    [
+        (0, "bios"),
+        (6, "uefi-ia32"),
+        (7, "uefi"),
+        (9, "uefi"),
+        (10, "uefi-arm32"),
+        (11, "uefi-arm64"),
+        (15, "uefi-http-ia32"),
+        (16, "uefi-http"),
+        (19, "uefi-http-arm64"),
+        (27, "uefi-riscv64"),
+        (40, "uefi-http-loongarch64"),
+    ],
+)
+def test_each_architecture_reaches_its_class(arch: int, named: str) -> None:
+    http = is_http_arch(arch)
+    vendor = f"{'HTTPClient' if http else 'PXEClient'}:Arch:{arch:05d}:UNDI:003000"
+    client = classify(request(MessageType.DISCOVER, vendor_class=vendor, arch=arch))
+    decision = policy(**{named: "loader.efi"}).decide(client)
+    assert decision.boot_class == BootClass(named)
+    assert decision.reason == f"--boot {named}"
+    # HTTP Boot firmware takes nothing but a URL; PXE firmware nothing but a TFTP name.
+    assert decision.filename == ("http://10.99.0.1/loader.efi" if http else "loader.efi")
+
+
+def test_every_http_type_of_the_registry_is_handed_a_url() -> None:
+    http_types = [code for code in Arch if "HTTP" in code.name]
+    assert len(http_types) == 13
+    for code in http_types:
+        client = classify(
+            request(MessageType.DISCOVER, vendor_class=f"HTTPClient:Arch:{code:05d}", arch=code)
+        )
+        decision = BootPolicy({code.value: "x.efi"}, SERVER, 80).decide(client)
+        assert decision.filename == "http://10.99.0.1/x.efi", code.name
+
+
+def test_exact_architecture_wins_over_its_class() -> None:
+    p = BootPolicy({BootClass.UEFI: "shim.efi", 9: "bc.efi"}, SERVER, 80)
+    efi_bc = classify(request(MessageType.DISCOVER, vendor_class=UEFI_PXE, arch=9))
+    efi_x64 = classify(request(MessageType.DISCOVER, vendor_class=UEFI_PXE, arch=7))
+    assert (p.decide(efi_bc).filename, p.decide(efi_bc).reason) == ("bc.efi", "--boot arch-9")
+    assert p.decide(efi_x64).filename == "shim.efi"
+
+
+def test_architecture_without_a_class_only_by_its_number() -> None:
+    s390 = classify(
+        request(MessageType.DISCOVER, vendor_class="PXEClient:Arch:00031:UNDI:003000", arch=31)
+    )
+    nothing = policy().decide(s390)
+    assert nothing.filename is None
+    assert nothing.reason == "nothing for architecture s390-basic (--boot arch-31=PATH)"
+    assert BootPolicy({31: "s390.img"}, SERVER, 80).decide(s390).filename == "s390.img"
+
+
+def test_ipxe_on_an_architecture_with_its_own_loader() -> None:
+    client = classify(request(MessageType.DISCOVER, vendor_class=UEFI_PXE, arch=7, ipxe=True))
+    loader = BootPolicy({7: "grubx64.efi"}, SERVER, 80).decide(client)
+    assert (loader.filename, loader.reason) == ("grubx64.efi", "--boot arch-7 (client is iPXE)")
+    looping = BootPolicy({7: "ipxe.efi"}, SERVER, 80).decide(client)
+    assert looping.filename == "http://10.99.0.1/boot.ipxe"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("bios", BootClass.BIOS), (" uefi-http-arm64 ", BootClass.UEFI_HTTP_ARM64), ("arch-31", 31)],
+)
+def test_boot_keys(text: str, key: BootKey) -> None:
+    assert parse_boot_key(text) == key
+    assert boot_key_name(key) == text.strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("arch-70000", "does not fit option 93"),
+        ("arch-x", "unknown client class 'arch-x'"),
+        ("efi", "unknown client class 'efi' (one of: bios, uefi, "),
+    ],
+)
+def test_bad_boot_keys(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_boot_key(text)

@@ -206,3 +206,38 @@ def test_upload_dir_must_be_apart_from_the_root(tmp_path: Path) -> None:
             App(parse(*base, "--tftp-upload-dir", str(inside))).prepare()
     with pytest.raises(ConfigError, match="not a directory"):
         App(parse(*base, "--tftp-upload-dir", str(tmp_path / "nope"))).prepare()
+
+
+def test_boot_by_exact_architecture(tmp_path: Path) -> None:
+    conf = tmp_path / "netbootd.toml"
+    conf.write_text('[boot]\narch-9 = "bc.efi"\nuefi = "x64.efi"\n')
+    config = parse("--no-dhcp", "--root", str(tmp_path), "--config", str(conf),
+                   "--boot", "arch-31=s390.img", "--boot", "uefi-http-arm64=aa64.efi")  # fmt: skip
+    assert config.boot == {
+        9: "bc.efi",
+        BootClass.UEFI: "x64.efi",
+        31: "s390.img",
+        BootClass.UEFI_HTTP_ARM64: "aa64.efi",
+    }
+    conf.write_text('[boot]\narch-99999 = "x"\n')
+    with pytest.raises(ConfigError, match="does not fit option 93"):
+        parse("--no-dhcp", "--root", str(tmp_path), "--config", str(conf))
+
+
+def test_bad_boot_class_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        make_parser().parse_args(["serve", "--boot", "efi=x.efi"])
+    assert exit_info.value.code == 2
+    assert "unknown client class 'efi'" in capsys.readouterr().err
+
+
+def test_no_http_refuses_an_http_architecture(tmp_path: Path) -> None:
+    from netbootd.app import App
+
+    (tmp_path / "x.efi").write_text("x")
+    with pytest.raises(ConfigError, match=r"^--boot arch-19=x.efi needs HTTP, which is off"):
+        App(parse("--no-dhcp", "--no-http", "--root", str(tmp_path),
+                  "--boot", "arch-19=x.efi")).prepare()  # fmt: skip
+    App(
+        parse("--no-dhcp", "--no-http", "--root", str(tmp_path), "--boot", "arch-11=x.efi")
+    ).prepare()

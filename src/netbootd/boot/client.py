@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from types import MappingProxyType
 
 from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, Opt, decode_suboptions, decode_text
 
@@ -62,20 +64,34 @@ class Arch(IntEnum):
     ARM_RPIBOOT = 41
 
 
+def is_http_arch(code: int) -> bool:
+    """Whether an architecture type is an HTTP Boot one, which takes nothing but a URL."""
+    try:
+        return "HTTP" in Arch(code).name
+    except ValueError:
+        return False
+
+
 class BootClass(StrEnum):
-    """Classes of client that ``--boot CLASS=PATH`` can name."""
+    """Named classes of client that ``--boot CLASS=PATH`` can address.
+
+    Any architecture type of the registry can also be named exactly, as ``arch-N``.
+    """
 
     BIOS = "bios"  # legacy PXE ROM (architecture 0)
     UEFI = "uefi"  # UEFI x64 PXE (architectures 7 and 9)
-    UEFI_IA32 = "uefi-ia32"  # architecture 6
-    UEFI_ARM64 = "uefi-arm64"  # architecture 11
-    UEFI_HTTP = "uefi-http"  # UEFI HTTP Boot, x64 (architecture 16)
+    UEFI_IA32 = "uefi-ia32"  # 6
+    UEFI_ARM32 = "uefi-arm32"  # 10
+    UEFI_ARM64 = "uefi-arm64"  # 11
+    UEFI_RISCV64 = "uefi-riscv64"  # 27
+    UEFI_LOONGARCH64 = "uefi-loongarch64"  # 39
+    UEFI_HTTP = "uefi-http"  # UEFI HTTP Boot, x64 (16, and 17 as 9 is to 7)
+    UEFI_HTTP_IA32 = "uefi-http-ia32"  # 15
+    UEFI_HTTP_ARM32 = "uefi-http-arm32"  # 18
+    UEFI_HTTP_ARM64 = "uefi-http-arm64"  # 19
+    UEFI_HTTP_RISCV64 = "uefi-http-riscv64"  # 28
+    UEFI_HTTP_LOONGARCH64 = "uefi-http-loongarch64"  # 40
     IPXE = "ipxe"  # any client that says it is iPXE (user class 77 or option 175)
-
-    @property
-    def over_http(self) -> bool:
-        """Whether the boot file of this class is handed out as an http:// URL."""
-        return self in (BootClass.UEFI_HTTP, BootClass.IPXE)
 
     @property
     def needs_http(self) -> bool:
@@ -83,7 +99,66 @@ class BootClass(StrEnum):
 
         iPXE also speaks TFTP; UEFI HTTP Boot firmware takes nothing but a URL.
         """
-        return self is BootClass.UEFI_HTTP
+        return self.value.startswith("uefi-http")
+
+    @property
+    def over_http(self) -> bool:
+        """Whether the boot file of this class is handed out as an http:// URL."""
+        return self.needs_http or self is BootClass.IPXE
+
+
+# The firmware class of each architecture type that has one.
+ARCH_CLASS: Mapping[int, BootClass] = MappingProxyType(
+    {
+        Arch.BIOS: BootClass.BIOS,
+        Arch.EFI_IA32: BootClass.UEFI_IA32,
+        Arch.EFI_X64: BootClass.UEFI,
+        Arch.EFI_BC: BootClass.UEFI,
+        Arch.EFI_ARM32: BootClass.UEFI_ARM32,
+        Arch.EFI_ARM64: BootClass.UEFI_ARM64,
+        Arch.EFI_RISCV64: BootClass.UEFI_RISCV64,
+        Arch.EFI_LOONGARCH64: BootClass.UEFI_LOONGARCH64,
+        Arch.EFI_X86_HTTP: BootClass.UEFI_HTTP_IA32,
+        Arch.EFI_X64_HTTP: BootClass.UEFI_HTTP,
+        Arch.EFI_BC_HTTP: BootClass.UEFI_HTTP,
+        Arch.EFI_ARM32_HTTP: BootClass.UEFI_HTTP_ARM32,
+        Arch.EFI_ARM64_HTTP: BootClass.UEFI_HTTP_ARM64,
+        Arch.EFI_RISCV64_HTTP: BootClass.UEFI_HTTP_RISCV64,
+        Arch.EFI_LOONGARCH64_HTTP: BootClass.UEFI_HTTP_LOONGARCH64,
+    }
+)
+
+# What --boot can name: a class, or an exact architecture type (an int, written arch-N).
+BootKey = BootClass | int
+
+_ARCH_KEY = re.compile(r"^arch-(\d{1,5})$")
+
+
+def parse_boot_key(text: str) -> BootKey:
+    """``bios``, ``uefi-http``, ... or ``arch-N``; ValueError names the choices."""
+    name = text.strip()
+    match = _ARCH_KEY.match(name)
+    if match:
+        code = int(match.group(1))
+        if code > 0xFFFF:
+            raise ValueError(f"architecture type {code} does not fit option 93 (0-65535)")
+        return code
+    try:
+        return BootClass(name)
+    except ValueError:
+        choices = ", ".join(c.value for c in BootClass)
+        raise ValueError(
+            f"unknown client class {name!r} (one of: {choices}, or arch-N for an exact "
+            "option 93 architecture type)"
+        ) from None
+
+
+def boot_key_name(key: BootKey) -> str:
+    return key.value if isinstance(key, BootClass) else f"arch-{key}"
+
+
+def boot_key_needs_http(key: BootKey) -> bool:
+    return key.needs_http if isinstance(key, BootClass) else is_http_arch(key)
 
 
 def arch_name(code: int | None) -> str:

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from urllib.parse import quote
 
-from netbootd.boot.client import Arch, BootClass, ClientInfo
+from netbootd.boot.client import (
+    ARCH_CLASS,
+    BootClass,
+    BootKey,
+    ClientInfo,
+    boot_key_name,
+    is_http_arch,
+)
 
 # The boot file each firmware class gets when the operator configured none: the iPXE builds of
 # the system's ipxe package, which then ask again as iPXE and get the iPXE script.
@@ -40,22 +47,22 @@ IPXE_BINARIES = frozenset(
     }
 )
 
-_FIRMWARE_CLASS: Mapping[int, BootClass] = {
-    Arch.BIOS: BootClass.BIOS,
-    Arch.EFI_IA32: BootClass.UEFI_IA32,
-    Arch.EFI_X64: BootClass.UEFI,
-    Arch.EFI_BC: BootClass.UEFI,
-    Arch.EFI_ARM64: BootClass.UEFI_ARM64,
-    Arch.EFI_X64_HTTP: BootClass.UEFI_HTTP,
-}
-
 
 def firmware_class(client: ClientInfo) -> BootClass | None:
     """The firmware class of a client, leaving iPXE aside."""
     if client.arch is None:
         # PXE 2.1 predates option 93; a PXEClient that does not say otherwise is a BIOS ROM.
         return BootClass.BIOS if client.is_pxe else None
-    return _FIRMWARE_CLASS.get(client.arch)
+    return ARCH_CLASS.get(client.arch)
+
+
+def takes_only_urls(client: ClientInfo) -> bool:
+    """UEFI HTTP Boot firmware: it fetches a URL and knows no TFTP."""
+    return client.is_http_boot or (client.arch is not None and is_http_arch(client.arch))
+
+
+def is_ipxe_binary(path: str) -> bool:
+    return path.rsplit("/", 1)[-1] in IPXE_BINARIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +86,13 @@ class BootDecision:
 
 @dataclass(frozen=True, slots=True)
 class BootPolicy:
-    """The operator's boot choices for one server address."""
+    """The operator's boot choices for one server address.
 
-    boot: Mapping[BootClass, str]
+    ``boot`` maps a class (``bios``) or an exact architecture type (``7``, from ``arch-7``) to
+    a path below the root. An exact architecture type wins over the class it belongs to.
+    """
+
+    boot: Mapping[BootKey, str]
     server: IPv4Address
     http_port: int
     http_enabled: bool = True
@@ -90,43 +101,64 @@ class BootPolicy:
         host = str(self.server) if self.http_port == 80 else f"{self.server}:{self.http_port}"
         return f"http://{host}/{quote(path)}"
 
-    def _target(self, boot_class: BootClass, path: str, reason: str) -> BootDecision:
-        if boot_class.over_http and self.http_enabled:
+    def _target(
+        self, boot_class: BootClass | None, path: str, reason: str, *, http: bool, only_http: bool
+    ) -> BootDecision:
+        if http and self.http_enabled:
             return BootDecision(boot_class, path, self.url_for(path), reason)
-        if boot_class.needs_http:
-            return BootDecision(boot_class, None, None, f"{boot_class} needs HTTP, which is off")
+        if only_http:
+            return BootDecision(boot_class, None, None, f"{reason}: needs HTTP, which is off")
         return BootDecision(boot_class, path, None, reason)
 
-    def _configured_or_default(self, boot_class: BootClass) -> tuple[str | None, str]:
-        if boot_class in self.boot:
-            return self.boot[boot_class], f"--boot {boot_class}"
-        if boot_class in DEFAULT_BOOT:
-            return DEFAULT_BOOT[boot_class], f"default for {boot_class}"
-        return None, f"no boot file for {boot_class}"
+    def _configured(self, client: ClientInfo, firmware: BootClass | None) -> tuple[str, str] | None:
+        """The operator's file for this client and the flag that chose it, if any."""
+        if client.arch is not None and client.arch in self.boot:
+            return self.boot[client.arch], f"--boot {boot_key_name(client.arch)}"
+        if firmware is not None and firmware in self.boot:
+            return self.boot[firmware], f"--boot {firmware}"
+        return None
 
     def decide(self, client: ClientInfo) -> BootDecision:
         if not client.wants_boot:
             return BootDecision(None, None, None, "not a network-boot client")
         firmware = firmware_class(client)
         if client.is_ipxe:
-            return self._decide_ipxe(firmware)
-        if firmware is None:
+            return self._decide_ipxe(client, firmware)
+        only_http = takes_only_urls(client)
+        configured = self._configured(client, firmware)
+        if configured is not None:
+            path, why = configured
+        elif firmware is None:
             return BootDecision(
-                None, None, None, f"no boot class for architecture {client.arch_name}"
+                None,
+                None,
+                None,
+                f"nothing for architecture {client.arch_name} (--boot arch-{client.arch}=PATH)",
             )
-        path, why = self._configured_or_default(firmware)
-        if path is None:
-            return BootDecision(firmware, None, None, why)
-        return self._target(firmware, path, why)
+        elif firmware in DEFAULT_BOOT:
+            path, why = DEFAULT_BOOT[firmware], f"default for {firmware}"
+        else:
+            return BootDecision(firmware, None, None, f"no boot file for {firmware}")
+        return self._target(firmware, path, why, http=only_http, only_http=only_http)
 
-    def _decide_ipxe(self, firmware: BootClass | None) -> BootDecision:
+    def _decide_ipxe(self, client: ClientInfo, firmware: BootClass | None) -> BootDecision:
         if BootClass.IPXE in self.boot:
-            return self._target(BootClass.IPXE, self.boot[BootClass.IPXE], "--boot ipxe")
+            path = self.boot[BootClass.IPXE]
+            return self._target(BootClass.IPXE, path, "--boot ipxe", http=True, only_http=False)
         # An operator who named a non-iPXE loader for this firmware (pxelinux.0, say) means it
         # for iPXE ROMs too: they are that firmware's PXE stack.
-        if firmware is not None and firmware in self.boot:
-            path = self.boot[firmware]
-            if path.rsplit("/", 1)[-1] not in IPXE_BINARIES:
-                return self._target(firmware, path, f"--boot {firmware} (client is iPXE)")
+        configured = self._configured(client, firmware)
+        if configured is not None and not is_ipxe_binary(configured[0]):
+            path, why = configured
+            only_http = takes_only_urls(client)
+            return self._target(
+                firmware, path, f"{why} (client is iPXE)", http=only_http, only_http=only_http
+            )
         path = DEFAULT_BOOT[BootClass.IPXE]
-        return self._target(BootClass.IPXE, path, "default for ipxe (already running iPXE)")
+        return self._target(
+            BootClass.IPXE,
+            path,
+            "default for ipxe (already running iPXE)",
+            http=True,
+            only_http=False,
+        )
