@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.services.files import FileTree
+from netbootd.services.files import FileTree, LocalFile
 from netbootd.transport.http import HttpServer
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -124,3 +124,76 @@ async def test_one_log_line_per_request(
     ]
     assert events[0][1]["bytes"] == str(len("#!ipxe\nchain http://example.invalid/next\n"))
     assert http.counters["served"] == 1 and http.counters["not-found"] == 1
+
+
+async def test_never_a_compressed_sibling(server: tuple[HttpServer, Path]) -> None:
+    # A "vmlinuz.gz" next to "vmlinuz" is another file; asking for one never yields the other.
+    http, root = server
+    (root / "boot.ipxe.gz").write_bytes(b"not the script")
+    got = await curl("-H", "Accept-Encoding: gzip, br", "-D", "-", url(http, "boot.ipxe"))
+    assert got.stdout.endswith(b"#!ipxe\nchain http://example.invalid/next\n")
+    assert b"content-encoding" not in got.stdout.lower()
+
+
+class _SwappingTree(FileTree):
+    """Replaces the checked file with a symlink out of the root the moment it was checked."""
+
+    def __init__(self, root: Path, target: Path) -> None:
+        super().__init__(root)
+        self.target = target
+        self.checking = False
+
+    def _swap(self, name: str) -> None:
+        path = self.root / name
+        path.unlink()
+        path.symlink_to(self.target)
+
+    def resolve(self, name: str) -> Path:
+        found = super().resolve(name)
+        if not self.checking:  # a caller that resolves and then opens the path by itself
+            self._swap(name)
+        return found
+
+    def open(self, name: str) -> LocalFile:
+        self.checking = True
+        try:
+            opened = super().open(name)
+        finally:
+            self.checking = False
+        self._swap(name)
+        return opened
+
+
+async def test_a_path_swapped_after_the_check_serves_what_was_checked(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "kernel").write_bytes(b"the kernel")
+    secret = tmp_path / "secret"
+    secret.write_text("secret")
+    http = HttpServer(_SwappingTree(root, secret))
+    await http.start("127.0.0.1", 0)
+    try:
+        got = await curl(url(http, "kernel"))
+    finally:
+        await http.close()
+    assert (root / "kernel").is_symlink()  # the swap happened
+    assert got.stdout == b"the kernel"
+
+
+async def test_no_descriptor_outlives_its_request(server: tuple[HttpServer, Path]) -> None:
+    http, root = server
+    kernel = str(root / "sub" / "kernel")
+
+    def open_on_kernel() -> int:
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                continue  # closed while listing
+        return links.count(kernel)
+
+    for args in (["-I"], ["-r", "0-9"], ["-H", 'If-None-Match: "x"'], ["-r", "9999999-"], []):
+        await curl("-o", "/dev/null", *args, url(http, "sub/kernel"))
+    await asyncio.sleep(0.1)  # aiohttp closes its own copy in a thread
+    assert open_on_kernel() == 0

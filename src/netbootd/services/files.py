@@ -74,6 +74,11 @@ class LocalFile:
     def size(self) -> int:
         return self._size
 
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise ValueError("a closed file has no descriptor")
+        return self._fd
+
     def read(self, offset: int, length: int) -> bytes:
         if self._fd is None:
             raise ValueError("read from a closed file")

@@ -1,23 +1,26 @@
 """The HTTP edge: boot files, kernels, initrds and iPXE scripts over HTTP, with aiohttp.
 
-Every path is resolved through the same confined :class:`~netbootd.services.files.FileTree` as
+Every file is opened through the same confined :class:`~netbootd.services.files.FileTree` as
 TFTP, so the two services can never disagree about what is served. aiohttp's ``FileResponse``
-does HEAD, Range (206/416), ETag/If-None-Match, Last-Modified and sendfile. One log line per
-request.
+does HEAD, Range (206/416), ETag/If-None-Match, Last-Modified and sendfile; it is handed the
+descriptor's ``/proc/self/fd`` link rather than the path, so what it sends is the very file that
+was checked, even if the path is replaced meanwhile, and never a ``.gz`` or ``.br`` sibling of it.
+One log line per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 
 from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
+from aiohttp.abc import AbstractAccessLogger, AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from netbootd.logfmt import format_event
-from netbootd.services.files import AccessDenied, FileNotFound, FileTree
+from netbootd.services.files import AccessDenied, FileNotFound, FileTree, LocalFile
 
 log = logging.getLogger("netbootd.http")
 
@@ -45,12 +48,27 @@ class _AccessLog(AbstractAccessLogger):
         )
 
 
+class _OpenedFileResponse(web.FileResponse):
+    """A ``FileResponse`` for a file that is open already; the file is closed once it is sent."""
+
+    def __init__(self, opened: LocalFile) -> None:
+        super().__init__(f"/proc/self/fd/{opened.fileno()}", chunk_size=256 * 1024)
+        self._opened = opened
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            return await super().prepare(request)  # sends the whole body before it returns
+        finally:
+            self._opened.close()
+
+
 async def _serve(request: web.Request) -> web.StreamResponse:
     counters = request.app[_COUNTERS_KEY]
     tree = request.app[_TREE_KEY]
     name = request.match_info["name"]  # already percent-decoded by aiohttp
+    loop = asyncio.get_running_loop()
     try:
-        path = tree.resolve(name)
+        opened = await loop.run_in_executor(None, tree.open, name)
     except FileNotFound:
         counters["not-found"] += 1
         raise web.HTTPNotFound(text=f"{name}: not found\n") from None
@@ -58,7 +76,7 @@ async def _serve(request: web.Request) -> web.StreamResponse:
         counters["forbidden"] += 1
         raise web.HTTPForbidden(text=f"{name}: {exc}\n") from None
     counters["served"] += 1
-    return web.FileResponse(path, chunk_size=256 * 1024)
+    return _OpenedFileResponse(opened)
 
 
 class HttpServer:
