@@ -458,17 +458,37 @@ async def test_timeout_and_retries(
     assert server.counters["timed_out"] == 1
 
 
+async def test_size_query_is_told_apart_from_a_failure(
+    server: TftpServer, peer: RawPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # EDK2 asks for tsize, reads the OACK and ends the transfer, then downloads for real.
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    await peer.send(ReadRequest("small.txt", "octet", (("tsize", "0"),)), (HOST, server.port))
+    _, session_addr = await peer.recv()
+    await peer.send(Error(ErrorCode.NOT_DEFINED, "User aborted the transfer"), session_addr)
+    await settle(server)
+    [record] = [r for r in caplog.records if r.getMessage().startswith("transfer ")]
+    assert record.levelno == logging.INFO
+    [line] = transfer_lines(caplog)
+    assert line["result"] == "size query"
+    assert line["options"] == "tsize=19"
+    assert server.counters["size_query"] == 1
+    assert server.counters.get("client_error", 0) == 0
+
+
 async def test_client_error_ends_transfer(
     server: TftpServer, peer: RawPeer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    await peer.send(ReadRequest("small.txt", "octet", (("tsize", "0"),)), (HOST, server.port))
+    await peer.send(ReadRequest("boot/big.bin", "octet"), (HOST, server.port))
     _, session_addr = await peer.recv()
-    await peer.send(Error(ErrorCode.OPTION_NEGOTIATION_FAILED, "just the size"), session_addr)
+    await peer.send(Error(ErrorCode.DISK_FULL, "no room"), session_addr)
     await settle(server)
+    [record] = [r for r in caplog.records if r.getMessage().startswith("transfer ")]
+    assert record.levelno == logging.WARNING
     [line] = transfer_lines(caplog)
-    assert line["result"] == "client error: just the size"
-    assert line["options"] == "tsize=19"
+    assert line["result"] == "client error: no room"
+    assert server.counters["client_error"] == 1
 
 
 async def test_close_ends_active_transfers(make_server: ServerFactory, peer: RawPeer) -> None:

@@ -385,13 +385,21 @@ def test_oack_retransmitted_on_timeout() -> None:
     assert s.deadline == 2.0
 
 
-def test_client_error_8_after_oack_ends_session() -> None:
+def test_error_at_the_oack_after_asking_tsize_is_a_size_query() -> None:
     s = session(100, oack=(("tsize", "100"),))
     s.start(0.0)
     got = s.receive(Error(ErrorCode.OPTION_NEGOTIATION_FAILED, "tsize only"), 0.1)
-    assert got == [Finish(Outcome.CLIENT_ERROR, "tsize only")]
+    assert got == [Finish(Outcome.SIZE_QUERY, "tsize only")]
     assert s.done
     assert s.timeout(5.0) == []
+
+
+def test_error_at_the_oack_without_tsize_is_a_client_error() -> None:
+    options = (("blksize", "1024"),)
+    s = session(5000, blksize=1024, oack=options)
+    s.start(0.0)
+    got = s.receive(Error(ErrorCode.OPTION_NEGOTIATION_FAILED, "no"), 0.1)
+    assert got == [Finish(Outcome.CLIENT_ERROR, "no")]
 
 
 def test_client_error_mid_transfer() -> None:

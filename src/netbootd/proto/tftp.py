@@ -405,6 +405,9 @@ def negotiate(
 
 class Outcome(StrEnum):
     OK = "ok"
+    # The client asked for tsize and ended the transfer at the OACK: it only wanted the size.
+    # EDK2 and many PXE ROMs do this before every real download.
+    SIZE_QUERY = "size query"
     CLIENT_ERROR = "client error"
     TIMED_OUT = "timed out"
     ERROR_SENT = "error sent"
@@ -518,6 +521,7 @@ class ReadSession:
         # is a multiple of blksize ends with an empty block.
         self._blocks = file_size // self._blksize + 1
         self._state = _State.NEW
+        self._told_size = any(name == "tsize" for name, _ in negotiated.oack_options)
         self._acked = 0  # highest block acknowledged, absolute
         self._window_end = 0  # highest block sent in the current window, absolute
         self._highest_sent = 0
@@ -585,6 +589,8 @@ class ReadSession:
                 # RFC 1350 §7: an ERROR ends the transfer and is not acknowledged. RFC 2347
                 # has a client refuse an OACK with ERROR 8, which lands here too.
                 text = message if message else f"code {code}"
+                if self._state is _State.AWAIT_OACK_ACK and self._told_size:
+                    return self._finish(Finish(Outcome.SIZE_QUERY, text))
                 return self._finish(Finish(Outcome.CLIENT_ERROR, text))
             case _:
                 # The client of a read transfer only ever sends ACK or ERROR.

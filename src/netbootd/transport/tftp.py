@@ -598,6 +598,8 @@ class _Exchange:
         """The log line's result and level for how a transfer ended."""
         if finish.outcome is Outcome.OK:
             return "ok", logging.INFO
+        if finish.outcome is Outcome.SIZE_QUERY:
+            return "size query", logging.INFO
         if finish.outcome is Outcome.CLIENT_ERROR:
             return f"client error: {finish.message}", logging.WARNING
         if finish.outcome is Outcome.TIMED_OUT:
