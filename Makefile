@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean bench-tftp
+.PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean bench-tftp bench-http
 
 setup: system venv
 
@@ -44,6 +44,10 @@ test-e2e: setup
 bench-tftp: venv
 	@EXTRA_PACKAGES=atftpd tools/setup-system.sh
 	PYTHONPATH=lab $(BIN)/python bench/tftp.py
+
+bench-http: venv
+	@EXTRA_PACKAGES=nginx tools/setup-system.sh
+	PYTHONPATH=lab $(BIN)/python bench/http_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

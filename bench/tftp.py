@@ -8,38 +8,35 @@ at once and the aggregate is reported. Run as root: ``make bench-tftp``.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
-from netbootd_lab.netns import Host, Lab, Namespace, Process
+from common import (
+    MIB,
+    Server,
+    comparison_table,
+    console,
+    exact,
+    have_root,
+    make_workdir,
+    random_file,
+    report_runs,
+    start,
+)
+from netbootd_lab.netns import Host, Lab, Namespace
 from netbootd_lab.servers import netbootd_executable
 
-MIB = 1024 * 1024
 OPTION_SETS: dict[str, tuple[str, ...]] = {
     "default (512)": (),
     "blksize 1468": ("blksize 1468",),
     "blksize 1468 + windowsize 8": ("blksize 1468", "windowsize 8"),
     "blksize 8192": ("blksize 8192",),
 }
-console = Console()
-
-
-@dataclass
-class Server:
-    name: str
-    argv: list[str]
 
 
 def servers(lab: Lab, root: Path, config: Path) -> list[Server]:
@@ -79,14 +76,6 @@ def fetch(
     )
 
 
-def digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 * MIB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def single(
     client: Host, server_ip: str, *, size: int, expected: str, options: Sequence[str], out: Path
 ) -> float:
@@ -96,7 +85,7 @@ def single(
     proc = fetch(client, server_ip, "big.bin", out, options)
     output, _ = proc.communicate(timeout=600)
     elapsed = time.perf_counter() - began
-    if proc.returncode != 0 or not out.exists() or digest(out) != expected:
+    if not exact(proc, out, expected):
         raise RuntimeError(f"fetch failed or differs: {output.decode(errors='replace')[-500:]}")
     return size / elapsed / 1e6
 
@@ -122,20 +111,8 @@ def concurrent(
     for proc in procs:
         proc.communicate(timeout=900)
     elapsed = time.perf_counter() - began
-    exact = sum(
-        1
-        for i, proc in enumerate(procs)
-        if proc.returncode == 0
-        and (outdir / f"c{i}.bin").exists()
-        and digest(outdir / f"c{i}.bin") == expected
-    )
-    return clients * size / elapsed / 1e6, exact
-
-
-def start(lab: Lab, server: Server, logdir: Path) -> Process:
-    proc = lab.spawn(server.argv, logdir / f"{server.name}.log", name=server.name)
-    lab.wait_udp_ports({69}, timeout=30, watch=proc)
-    return proc
+    copies = sum(1 for i, proc in enumerate(procs) if exact(proc, outdir / f"c{i}.bin", expected))
+    return clients * size / elapsed / 1e6, copies
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,22 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--client-mib", type=int, default=4)
     parser.add_argument("--only", choices=["netbootd", "atftpd"], default=None)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        console.print("bench/tftp needs root (network namespaces)")
+    if not have_root("tftp"):
         return 2
 
-    work = Path(tempfile.mkdtemp(prefix="netbootd-bench-tftp-", dir="/dev/shm"))
-    root = work / "root"
-    root.mkdir()
-    os.chmod(work, 0o755)
-    os.chmod(root, 0o755)
+    work, root = make_workdir("netbootd-bench-tftp-")
     size = args.size_mib * MIB
-    (root / "big.bin").write_bytes(os.urandom(size))
+    big_sum = random_file(root / "big.bin", size)
     medium = args.client_mib * MIB
-    (root / "medium.bin").write_bytes(os.urandom(medium))
-    for f in root.iterdir():
-        os.chmod(f, 0o644)
-    big_sum, medium_sum = digest(root / "big.bin"), digest(root / "medium.bin")
+    medium_sum = random_file(root / "medium.bin", medium)
     outdir = work / "out"
     outdir.mkdir()
 
@@ -175,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for server in servers(lab, root, config):
                 if args.only and server.name != args.only:
                     continue
-                proc = start(lab, server, work)
+                proc = start(lab, server, work, udp_ports={69})
                 try:
                     results[server.name] = {}
                     for label, options in OPTION_SETS.items():
@@ -192,11 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ]
                         rate = statistics.median(rates)
                         results[server.name][label] = rate
-                        console.print(
-                            f"{server.name:9} {label:28} "
-                            + " ".join(f"{r:7.1f}" for r in rates)
-                            + f"  median {rate:7.1f} MB/s"
-                        )
+                        report_runs(server.name, label, rates, rate)
                     aggregate[server.name] = concurrent(
                         client,
                         lab.server_ip,
@@ -206,35 +171,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                         options=("blksize 1468",),
                         outdir=outdir,
                     )
-                    rate, exact = aggregate[server.name]
+                    rate, copies = aggregate[server.name]
                     console.print(
                         f"{server.name:9} {args.clients} clients x {args.client_mib} MiB "
-                        f"blksize 1468: {rate:.1f} MB/s aggregate, {exact} byte-exact"
+                        f"blksize 1468: {rate:.1f} MB/s aggregate, {copies} byte-exact"
                     )
                 finally:
                     proc.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    table = Table(title=f"TFTP, {args.size_mib} MiB with atftp, median of {args.runs} (MB/s)")
-    table.add_column("option set")
-    for name in results:
-        table.add_column(name, justify="right")
-    both = "netbootd" in results and "atftpd" in results
-    if both:
-        table.add_column("netbootd / atftpd", justify="right")
-    for label in OPTION_SETS:
-        row = [label, *(f"{results[n][label]:.1f}" for n in results)]
-        if both:
-            row.append(f"{results['netbootd'][label] / results['atftpd'][label]:.2f}")
-        table.add_row(*row)
-    row = [f"{args.clients} clients x {args.client_mib} MiB, 1468"]
-    row += [f"{aggregate[n][0]:.1f} ({aggregate[n][1]} ok)" for n in results]
-    if both:
-        row.append(f"{aggregate['netbootd'][0] / aggregate['atftpd'][0]:.2f}")
-    table.add_row(*row)
-    console.print(table)
-    failed = any(exact != args.clients for _, exact in aggregate.values())
+    rows = {
+        label: {name: (got[label], f"{got[label]:.1f}") for name, got in results.items()}
+        for label in OPTION_SETS
+    }
+    rows[f"{args.clients} clients x {args.client_mib} MiB, 1468"] = {
+        name: (aggregate[name][0], f"{aggregate[name][0]:.1f} ({aggregate[name][1]} ok)")
+        for name in results
+    }
+    title = f"TFTP, {args.size_mib} MiB with atftp, median of {args.runs} (MB/s)"
+    console.print(comparison_table(title, "option set", "atftpd", rows))
+    failed = any(copies != args.clients for _, copies in aggregate.values())
     return 1 if failed else 0
 
 
