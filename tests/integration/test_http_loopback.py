@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -197,3 +197,70 @@ async def test_no_descriptor_outlives_its_request(server: tuple[HttpServer, Path
         await curl("-o", "/dev/null", *args, url(http, "sub/kernel"))
     await asyncio.sleep(0.1)  # aiohttp closes its own copy in a thread
     assert open_on_kernel() == 0
+
+
+def test_zero_copy_under_uvloop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # netbootd runs on uvloop, which has no loop.sendfile: without netbootd's own sendfile
+    # path, aiohttp would copy every file through Python in chunks.
+    import uvloop
+
+    from netbootd.transport import http as http_module
+
+    calls: list[tuple[int, int]] = []
+    real_send_file = http_module.send_file
+
+    async def spy(
+        transport: asyncio.Transport,
+        fd: int,
+        offset: int,
+        count: int,
+        progress: Callable[[int], None],
+    ) -> None:
+        calls.append((offset, count))
+        await real_send_file(transport, fd, offset, count, progress)
+
+    monkeypatch.setattr(http_module, "send_file", spy)
+    root = tmp_path / "root"
+    root.mkdir()
+    data = os.urandom(20 * 1024 * 1024 + 7)
+    (root / "big").write_bytes(data)
+
+    async def hang_up_early(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readexactly(100_000)
+        writer.transport.abort()  # a client that goes away mid-body
+
+    async def main() -> tuple[bytes, bytes, bytes, int]:
+        http = HttpServer(FileTree(root))
+        await http.start("127.0.0.1", 0)
+        try:
+            twice = await curl(url(http, "big"), url(http, "big"))  # one kept-alive connection
+            part = await curl("-r", "1000-1999", url(http, "big"))
+            await hang_up_early(http.port)
+            again = await curl(url(http, "big"))
+        finally:
+            await http.close()
+        return twice.stdout, part.stdout, again.stdout, http.counters["cut-short"]
+
+    with caplog.at_level("INFO", logger="netbootd.http"):
+        twice, part, again, cut_short = uvloop.run(main())
+    assert twice == data + data
+    assert part == data[1000:2000]
+    assert again == data
+    assert calls[:3] == [(0, len(data)), (0, len(data)), (1000, 1000)]
+    assert calls[-1] == (0, len(data)) and len(calls) == 5
+    # The log says what went out, and that the fourth request was cut short.
+    from netbootd.logfmt import parse_event
+
+    lines = [parse_event(r.getMessage())[1] for r in caplog.records if r.name == "netbootd.http"]
+    assert [(f["bytes"], f["result"]) for f in lines[:3]] == [
+        (str(len(data)), "ok"),
+        (str(len(data)), "ok"),
+        ("1000", "ok"),
+    ]
+    assert lines[3]["result"].startswith("cut short: ")
+    assert 100_000 <= int(lines[3]["bytes"]) < len(data)
+    assert cut_short == 1

@@ -5,14 +5,18 @@ TFTP, so the two services can never disagree about what is served. aiohttp's ``F
 does HEAD, Range (206/416), ETag/If-None-Match, Last-Modified and sendfile; it is handed the
 descriptor's ``/proc/self/fd`` link rather than the path, so what it sends is the very file that
 was checked, even if the path is replaced meanwhile, and never a ``.gz`` or ``.br`` sibling of it.
-One log line per request.
+The body goes out with ``sendfile(2)`` from that descriptor: uvloop has no ``loop.sendfile``, and
+without one aiohttp would copy every file through Python. One log line per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import Counter
+from collections.abc import Callable
+from typing import IO, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger, AbstractStreamWriter
@@ -31,9 +35,16 @@ _TREE_KEY = web.AppKey("tree", FileTree)
 class _AccessLog(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         peer = request.remote or "-"
-        length = response.content_length if response.content_length is not None else 0
+        result, level = "ok", logging.INFO
+        if isinstance(response, _OpenedFileResponse):
+            length = response.body_sent  # what went out, not what was announced
+            if response.cut_short is not None:
+                result, level = f"cut short: {response.cut_short}", logging.WARNING
+        else:
+            length = response.content_length if response.content_length is not None else 0
         rate = length / time / 1e6 if time > 0 else 0.0
-        self.logger.info(
+        self.logger.log(
+            level,
             format_event(
                 "request",
                 client=peer,
@@ -44,22 +55,120 @@ class _AccessLog(AbstractAccessLogger):
                 seconds=f"{time:.3f}",
                 rate=f"{rate:.2f}MB/s",
                 range=request.headers.get("Range", "-"),
-            )
+                result=result,
+            ),
         )
 
 
-class _OpenedFileResponse(web.FileResponse):
-    """A ``FileResponse`` for a file that is open already; the file is closed once it is sent."""
+# The most one sendfile(2) call is asked for; the socket buffer usually takes less.
+_SENDFILE_MAX = 16 * 1024 * 1024
 
-    def __init__(self, opened: LocalFile) -> None:
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
+
+
+async def send_file(
+    transport: asyncio.Transport,
+    file_fd: int,
+    offset: int,
+    count: int,
+    progress: Callable[[int], None],
+) -> None:
+    """Send ``count`` octets of ``file_fd`` from ``offset`` down the transport's socket, zero-copy.
+
+    ``progress`` is told every number of octets sent. A peer that goes away, or a file that
+    ends early, raises ``ConnectionResetError``.
+
+    The transport must hold nothing unsent (the headers go out at once when the socket is
+    fresh). Each ``sendfile`` runs in a worker thread, so that a file not yet in the page cache
+    never stalls the event loop; the loop only waits for the socket to drain.
+    """
+    loop = asyncio.get_running_loop()
+    # uvloop's transports have this interface without subclassing asyncio's classes.
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing():
+        raise ConnectionResetError("connection lost")
+    while transport.get_write_buffer_size():
+        await asyncio.sleep(0.001)
+        if transport.is_closing():
+            raise ConnectionResetError("connection lost")
+    # A descriptor of our own for the socket: the loop's poller keeps the transport's, and if
+    # the transport closes meanwhile its number may be reused for another file at once.
+    fd = os.dup(sock.fileno())
+    try:
+        while count > 0:
+            if transport.is_closing():
+                raise ConnectionResetError("connection lost")
+            want = min(count, _SENDFILE_MAX)
+            try:
+                sent = await loop.run_in_executor(None, os.sendfile, fd, file_fd, offset, want)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise ConnectionResetError(exc.strerror or str(exc)) from exc
+            else:
+                if sent == 0:
+                    transport.abort()  # the file shrank: the promised length cannot be kept
+                    raise ConnectionResetError("file ended before its announced length")
+            offset += sent
+            count -= sent
+            progress(sent)
+            if count > 0 and sent < want:
+                await _writable(loop, fd)  # the socket buffer is full
+    finally:
+        os.close(fd)
+
+
+class _OpenedFileResponse(web.FileResponse):
+    """A ``FileResponse`` for a file that is open already; the file is closed once it is sent.
+
+    aiohttp decides the status and headers (conditional requests, ranges); the body goes out
+    with :func:`send_file`.
+    """
+
+    def __init__(self, opened: LocalFile, counters: Counter[str]) -> None:
         super().__init__(f"/proc/self/fd/{opened.fileno()}", chunk_size=256 * 1024)
         self._opened = opened
+        self._counters = counters
+        self.body_sent = 0
+        self.cut_short: str | None = None  # why the body stopped before its end
+
+    def _sent(self, octets: int) -> None:
+        self.body_sent += octets
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         try:
             return await super().prepare(request)  # sends the whole body before it returns
         finally:
             self._opened.close()
+
+    async def _sendfile(
+        self, request: BaseRequest, fobj: IO[Any], offset: int, count: int
+    ) -> AbstractStreamWriter:
+        writer = await StreamResponse.prepare(self, request)  # the status line and headers
+        assert writer is not None
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("connection lost")
+        try:
+            await send_file(transport, self._opened.fileno(), offset, count, self._sent)
+        except ConnectionResetError as exc:
+            self.cut_short = str(exc) or "connection lost"
+            self._counters["cut-short"] += 1
+            raise
+        await StreamResponse.write_eof(self)
+        return writer
 
 
 async def _serve(request: web.Request) -> web.StreamResponse:
@@ -76,7 +185,7 @@ async def _serve(request: web.Request) -> web.StreamResponse:
         counters["forbidden"] += 1
         raise web.HTTPForbidden(text=f"{name}: {exc}\n") from None
     counters["served"] += 1
-    return _OpenedFileResponse(opened)
+    return _OpenedFileResponse(opened, counters)
 
 
 class HttpServer:
