@@ -6,7 +6,7 @@ veth pair), from each server in turn, byte-exact by sha256; its rate is curl's o
 median of the runs is kept. Then 50 curl processes fetch a 16 MiB file at once: all are started,
 held on a read of their config from stdin until every one is waiting there, and released
 together; the aggregate is the total bytes over the wall time from the release to the last exit.
-The servers never run at the same time. The issue's target, netbootd at least 0.8 x nginx on the
+The servers never run at the same time. The target, netbootd at least 0.8 x nginx on the
 single stream, is printed as pass or miss; only a broken run (a server that does not start, a
 curl failure, a copy that differs) exits non-zero. Run as root: ``make bench-http``.
 """
@@ -38,7 +38,7 @@ from netbootd_lab.netns import Host, Lab, LabError
 from netbootd_lab.servers import netbootd_executable
 
 PORT = 80
-TARGET = 0.8  # netbootd / nginx on the single stream, from the issue
+TARGET = 0.8  # netbootd / nginx on the single stream
 
 NGINX_CONF = """\
 user root;
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 finally:
                     proc.stop()
     except (LabError, RuntimeError, subprocess.TimeoutExpired) as exc:
-        console.print(f"bench/http: {current or 'lab'}: {exc}", markup=False)
+        console.print(f"bench/http_bench: {current or 'lab'}: {exc}", markup=False)
         log = work / f"{current}.log"
         if current and log.exists():
             tail = log.read_text(errors="replace").splitlines()[-20:]

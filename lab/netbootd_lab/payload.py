@@ -148,6 +148,44 @@ def build_pxelinux_root(
     return root
 
 
+IPXE_SCRIPT_NAME = "boot.ipxe"
+
+
+def ipxe_script(marker_arg: str) -> str:
+    """``boot.ipxe``: fetch the lab kernel and initramfs next to the script and boot them.
+
+    The names are relative, so iPXE resolves them against the script's own URL (HTTP or TFTP).
+    ``initrd=`` names the initramfs for the EFI stub (iPXE on UEFI needs it); ``netbootd.mac``
+    carries iPXE's own idea of the MAC into the guest's command line.
+    """
+    return (
+        "#!ipxe\n"
+        f"kernel {KERNEL_NAME} initrd={INITRD_NAME} console=ttyS0 panic=-1 quiet "
+        f"{marker_arg} netbootd.mac=${{net0/mac}} netbootd.platform=${{platform}}\n"
+        f"initrd {INITRD_NAME}\n"
+        "boot\n"
+    )
+
+
+def build_ipxe_root(
+    root: Path,
+    *,
+    initramfs: Path,
+    kernel: Path,
+    marker_arg: str = "netbootd.lab=ipxe",
+) -> Path:
+    """Fill ``root`` with what an iPXE boot needs and nothing more: a script, kernel, initrd.
+
+    No boot loader is put there: the iPXE binaries come from the system's ipxe package, which
+    netbootd serves as if they were in the root.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(kernel, root / KERNEL_NAME)
+    shutil.copyfile(initramfs, root / INITRD_NAME)
+    (root / IPXE_SCRIPT_NAME).write_text(ipxe_script(marker_arg))
+    return root
+
+
 def pxelinux_config_lookups(mac: str, address: str) -> list[str]:
     """The config names pxelinux tries, in order, for a client MAC and leased address.
 

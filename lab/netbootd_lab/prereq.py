@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 from netbootd_lab.payload import BUSYBOX, LDLINUX_C32, PXELINUX_0, find_kernel
-from netbootd_lab.vm import QEMU
+from netbootd_lab.vm import OVMF_CODE, OVMF_VARS, QEMU
+
+# What the firmware matrix boots from: the ipxe package's binaries (served by netbootd as if in
+# the root) and the iPXE ROMs QEMU puts on its cards (ipxe-qemu).
+IPXE_DIR = Path("/usr/lib/ipxe")
+IPXE_ROMS = (Path("/usr/lib/ipxe/qemu/pxe-e1000.rom"), Path("/usr/lib/ipxe/qemu/efi-e1000.rom"))
 
 
 def missing_prerequisites() -> list[str]:
@@ -32,4 +38,19 @@ def missing_prerequisites() -> list[str]:
             reasons.append(f"{path} missing (package {package})")
     if not os.path.exists("/dev/net/tun"):
         reasons.append("/dev/net/tun missing (no tap devices)")
+    return reasons
+
+
+def missing_firmware_prerequisites() -> list[str]:
+    """Reasons the UEFI and iPXE boots cannot run here, on top of :func:`missing_prerequisites`."""
+    reasons = []
+    for path, package in (
+        (OVMF_CODE, "ovmf"),
+        (OVMF_VARS, "ovmf"),
+        (IPXE_DIR / "undionly.kpxe", "ipxe"),
+        (IPXE_DIR / "snponly.efi", "ipxe"),
+        *((rom, "ipxe-qemu") for rom in IPXE_ROMS),
+    ):
+        if not path.is_file():
+            reasons.append(f"{path} missing (package {package})")
     return reasons

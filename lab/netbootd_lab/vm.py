@@ -1,4 +1,8 @@
-"""QEMU guests for the lab: real firmware (SeaBIOS with the iPXE ROM) network-booting from a tap.
+"""QEMU guests for the lab: real firmware network-booting from a tap.
+
+Two firmwares: SeaBIOS (QEMU's default) and OVMF, EDK2's UEFI build for QEMU. What network stack
+the firmware uses follows from the card: an ``e1000`` carries iPXE's option ROM (its PXE or its
+EFI build), ``virtio-net-pci,romfile=`` carries none, so OVMF uses EDK2's own PXE and HTTP Boot.
 
 A :class:`VM` runs inside the lab namespace, so its only link is the tap on the lab bridge. Its
 serial console goes to a file; :meth:`VM.wait_for` watches that file for a line. The guest is
@@ -12,6 +16,7 @@ import re
 import shutil
 import time
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
 
 from netbootd_lab.netns import Lab, LabError, Process
@@ -21,6 +26,28 @@ QEMU = "qemu-system-x86_64"
 MAC_PREFIX = "52:54:00:4e:42"
 
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_a-z])")
+
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+# Network cards, as QEMU -device strings. EDK2_NIC has no option ROM, so OVMF boots it with its
+# own network stack; bootindex makes it the first boot device.
+IPXE_NIC = "e1000"
+EDK2_NIC = "virtio-net-pci,romfile=,bootindex=1"
+
+
+class Firmware(StrEnum):
+    BIOS = "bios"  # SeaBIOS
+    UEFI = "uefi"  # OVMF
+
+
+class UefiBoot(StrEnum):
+    """Which of EDK2's own network boot options stay on (fw_cfg ``opt/org.tianocore``)."""
+
+    ALL = "all"  # PXEv4, PXEv6, HTTPv4, HTTPv6, in that order
+    PXE4 = "pxe4"  # UEFI PXE over IPv4 only
+    HTTP = "http"  # UEFI HTTP Boot only: no PXE attempts to time out first
 
 
 def qemu_available() -> bool:
@@ -56,7 +83,9 @@ class VM:
         tap: str,
         console_log: Path,
         memory_mb: int = 512,
-        nic: str = "e1000",
+        nic: str = IPXE_NIC,
+        firmware: Firmware = Firmware.BIOS,
+        uefi_boot: UefiBoot = UefiBoot.ALL,
         extra_args: Sequence[str] = (),
     ):
         self.lab = lab
@@ -66,6 +95,8 @@ class VM:
         self.console_log = console_log
         self.memory_mb = memory_mb
         self.nic = nic
+        self.firmware = firmware
+        self.uefi_boot = uefi_boot
         self.extra_args = list(extra_args)
         self.process: Process | None = None
         self.started_at = 0.0
@@ -84,12 +115,36 @@ class VM:
             "-boot", "order=n",
             "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no",
             "-device", f"{self.nic},netdev=n0,mac={self.mac}",
+            *self.firmware_args(),
             *self.extra_args,
         ]  # fmt: skip
+
+    @property
+    def vars_file(self) -> Path:
+        """This guest's own copy of the UEFI variable store."""
+        return self.console_log.with_name(f"{self.name}.OVMF_VARS.fd")
+
+    def firmware_args(self) -> list[str]:
+        if self.firmware is Firmware.BIOS:
+            return []
+        args = [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.vars_file}",
+        ]  # fmt: skip
+        switches = {
+            UefiBoot.ALL: {},
+            UefiBoot.PXE4: {"IPv6PXESupport": "n", "IPv6Support": "n"},
+            UefiBoot.HTTP: {"IPv4PXESupport": "n", "IPv6PXESupport": "n", "IPv6Support": "n"},
+        }[self.uefi_boot]
+        for key, value in switches.items():
+            args += ["-fw_cfg", f"name=opt/org.tianocore/{key},string={value}"]
+        return args
 
     def start(self) -> VM:
         self.console_log.parent.mkdir(parents=True, exist_ok=True)
         self.console_log.write_bytes(b"")
+        if self.firmware is Firmware.UEFI:
+            shutil.copyfile(OVMF_VARS, self.vars_file)
         self.started_at = time.monotonic()
         self.process = self.lab.spawn(
             self.argv(), self.console_log.with_suffix(".qemu.log"), name=f"qemu-{self.name}"
@@ -170,7 +225,9 @@ def start_vm(
     *,
     name: str | None = None,
     memory_mb: int = 512,
-    nic: str = "e1000",
+    nic: str = IPXE_NIC,
+    firmware: Firmware = Firmware.BIOS,
+    uefi_boot: UefiBoot = UefiBoot.ALL,
     extra_args: Sequence[str] = (),
 ) -> VM:
     """Make a tap on the lab bridge and boot a VM from the network through it.
@@ -190,6 +247,8 @@ def start_vm(
         console_log=lab.workdir / f"{vm_name}.console.log",
         memory_mb=memory_mb,
         nic=nic,
+        firmware=firmware,
+        uefi_boot=uefi_boot,
         extra_args=extra_args,
     )
     return vm.start()

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from netbootd_lab import Lab, build_initramfs, build_pxelinux_root, find_kernel
-from netbootd_lab.prereq import missing_prerequisites
+from netbootd_lab.payload import build_ipxe_root
+from netbootd_lab.prereq import missing_firmware_prerequisites, missing_prerequisites
 
 TAIL_LINES = 40
 
@@ -23,6 +24,13 @@ def lab_prerequisites() -> None:
     reasons = missing_prerequisites()
     if reasons:
         pytest.skip("end-to-end lab unavailable: " + "; ".join(reasons))
+
+
+@pytest.fixture(scope="session")
+def firmware_prerequisites(lab_prerequisites: None) -> None:
+    reasons = missing_firmware_prerequisites()
+    if reasons:
+        pytest.skip("firmware boots unavailable: " + "; ".join(reasons))
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +48,12 @@ def initramfs(lab_prerequisites: None, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture
 def pxelinux_root(tmp_path: Path, initramfs: Path, kernel: Path) -> Path:
     return build_pxelinux_root(tmp_path / "root", initramfs=initramfs, kernel=kernel)
+
+
+@pytest.fixture
+def ipxe_root(tmp_path: Path, initramfs: Path, kernel: Path) -> Path:
+    """A root with only ``boot.ipxe``, a kernel and an initrd: no boot loader of its own."""
+    return build_ipxe_root(tmp_path / "root", initramfs=initramfs, kernel=kernel)
 
 
 @pytest.fixture
