@@ -21,7 +21,7 @@ from rich.table import Table
 from netbootd_lab.netns import Lab, LabError, Namespace, Process
 
 MIB = 1024 * 1024
-console = Console()
+console = Console(width=120)  # wide enough for a run line when the output is a file
 
 
 @dataclass
