@@ -2,11 +2,12 @@
 
 Every file is opened through the same confined :class:`~netbootd.services.files.FileTree` as
 TFTP, so the two services can never disagree about what is served. aiohttp's ``FileResponse``
-does HEAD, Range (206/416), ETag/If-None-Match, Last-Modified and sendfile; it is handed the
-descriptor's ``/proc/self/fd`` link rather than the path, so what it sends is the very file that
-was checked, even if the path is replaced meanwhile, and never a ``.gz`` or ``.br`` sibling of it.
-The body goes out with ``sendfile(2)`` from that descriptor: uvloop has no ``loop.sendfile``, and
-without one aiohttp would copy every file through Python. One log line per request.
+decides the status and headers: HEAD, Range (206/416), ETag/If-None-Match, Last-Modified. It is
+handed the descriptor's ``/proc/self/fd`` link rather than the path, so what it describes is the
+very file that was checked, even if the path is replaced meanwhile, and never a ``.gz`` or
+``.br`` sibling of it. The body goes out with ``sendfile(2)`` from that descriptor
+(:func:`send_file`): uvloop has no ``loop.sendfile``, and without one aiohttp would copy every
+file through Python. One log line per request, with the octets actually sent.
 """
 
 from __future__ import annotations
