@@ -1,0 +1,849 @@
+"""Loads the machine inventory from a directory of TOML files.
+
+Every ``*.toml`` file below the directory is read in sorted path order, validated table by table,
+built into the pure values of :mod:`netbootd.boot.inventory` and checked with its ``check()``.
+Whatever is wrong is reported at once, each problem naming the file, the line and the key, since
+an operator fixes a config best from a full list. The only I/O here is reading those files and
+checking that the templates they name exist; rendering them, serving files and reloading belong
+elsewhere.
+
+TOML parsers give no line numbers for values, so :class:`KeyLines` finds where a key was written.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import date, datetime, time
+from ipaddress import AddressValueError, IPv4Address
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, NoReturn
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from netbootd.boot.client import BootClass, parse_boot_key
+from netbootd.boot.inventory import (
+    Group,
+    Inventory,
+    InventoryProblem,
+    Location,
+    Machine,
+    Method,
+    Profile,
+    Selector,
+    check,
+    format_key,
+    normalise_mac,
+    normalise_mac_pattern,
+    normalise_uuid,
+)
+
+__all__ = ["InventoryError", "KeyLines", "load_inventory", "locate_key", "parse_key"]
+
+
+class InventoryError(Exception):
+    """The inventory cannot be used. ``str()`` is every problem, one per line."""
+
+    def __init__(self, problems: Iterable[InventoryProblem]) -> None:
+        self.problems: tuple[InventoryProblem, ...] = tuple(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+    def __reduce__(self) -> tuple[type[InventoryError], tuple[tuple[InventoryProblem, ...]]]:
+        return (InventoryError, (self.problems,))
+
+
+# --- where a key was written ----------------------------------------------------------------
+
+KeyPath = tuple[str, ...]
+
+_BARE = frozenset(string.ascii_letters + string.digits + "_-")
+_ESCAPES = {
+    "b": "\b",
+    "t": "\t",
+    "n": "\n",
+    "f": "\f",
+    "r": "\r",
+    "e": "\x1b",
+    '"': '"',
+    "\\": "\\",
+}
+_HEX_ESCAPES = {"x": 2, "u": 4, "U": 8}
+
+
+class _MalformedError(Exception):
+    """The scanner met text it cannot read; it skips to the next line."""
+
+
+class _KeyScanner:
+    """Reads just enough TOML to tell on which line each key and table starts.
+
+    It never judges the document (tomllib does that); on text it cannot read it goes on at the
+    next line, so it answers something for any input.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.line = 1
+        # A key or table written as such (header, key = value, dotted key) -> its first line.
+        self.explicit: dict[KeyPath, int] = {}
+        # A table that exists only as the parent of a header ([a.b] makes a) -> its first line.
+        self.implicit: dict[KeyPath, int] = {}
+        # The line each statement starts on -> the table or key it writes.
+        self.statements: dict[int, KeyPath] = {}
+
+    def _char(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def _skip_blanks(self) -> None:
+        while self._char() in (" ", "\t", "\r") and self._char():
+            self.pos += 1
+
+    def _skip_comment(self) -> None:
+        end = self.text.find("\n", self.pos)
+        self.pos = len(self.text) if end < 0 else end
+
+    def _skip_space(self) -> None:
+        """Blanks, newlines and comments."""
+        while True:
+            char = self._char()
+            if char in (" ", "\t", "\r") and char:
+                self.pos += 1
+            elif char == "\n":
+                self.pos += 1
+                self.line += 1
+            elif char == "#":
+                self._skip_comment()
+            else:
+                return
+
+    def _next_line(self) -> None:
+        end = self.text.find("\n", self.pos)
+        if end < 0:
+            self.pos = len(self.text)
+        else:
+            self.pos = end + 1
+            self.line += 1
+
+    def _expect(self, token: str) -> None:
+        if not self.text.startswith(token, self.pos):
+            raise _MalformedError
+        self.pos += len(token)
+
+    def scan(self) -> None:
+        table: KeyPath = ()
+        while True:
+            self._skip_space()
+            if self.pos >= len(self.text):
+                return
+            line = self.line
+            try:
+                if self._char() == "[":
+                    table = self._header(line)
+                else:
+                    self._key_value(table, line)
+            except _MalformedError:
+                pass
+            self._next_line()
+
+    def _header(self, line: int) -> KeyPath:
+        closing = "]]" if self.text.startswith("[[", self.pos) else "]"
+        self.pos += len(closing)
+        path = self.key()
+        self._skip_blanks()
+        self._expect(closing)
+        self.statements[line] = path
+        self.explicit.setdefault(path, line)
+        for end in range(1, len(path)):
+            self.implicit.setdefault(path[:end], line)
+        return path
+
+    def _key_value(self, table: KeyPath, line: int) -> None:
+        path = (*table, *self.key())
+        self._skip_blanks()
+        self._expect("=")
+        self._skip_blanks()
+        self.statements[line] = path
+        # Dotted keys define their intermediate tables where they are written.
+        for end in range(len(table) + 1, len(path) + 1):
+            self.explicit.setdefault(path[:end], line)
+        self._value(path)
+
+    def key(self) -> KeyPath:
+        """A dotted key: bare, "basic" and 'literal' parts, blanks allowed around the dots."""
+        parts: list[str] = []
+        while True:
+            self._skip_blanks()
+            char = self._char()
+            if char == '"':
+                parts.append(self._basic_string())
+            elif char == "'":
+                parts.append(self._literal_string())
+            elif char and char in _BARE:
+                start = self.pos
+                while self._char() and self._char() in _BARE:
+                    self.pos += 1
+                parts.append(self.text[start : self.pos])
+            else:
+                raise _MalformedError
+            self._skip_blanks()
+            if self._char() != ".":
+                return tuple(parts)
+            self.pos += 1
+
+    def _basic_string(self) -> str:
+        self.pos += 1
+        out: list[str] = []
+        while True:
+            char = self._char()
+            if char in ("", "\n"):
+                raise _MalformedError
+            self.pos += 1
+            if char == '"':
+                return "".join(out)
+            if char != "\\":
+                out.append(char)
+                continue
+            escape = self._char()
+            self.pos += 1
+            if escape in _ESCAPES:
+                out.append(_ESCAPES[escape])
+            elif escape in _HEX_ESCAPES:
+                digits = self.text[self.pos : self.pos + _HEX_ESCAPES[escape]]
+                self.pos += len(digits)
+                try:
+                    out.append(chr(int(digits, 16)))
+                except ValueError:
+                    raise _MalformedError from None
+            else:
+                raise _MalformedError
+
+    def _literal_string(self) -> str:
+        end = self.text.find("'", self.pos + 1)
+        newline = self.text.find("\n", self.pos + 1)
+        if end < 0 or 0 <= newline < end:
+            raise _MalformedError
+        value = self.text[self.pos + 1 : end]
+        self.pos = end + 1
+        return value
+
+    def _multiline_string(self, quote: str) -> None:
+        self.pos += 3
+        while True:
+            char = self._char()
+            if not char:
+                raise _MalformedError
+            if char == "\\" and quote == '"':
+                if self.text[self.pos + 1 : self.pos + 2] == "\n":
+                    self.line += 1
+                self.pos += 2
+            elif char == quote:
+                run = 0
+                while self._char() == quote:
+                    run += 1
+                    self.pos += 1
+                # A run of three to five quotes closes the string; one or two more belong to it.
+                if run >= 3:
+                    self.pos -= max(0, run - 5)
+                    return
+            else:
+                if char == "\n":
+                    self.line += 1
+                self.pos += 1
+
+    def _value(self, path: KeyPath | None) -> None:
+        char = self._char()
+        if self.text.startswith('"""', self.pos) or self.text.startswith("'''", self.pos):
+            self._multiline_string(char)
+        elif char == '"':
+            self._basic_string()
+        elif char == "'":
+            self._literal_string()
+        elif char == "[":
+            self._array()
+        elif char == "{":
+            self._inline_table(path)
+        else:
+            start = self.pos
+            while self._char() and self._char() not in ",]}#\n":
+                self.pos += 1
+            if self.pos == start:
+                raise _MalformedError
+
+    def _array(self) -> None:
+        self.pos += 1
+        while True:
+            self._skip_space()
+            if self._char() == "]":
+                self.pos += 1
+                return
+            if not self._char():
+                raise _MalformedError
+            self._value(None)
+            self._skip_space()
+            if self._char() == ",":
+                self.pos += 1
+            elif self._char() != "]":
+                raise _MalformedError
+
+    def _inline_table(self, path: KeyPath | None) -> None:
+        self.pos += 1
+        while True:
+            self._skip_space()
+            if self._char() == "}":
+                self.pos += 1
+                return
+            line = self.line
+            inner = self.key()
+            self._skip_blanks()
+            self._expect("=")
+            self._skip_blanks()
+            full: KeyPath | None = None
+            if path is not None:
+                full = (*path, *inner)
+                for end in range(len(path) + 1, len(full) + 1):
+                    self.explicit.setdefault(full[:end], line)
+            self._value(full)
+            self._skip_space()
+            if self._char() == ",":
+                self.pos += 1
+            elif self._char() != "}":
+                raise _MalformedError
+
+
+class KeyLines:
+    """The lines where the keys of one TOML text are written."""
+
+    def __init__(self, text: str) -> None:
+        scanner = _KeyScanner(text)
+        scanner.scan()
+        self._explicit = scanner.explicit
+        self._implicit = scanner.implicit
+        self._statements = scanner.statements
+
+    def line_of(self, path: Sequence[str]) -> int:
+        """The 1-based line where ``path`` is defined; else its nearest enclosing table's; else 1.
+
+        A key is on the line where it is written, which for a key of a one-line inline table
+        is the line of the key that holds the table. A table is where its header (or its first
+        dotted key) is, rather than where a subtable's header implied it.
+        """
+        wanted = tuple(path)
+        for end in range(len(wanted), 0, -1):
+            prefix = wanted[:end]
+            line = self._explicit.get(prefix) or self._implicit.get(prefix)
+            if line is not None:
+                return line
+        return 1
+
+    def defined_before(self, line: int) -> tuple[KeyPath, int] | None:
+        """The key or table written on ``line``, and where it was first written, if earlier."""
+        path = self._statements.get(line)
+        if path is None:
+            return None
+        first = self._explicit.get(path, line)
+        return (path, first) if first < line else None
+
+
+def locate_key(text: str, path: Sequence[str]) -> int:
+    """The line of ``path`` (such as ``("machines", "web1", "mac")``) in a TOML text."""
+    return KeyLines(text).line_of(path)
+
+
+def parse_key(text: str) -> KeyPath:
+    """A dotted key as TOML writes it (``profiles."a.b".kernel``) back into its parts."""
+    scanner = _KeyScanner(text)
+    try:
+        path = scanner.key()
+    except _MalformedError:
+        return tuple(text.split("."))
+    return path if scanner.pos == len(text) else tuple(text.split("."))
+
+
+# --- values ---------------------------------------------------------------------------------
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME_RULE = "a letter or digit, then letters, digits, '.', '_' or '-'; at most 63 characters"
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def _relative_path(value: str, what: str) -> str:
+    if not value:
+        raise ValueError(f"the {what} is empty")
+    if value.startswith("/") or "\\" in value or "\0" in value or ".." in value.split("/"):
+        raise ValueError(
+            f"{what} {value!r} must be a relative path with '/' separators and no '..'"
+        )
+    return value
+
+
+def _template_path(value: str, info: ValidationInfo) -> str:
+    _relative_path(value, "template path")
+    directory = info.context.get("directory") if isinstance(info.context, dict) else None
+    if isinstance(directory, Path):
+        target = directory / value
+        if not target.exists():
+            raise ValueError(f"template file {value!r} does not exist in the inventory directory")
+        if not target.is_file():
+            raise ValueError(f"template path {value!r} is not a file")
+    return value
+
+
+def _boot_path(value: str) -> str:
+    if "://" not in value:
+        return _relative_path(value, "boot path")
+    url = urlsplit(value)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError(
+            f"{value!r} is not an http:// or https:// URL (or a path below the boot root)"
+        )
+    return value
+
+
+def _file_name(value: str) -> str:
+    return _relative_path(value, "file name")
+
+
+def _method(value: str) -> str:
+    try:
+        return Method(value).value
+    except ValueError:
+        choices = ", ".join(m.value for m in Method)
+        raise ValueError(f"unknown method {value!r} (one of: {choices})") from None
+
+
+def _hostname(value: str) -> str:
+    labels = value.removesuffix(".").split(".")
+    if len(value) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(
+            f"{value!r} is not a host name (dot-separated labels of letters, digits and '-')"
+        )
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        return str(IPv4Address(value))
+    except AddressValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address (like 10.0.0.5)") from None
+
+
+def _arch(value: str) -> str:
+    key = parse_boot_key(value)
+    if key is BootClass.IPXE:
+        # A group selects firmware by option 93; "ipxe" is no architecture and would never match.
+        raise ValueError(
+            "'ipxe' is not a firmware architecture (a group selects bios, uefi, uefi-http, ... "
+            "or arch-N)"
+        )
+    return value
+
+
+def _one_or_many(value: object) -> object:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a string or an array of strings, got {_describe(value)}")
+    return value
+
+
+def _not_empty(value: Any) -> Any:
+    if not value:
+        raise ValueError(
+            "empty, which would match every client (list one at least, or leave it out)"
+        )
+    return value
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {'true' if value else 'false'}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the float {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, datetime):
+        return "a date-time"
+    if isinstance(value, date):
+        return "a date"
+    if isinstance(value, time):
+        return "a time"
+    return type(value).__name__
+
+
+_TemplatePath = Annotated[str, AfterValidator(_template_path)]
+_BootPath = Annotated[str, AfterValidator(_boot_path)]
+_FileName = Annotated[str, AfterValidator(_file_name)]
+
+
+def _dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=_dashed, populate_by_name=False
+    )
+    kind: ClassVar[str] = "table"
+
+
+class _Profile(_Table):
+    kind: ClassVar[str] = "profile"
+
+    method: Annotated[str, AfterValidator(_method)]
+    kernel: _BootPath | None = None
+    initrd: _BootPath | None = None
+    initrds: list[_BootPath] | None = None
+    cmdline: str = ""
+    template: _TemplatePath | None = None
+    files: dict[_FileName, _TemplatePath] = Field(default_factory=dict)
+
+    @field_validator("initrds")
+    @classmethod
+    def _one_spelling(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if info.data.get("initrd") is not None:
+            raise ValueError("give initrd (one file) or initrds (a list), not both")
+        return value
+
+
+class _Machine(_Table):
+    kind: ClassVar[str] = "machine"
+
+    mac: Annotated[str, AfterValidator(normalise_mac)] | None = None
+    uuid: Annotated[str, AfterValidator(normalise_uuid)] | None = None
+    hostname: Annotated[str, AfterValidator(_hostname)] | None = None
+    address: Annotated[str, AfterValidator(_address)] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    profile: str | None = None
+    boot_once: str | None = None
+
+
+class _Match(_Table):
+    labels: Annotated[dict[str, str], AfterValidator(_not_empty)] | None = None
+    arch: (
+        Annotated[
+            list[Annotated[str, AfterValidator(_arch)]],
+            BeforeValidator(_one_or_many),
+            AfterValidator(_not_empty),
+        ]
+        | None
+    ) = None
+    mac: (
+        Annotated[
+            list[Annotated[str, AfterValidator(normalise_mac_pattern)]],
+            BeforeValidator(_one_or_many),
+            AfterValidator(_not_empty),
+        ]
+        | None
+    ) = None
+    uuid: (
+        Annotated[
+            list[Annotated[str, AfterValidator(normalise_uuid)]],
+            BeforeValidator(_one_or_many),
+            AfterValidator(_not_empty),
+        ]
+        | None
+    ) = None
+
+
+class _Group(_Table):
+    kind: ClassVar[str] = "group"
+
+    profile: str
+    match: _Match | None = None
+
+
+class _Default(_Table):
+    profile: str
+
+
+_SECTIONS: Mapping[str, type[_Table]] = {
+    "profiles": _Profile,
+    "machines": _Machine,
+    "groups": _Group,
+}
+_TOP_KEYS = ("default", "groups", "machines", "profiles")
+
+_EXPECTED = {
+    "string_type": "a string",
+    "list_type": "an array",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "bool_type": "true or false",
+    "int_type": "an integer",
+}
+
+
+def _known_keys(model: type[_Table], loc: Sequence[str]) -> str:
+    # Unknown keys are reported at their own path; the table around them says what is allowed.
+    if tuple(loc[:1]) == ("match",):
+        model = _Match
+    return ", ".join(sorted(field.alias or name for name, field in model.model_fields.items()))
+
+
+def _message(error: Mapping[str, Any], model: type[_Table], loc: Sequence[str]) -> str:
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return f"unknown key (expected one of: {_known_keys(model, loc[:-1])})"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "value_error":
+        cause = error.get("ctx", {}).get("error")
+        if cause is not None:
+            return str(cause)
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_describe(error.get('input'))}"
+    text = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return text[:1].lower() + text[1:]
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_TWICE = ("Cannot declare", "Cannot overwrite")
+
+
+def _toml_files(directory: Path) -> list[Path]:
+    # Hidden files and directories (.git, editor leftovers) are no part of the inventory.
+    return sorted(
+        path
+        for path in directory.rglob("*.toml")
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(directory).parts)
+    )
+
+
+class _Loader:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.context = {"directory": directory}
+        self.problems: list[InventoryProblem] = []
+        self.lines: dict[str, KeyLines] = {}
+        self.file_order: dict[str, int] = {}
+        self.defined: dict[str, dict[str, Location]] = {section: {} for section in _SECTIONS}
+        self.unbuilt_profiles: set[str] = set()
+        self.profiles: dict[str, Profile] = {}
+        self.machines: dict[str, Machine] = {}
+        self.groups: dict[str, Group] = {}
+        self.default_profile: str | None = None
+        self.default_source: Location | None = None
+
+    def _problem(self, file: str, path: Sequence[str], message: str) -> None:
+        location = Location(file, self.lines[file].line_of(path))
+        self.problems.append(InventoryProblem(location, format_key(path), message))
+
+    def _stop(self, problem: InventoryProblem, cause: Exception) -> NoReturn:
+        """A file that cannot be read stops the load, with what was found before it."""
+        raise InventoryError([*sorted(self.problems, key=self._order), problem]) from cause
+
+    def read(self, path: Path) -> None:
+        file = path.relative_to(self.directory).as_posix()
+        self.file_order[file] = len(self.file_order)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[: exc.start].count(b"\n") + 1
+            self._stop(InventoryProblem(Location(file, line), "", "not UTF-8 text"), exc)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            self._stop(InventoryProblem(Location(file, 1), "", reason.lower()), exc)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            found = _TOML_LINE.search(str(exc))
+            line = int(found.group(1)) if found else max(1, text.count("\n") + 1)
+            message = f"not valid TOML: {exc}"
+            # tomllib names only the second place of a name written twice; say the first.
+            earlier = KeyLines(text).defined_before(line)
+            if earlier is not None and str(exc).startswith(_TWICE):
+                message += f"; {format_key(earlier[0])} is first written at line {earlier[1]}"
+            self._stop(InventoryProblem(Location(file, line), "", message), exc)
+        self.lines[file] = KeyLines(text)
+        for section, value in data.items():
+            if section == "default":
+                self._default(file, value)
+            elif section in _SECTIONS:
+                if not isinstance(value, dict):
+                    self._problem(
+                        file, (section,), f"expected a table of {section}, got {_describe(value)}"
+                    )
+                    continue
+                for name, entry in value.items():
+                    self._entry(file, section, name, entry)
+            else:
+                self._problem(
+                    file, (section,), f"unknown key (expected one of: {', '.join(_TOP_KEYS)})"
+                )
+
+    def _validate(
+        self, file: str, path: Sequence[str], model: type[_Table], value: object
+    ) -> _Table | None:
+        try:
+            return model.model_validate(value, context=self.context)
+        except ValidationError as exc:
+            for error in exc.errors():
+                # Drop list indices and pydantic's "[key]" marker: the message names the value.
+                loc = [str(p) for p in error["loc"] if isinstance(p, str) and p != "[key]"]
+                self._problem(file, (*path, *loc), _message(error, model, loc))
+            return None
+
+    def _entry(self, file: str, section: str, name: str, value: object) -> None:
+        model = _SECTIONS[section]
+        path = (section, name)
+        source = Location(file, self.lines[file].line_of(path))
+        first = self.defined[section].get(name)
+        if first is not None:
+            self._problem(file, path, f"{model.kind} {name!r} is already defined at {first}")
+            return
+        self.defined[section][name] = source
+        valid_name = _NAME.match(name) is not None
+        if not valid_name:
+            self._problem(file, path, f"{name!r} is not a valid {model.kind} name ({_NAME_RULE})")
+        table = self._validate(file, path, model, value)
+        if table is None or not valid_name:
+            if section == "profiles":
+                self.unbuilt_profiles.add(name)
+            return
+        if isinstance(table, _Profile):
+            self.profiles[name] = _build_profile(name, table, source)
+        elif isinstance(table, _Machine):
+            self.machines[name] = _build_machine(name, table, source)
+        elif isinstance(table, _Group):
+            self.groups[name] = _build_group(name, table, source)
+
+    def _default(self, file: str, value: object) -> None:
+        source = Location(file, self.lines[file].line_of(("default",)))
+        if self.default_source is not None:
+            self._problem(
+                file,
+                ("default",),
+                f"a default is already set at {self.default_source}; only one [default] is allowed",
+            )
+            return
+        self.default_source = source
+        table = self._validate(file, ("default",), _Default, value)
+        if isinstance(table, _Default):
+            self.default_profile = table.profile
+
+    def _refine(self, problem: InventoryProblem) -> InventoryProblem:
+        """check() knows the table a problem is in; the file knows the key's own line."""
+        location = problem.location
+        if location is None or location.file not in self.lines:
+            return problem
+        line = self.lines[location.file].line_of(parse_key(problem.key))
+        return replace(problem, location=Location(location.file, line))
+
+    def _names_unbuilt_profile(self, inventory: Inventory) -> set[str]:
+        # A reference to a profile that failed validation is not a second problem.
+        keys: set[str] = set()
+        for machine in inventory.machines.values():
+            for key, name in (("profile", machine.profile), ("boot-once", machine.boot_once)):
+                if name in self.unbuilt_profiles:
+                    keys.add(format_key(("machines", machine.name, key)))
+        for group in inventory.groups.values():
+            if group.profile in self.unbuilt_profiles:
+                keys.add(format_key(("groups", group.name, "profile")))
+        if inventory.default_profile in self.unbuilt_profiles:
+            keys.add(format_key(("default", "profile")))
+        return keys
+
+    def finish(self) -> Inventory:
+        inventory = Inventory(
+            profiles=self.profiles,
+            machines=self.machines,
+            groups=self.groups,
+            default_profile=self.default_profile,
+            default_source=self.default_source,
+        )
+        echoes = self._names_unbuilt_profile(inventory)
+        self.problems.extend(
+            self._refine(problem) for problem in check(inventory) if problem.key not in echoes
+        )
+        if self.problems:
+            raise InventoryError(sorted(self.problems, key=self._order))
+        return inventory
+
+    def _order(self, problem: InventoryProblem) -> tuple[int, int]:
+        if problem.location is None:
+            return (-1, 0)
+        return (self.file_order.get(problem.location.file, -1), problem.location.line)
+
+
+def _build_profile(name: str, table: _Profile, source: Location) -> Profile:
+    initrds = (table.initrd,) if table.initrd is not None else tuple(table.initrds or ())
+    return Profile(
+        name=name,
+        method=Method(table.method),
+        kernel=table.kernel,
+        initrds=initrds,
+        cmdline=table.cmdline,
+        template=table.template,
+        files=table.files,
+        source=source,
+    )
+
+
+def _build_machine(name: str, table: _Machine, source: Location) -> Machine:
+    return Machine(
+        name=name,
+        mac=table.mac,
+        uuid=table.uuid,
+        hostname=table.hostname,
+        address=IPv4Address(table.address) if table.address is not None else None,
+        labels=table.labels,
+        profile=table.profile,
+        boot_once=table.boot_once,
+        source=source,
+    )
+
+
+def _build_group(name: str, table: _Group, source: Location) -> Group:
+    match = table.match or _Match()
+    selector = Selector(
+        macs=tuple(match.mac or ()),
+        uuids=tuple(match.uuid or ()),
+        archs=tuple(parse_boot_key(arch) for arch in match.arch or ()),
+        labels=match.labels or {},
+    )
+    return Group(name=name, selector=selector, profile=table.profile, source=source)
+
+
+def load_inventory(directory: Path) -> Inventory:
+    """Read, validate and check every ``*.toml`` file below ``directory``.
+
+    An empty directory is an empty inventory; a missing one, or any problem in the files, is an
+    :class:`InventoryError` listing every problem found. A file that is not valid TOML stops the
+    load at that file.
+    """
+    if not directory.exists():
+        raise InventoryError(
+            [InventoryProblem(None, "", f"inventory directory {directory} does not exist")]
+        )
+    if not directory.is_dir():
+        raise InventoryError(
+            [InventoryProblem(None, "", f"inventory path {directory} is not a directory")]
+        )
+    loader = _Loader(directory)
+    for path in _toml_files(directory):
+        loader.read(path)
+    return loader.finish()
