@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
@@ -19,7 +20,15 @@ from netbootd.boot.policy import DEFAULT_BOOT, BootPolicy
 from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logfmt import format_event
 from netbootd.services.dhcp import DHCP_SERVER_PORT, PXE_PORT, DhcpService, DhcpSettings
-from netbootd.services.files import FileLookupError, FileTree
+from netbootd.services.files import FileLookupError, FileSource, FileTree
+from netbootd.services.inventory import InventoryError
+from netbootd.services.machines import (
+    BootFiles,
+    InstalledStore,
+    Machines,
+    ServerAddress,
+    load_setup,
+)
 from netbootd.store.leases import SqliteLeaseStore, StoreError
 from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpServer
@@ -30,6 +39,15 @@ log = logging.getLogger("netbootd")
 
 # The iPXE builds of the system's ipxe package, served under these names as if in the root.
 IPXE_PACKAGE_FILES = ("undionly.kpxe", "undionly.kkpxe", "ipxe.pxe", "snponly.efi", "ipxe.efi")
+# pxelinux from the system's pxelinux and syslinux-common packages, likewise.
+SYSLINUX_PACKAGE_FILES = {
+    "pxelinux.0": Path("/usr/lib/PXELINUX/pxelinux.0"),
+    "ldlinux.c32": Path("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+}
+# How often the inventory directory is looked at for changes, in seconds.
+INVENTORY_POLL = 1.0
+# Boot-once state, in the state directory.
+INSTALLED_FILE = "installed.json"
 
 # IPv4 (20) + UDP (8) + TFTP DATA header (4): what a block may use of the MTU.
 _TFTP_OVERHEAD = 32
@@ -39,8 +57,36 @@ class StartError(Exception):
     """netbootd cannot start as configured; the message is one line for the operator."""
 
 
-def system_ipxe_files(directory: Path) -> dict[str, Path]:
-    return {name: directory / name for name in IPXE_PACKAGE_FILES if (directory / name).is_file()}
+def system_boot_files(ipxe_dir: Path) -> dict[str, Path]:
+    """The boot loaders of the system's packages that exist here, by the names they serve as."""
+    found = {name: ipxe_dir / name for name in IPXE_PACKAGE_FILES}
+    found.update(SYSLINUX_PACKAGE_FILES)
+    return {name: path for name, path in found.items() if path.is_file()}
+
+
+def _tree_signature(directory: Path, extra: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when any file below ``directory``, or ``extra``, is written or replaced."""
+    entries = []
+    for path in [*sorted(directory.rglob("*")), extra]:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            entries.append((str(path), info.st_mtime_ns, info.st_size))
+    return tuple(entries)
+
+
+def load_machines(config: Config, address: ServerAddress) -> tuple[Machines, InstalledStore]:
+    """The inventory of ``config`` loaded and checked, or a ConfigError listing every problem."""
+    assert config.inventory is not None
+    store = InstalledStore(config.state_dir / INSTALLED_FILE)
+    try:
+        setup = load_setup(config.inventory)
+        installed = store.load()
+    except InventoryError as exc:
+        raise ConfigError(f"inventory {config.inventory}:\n{exc}") from exc
+    return Machines(setup, address, installed), store
 
 
 @dataclass
@@ -52,6 +98,21 @@ class App:
     tftp: TftpServer | None = None
     http: HttpServer | None = None
     store: SqliteLeaseStore | None = None
+    machines: Machines | None = None
+    installed: InstalledStore | None = None
+    source: FileSource | None = None
+    _watcher: asyncio.Task[None] | None = None
+    _inventory_seen: tuple[tuple[str, int, int], ...] = ()
+
+    def server_ip(self) -> IPv4Address:
+        """The address replies and scripts name: the interface's, else next-server."""
+        server = self.interface.ip if self.interface is not None else self.config.next_server
+        if server is None:
+            raise ConfigError("boot replies and scripts name this server: give --interface")
+        return server
+
+    def server_address(self) -> ServerAddress:
+        return ServerAddress(str(self.server_ip()), self.config.http_port, self.config.tftp_port)
 
     def prepare(self) -> None:
         """Check what can be checked before binding anything; raise StartError or ConfigError."""
@@ -64,7 +125,17 @@ class App:
         if config.root is not None:
             if not config.root.is_dir():
                 raise ConfigError(f"root {config.root}: not a directory")
-            self.tree = FileTree(config.root, system_ipxe_files(config.ipxe_dir))
+            self.tree = FileTree(config.root, system_boot_files(config.ipxe_dir))
+            self.source = self.tree
+        if config.inventory is not None:
+            # Taken before loading: an edit made while loading is seen as a change later.
+            self._inventory_seen = _tree_signature(
+                config.inventory, config.state_dir / INSTALLED_FILE
+            )
+            self.machines, self.installed = load_machines(config, self.server_address())
+            if self.tree is not None:
+                self.source = BootFiles(self.tree, self.machines)
+        if self.tree is not None:
             self._check_boot_files(self.tree)
         if config.tftp_upload_dir is not None:
             self._check_upload_dir(config.tftp_upload_dir, config.root)
@@ -105,9 +176,14 @@ class App:
                 tree.resolve(path)
             except FileLookupError as exc:
                 raise ConfigError(f"{flag}: {exc}") from exc
+        has_default = self.machines is not None and (
+            self.machines.setup.inventory.default_profile is not None
+        )
         for boot_class, path in DEFAULT_BOOT.items():
             if boot_class in self.config.boot:
                 continue
+            if boot_class is BootClass.IPXE and has_default:
+                continue  # iPXE clients get their script from the default profile
             try:
                 tree.resolve(path)
             except FileLookupError:
@@ -132,11 +208,12 @@ class App:
         try:
             if config.dhcp_mode is not DhcpMode.OFF:
                 await self._start_dhcp()
-            if config.tftp and self.tree is not None:
-                self.tftp = TftpServer(self.tree, self._tftp_settings())
+            if config.tftp and self.source is not None:
+                self.tftp = TftpServer(self.source, self._tftp_settings())
                 await self.tftp.start(host, config.tftp_port)
-            if config.http and self.tree is not None:
-                self.http = HttpServer(self.tree)
+            if config.http and self.source is not None:
+                hook = self.mark_installed if self.machines is not None else None
+                self.http = HttpServer(self.source, installed=hook)
                 await self.http.start(host, config.http_port)
         except OSError as exc:
             await self.stop()
@@ -144,6 +221,9 @@ class App:
         except StoreError as exc:
             await self.stop()
             raise StartError(str(exc)) from exc
+        if self.machines is not None:
+            self._log_inventory("inventory-loaded")
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_inventory())
         log.info(
             format_event(
                 "ready",
@@ -156,6 +236,61 @@ class App:
                 root=str(config.root) if config.root else "-",
             )
         )
+
+    def mark_installed(self, mac: str) -> str | None:
+        """Boot-once: the machine with ``mac`` is installed. Its name, or None if unknown."""
+        assert self.machines is not None and self.installed is not None
+        machine = self.machines.setup.inventory.machine_by_mac(mac)
+        if machine is None:
+            return None
+        self.machines.installed = self.installed.mark(machine.name)
+        return machine.name
+
+    def _log_inventory(self, event: str) -> None:
+        assert self.machines is not None
+        inventory = self.machines.setup.inventory
+        log.info(
+            format_event(
+                event,
+                directory=str(self.machines.setup.directory),
+                machines=len(inventory.machines),
+                profiles=len(inventory.profiles),
+                groups=len(inventory.groups),
+                default=inventory.default_profile or "-",
+                installed=len(self.machines.installed),
+            )
+        )
+
+    async def _watch_inventory(self) -> None:
+        """Reload the inventory when a file in it changes; a bad edit keeps the last good one."""
+        assert self.machines is not None and self.installed is not None
+        assert self.config.inventory is not None
+        directory, loop = self.config.inventory, asyncio.get_running_loop()
+        marks, seen = self.installed.path, self._inventory_seen
+        while True:
+            await asyncio.sleep(INVENTORY_POLL)
+            now = await loop.run_in_executor(None, _tree_signature, directory, marks)
+            if now == seen:
+                continue
+            seen = now
+            try:
+                setup = await loop.run_in_executor(None, load_setup, directory)
+                installed = await loop.run_in_executor(None, self.installed.load)
+            except InventoryError as exc:
+                for problem in exc.problems:
+                    log.warning(format_event("inventory-error", problem=str(problem)))
+                log.warning(
+                    format_event(
+                        "inventory-kept",
+                        directory=str(directory),
+                        problems=len(exc.problems),
+                        hint="the last good inventory goes on serving",
+                    )
+                )
+                continue
+            self.machines.replace(setup)
+            self.machines.installed = installed
+            self._log_inventory("inventory-reloaded")
 
     def _tftp_settings(self) -> TftpSettings:
         config = self.config
@@ -175,20 +310,15 @@ class App:
             upload_max_size=config.tftp_upload_max_size,
         )
 
-    async def _start_dhcp(self) -> None:
+    def boot_policy(self) -> BootPolicy:
+        config = self.config
+        return BootPolicy(dict(config.boot), self.server_ip(), config.http_port, config.http)
+
+    def dhcp_service(self, book: LeaseBook, store: SqliteLeaseStore | None) -> DhcpService:
+        """The DHCP service as configured, over ``book``; ``explain`` uses it too."""
         config = self.config
         assert self.interface is not None
-        book = LeaseBook()
-        if config.dhcp_mode is DhcpMode.AUTHORITATIVE:
-            self.store = SqliteLeaseStore(config.state_dir / "leases.sqlite3")
-            await self.store.open()
-            book = LeaseBook(await self.store.load())
-        policy = BootPolicy(
-            boot=dict(config.boot),
-            server=self.interface.ip,
-            http_port=config.http_port,
-            http_enabled=config.http,
-        )
+        policy = self.boot_policy()
         settings = DhcpSettings(
             mode=config.dhcp_mode,
             server=self.interface.ip,
@@ -201,7 +331,17 @@ class App:
             domain_name=config.domain_name,
             log_dhcp=config.log_dhcp,
         )
-        service = DhcpService(settings, policy, book, self.store)
+        return DhcpService(settings, policy, book, store, machines=self.machines)
+
+    async def _start_dhcp(self) -> None:
+        config = self.config
+        assert self.interface is not None
+        book = LeaseBook()
+        if config.dhcp_mode is DhcpMode.AUTHORITATIVE:
+            self.store = SqliteLeaseStore(config.state_dir / "leases.sqlite3")
+            await self.store.open()
+            book = LeaseBook(await self.store.load())
+        service = self.dhcp_service(book, self.store)
         # PXE 2.1 §2.2.3: a proxyDHCP also answers the clients' requests at port 4011.
         ports: tuple[int, ...] = (DHCP_SERVER_PORT,)
         if config.dhcp_mode is DhcpMode.PROXY:
@@ -221,6 +361,11 @@ class App:
         return found
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         for service, counts in self.counters().items():
             summary = ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
             log.info(format_event("counters", service=service, counts=summary))

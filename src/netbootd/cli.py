@@ -17,9 +17,10 @@ from typing import Any, NoReturn
 import uvloop
 
 from netbootd import __version__
-from netbootd.app import StartError, serve
+from netbootd.app import App, StartError, serve
 from netbootd.boot.client import BootClass, BootKey, boot_key_name, parse_boot_key
 from netbootd.config import Config, ConfigError, build, load_file
+from netbootd.explain import ClientDescription, explain
 
 EXIT_BAD_USAGE = 2
 EXIT_CANNOT_RUN = 1
@@ -59,31 +60,18 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="netbootd",
-        description="Network-boot server: DHCPv4 or proxyDHCP, TFTP and HTTP for PXE, UEFI and "
-        "iPXE clients.",
-    )
-    parser.add_argument("--version", action="version", version=f"netbootd {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    serve_cmd = commands.add_parser(
-        "serve",
-        help="serve DHCP, TFTP and HTTP for network booting",
-        description="Serve DHCP (authoritative or proxy), TFTP and HTTP for network booting. "
-        "With neither --dhcp-range, --proxy nor --no-dhcp, netbootd runs as a proxyDHCP and "
-        "never hands out addresses.",
-    )
-    serve_cmd.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
-    serve_cmd.add_argument(
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    """The options that describe a server; serve, explain and installed all take them."""
+    parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
+    parser.add_argument(
         "--interface",
         metavar="IFACE",
         help="serve on this interface; its first IPv4 address is the server's",
     )
-    serve_cmd.add_argument(
+    parser.add_argument(
         "--root", type=Path, metavar="DIR", help="the files served over TFTP and HTTP"
     )
-    mode = serve_cmd.add_mutually_exclusive_group()
+    mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--dhcp-range",
         metavar="FIRST-LAST",
@@ -104,7 +92,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="turn DHCP off",
     )
-    serve_cmd.add_argument(
+    parser.add_argument(
         "--no-tftp",
         dest="tftp",
         action="store_const",
@@ -112,7 +100,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="turn TFTP off",
     )
-    serve_cmd.add_argument(
+    parser.add_argument(
         "--no-http",
         dest="http",
         action="store_const",
@@ -120,7 +108,7 @@ def make_parser() -> argparse.ArgumentParser:
         default=None,
         help="turn HTTP off",
     )
-    serve_cmd.add_argument(
+    parser.add_argument(
         "--boot",
         type=_boot_flag,
         action="append",
@@ -132,35 +120,97 @@ def make_parser() -> argparse.ArgumentParser:
         "relative to --root; for ipxe and the uefi-http classes it is handed out as an http:// "
         "URL to this server",
     )
-    serve_cmd.add_argument("--http-port", type=_port, metavar="PORT", help="HTTP port (default 80)")
-    serve_cmd.add_argument("--tftp-port", type=_port, metavar="PORT", help="TFTP port (default 69)")
-    serve_cmd.add_argument(
+    parser.add_argument("--http-port", type=_port, metavar="PORT", help="HTTP port (default 80)")
+    parser.add_argument("--tftp-port", type=_port, metavar="PORT", help="TFTP port (default 69)")
+    parser.add_argument(
         "--tftp-max-blksize",
         type=_count,
         metavar="OCTETS",
         help="the largest TFTP block a client may negotiate, 8-65464 (default: what fits the "
         "interface MTU unfragmented)",
     )
-    serve_cmd.add_argument(
+    parser.add_argument(
         "--tftp-single-port",
         action="store_const",
         const=True,
         default=None,
         help="answer every TFTP transfer from the TFTP port itself, for NAT and firewalls",
     )
-    serve_cmd.add_argument(
+    parser.add_argument(
         "--tftp-upload-dir",
         type=Path,
         metavar="DIR",
         help="accept TFTP writes of new files into DIR (default: read-only)",
     )
-    serve_cmd.add_argument("--state-dir", type=Path, metavar="DIR", help="leases and other state")
-    serve_cmd.add_argument(
+    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="leases and other state")
+    parser.add_argument(
+        "--inventory",
+        type=Path,
+        metavar="DIR",
+        help="machines, profiles and groups (TOML files); reloaded when they change",
+    )
+    parser.add_argument(
         "--log-dhcp",
         action="store_const",
         const=True,
         default=None,
         help="log every option received and sent",
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="netbootd",
+        description="Network-boot server: DHCPv4 or proxyDHCP, TFTP and HTTP for PXE, UEFI and "
+        "iPXE clients.",
+    )
+    parser.add_argument("--version", action="version", version=f"netbootd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="serve DHCP, TFTP and HTTP for network booting",
+        description="Serve DHCP (authoritative or proxy), TFTP and HTTP for network booting. "
+        "With neither --dhcp-range, --proxy nor --no-dhcp, netbootd runs as a proxyDHCP and "
+        "never hands out addresses.",
+    )
+    _server_options(serve_cmd)
+    explain_cmd = commands.add_parser(
+        "explain",
+        help="show what a client would get, and why, without any network",
+        description="Show which machine, group and profile a client matches and why, then the "
+        "exact DHCP reply it would get and the script or config it would be served. Takes the "
+        "same options as serve (or its --config) and a description of the client.",
+    )
+    _server_options(explain_cmd)
+    explain_cmd.add_argument("--mac", required=True, metavar="MAC", help="the client's MAC")
+    explain_cmd.add_argument(
+        "--arch",
+        type=_count,
+        metavar="N",
+        help="option 93 architecture type (0 BIOS, 7 UEFI x64, 16 UEFI HTTP x64, ...)",
+    )
+    explain_cmd.add_argument(
+        "--user-class", metavar="TEXT", help="option 77, such as iPXE (the client runs iPXE)"
+    )
+    explain_cmd.add_argument(
+        "--vendor-class",
+        metavar="TEXT",
+        help="option 60 (default: PXEClient:Arch:N, or HTTPClient:Arch:N for HTTP Boot types)",
+    )
+    explain_cmd.add_argument("--uuid", metavar="UUID", help="option 97, the machine UUID")
+    installed_cmd = commands.add_parser(
+        "installed",
+        help="mark a machine's boot-once profile done (or not, with --again)",
+        description="Mark the inventory machine with this MAC installed: from its next boot on "
+        "it gets its own profile instead of its boot-once one. A running server picks the "
+        "change up by itself.",
+    )
+    _server_options(installed_cmd)
+    installed_cmd.add_argument("--mac", required=True, metavar="MAC", help="the machine's MAC")
+    installed_cmd.add_argument(
+        "--again",
+        action="store_true",
+        help="undo: boot the boot-once profile again on the next boot",
     )
     return parser
 
@@ -186,6 +236,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "tftp-max-blksize": args.tftp_max_blksize,
         "tftp-single-port": args.tftp_single_port,
         "tftp-upload-dir": args.tftp_upload_dir,
+        "inventory": args.inventory,
         "boot": {boot_key_name(key): path for key, path in args.boot},
     }
     if flags["dhcp-range"] is not None or flags["proxy"] or flags["dhcp"] is False:
@@ -199,6 +250,44 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
     uvloop.run(coro)
 
 
+def _explain(config: Config, args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    client = ClientDescription(
+        mac=args.mac,
+        arch=args.arch,
+        user_class=args.user_class,
+        vendor_class=args.vendor_class,
+        uuid=args.uuid,
+    )
+    try:
+        report = uvloop.run(explain(config, client))
+    except ConfigError as exc:
+        print(f"netbootd: config error: {exc}", file=sys.stderr)
+        return EXIT_BAD_USAGE
+    sys.stdout.write(report)
+    return 0
+
+
+def _installed(config: Config, args: argparse.Namespace) -> int:
+    if config.inventory is None:
+        print("netbootd: config error: installed needs --inventory", file=sys.stderr)
+        return EXIT_BAD_USAGE
+    app = App(config)
+    try:
+        app.prepare()
+        machine = app.machines.setup.inventory.machine_by_mac(args.mac) if app.machines else None
+    except ConfigError as exc:
+        print(f"netbootd: config error: {exc}", file=sys.stderr)
+        return EXIT_BAD_USAGE
+    if machine is None or app.installed is None:
+        print(f"netbootd: no machine with MAC {args.mac} in the inventory", file=sys.stderr)
+        return EXIT_BAD_USAGE
+    app.installed.mark(machine.name, installed=not args.again)
+    state = "boots its boot-once profile again" if args.again else "is installed"
+    print(f"{machine.name} {state}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -210,6 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"netbootd: config error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE
+    if args.command == "explain":
+        return _explain(config, args)
+    if args.command == "installed":
+        return _installed(config, args)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
 
     try:

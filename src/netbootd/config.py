@@ -64,6 +64,8 @@ class Config(BaseModel):
     dns_servers: tuple[IPv4Address, ...] = ()
     domain_name: str | None = None
     ipxe_dir: Path = Path("/usr/lib/ipxe")
+    # Machines, profiles and groups (TOML files); reloaded when they change.
+    inventory: Path | None = None
     # TFTP. None for the block size cap means the interface MTU less the headers, so that no
     # block leaves as IP fragments (which some PXE ROMs cannot reassemble).
     tftp_max_blksize: int | None = Field(default=None, ge=8, le=65464)
@@ -106,6 +108,11 @@ class Config(BaseModel):
             raise ValueError("serving DHCP needs an interface (--interface)")
         if (self.tftp or self.http) and self.root is None:
             raise ValueError("serving files needs a root directory (--root)")
+        if self.inventory is not None and self.interface is None and self.next_server is None:
+            raise ValueError(
+                "an inventory needs --interface (or next-server): its scripts name this "
+                "server's address"
+            )
         return self
 
 
@@ -130,6 +137,7 @@ _FILE_KEYS = {
     "dns-servers",
     "domain-name",
     "ipxe-dir",
+    "inventory",
     "tftp-max-blksize",
     "tftp-max-windowsize",
     "tftp-timeout",

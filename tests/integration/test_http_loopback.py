@@ -154,7 +154,7 @@ class _SwappingTree(FileTree):
             self._swap(name)
         return found
 
-    def open(self, name: str) -> LocalFile:
+    def open(self, name: str, peer: str | None = None) -> LocalFile:
         self.checking = True
         try:
             opened = super().open(name)

@@ -620,7 +620,7 @@ class _GatedSource:
         self.tree = tree
         self.gate = threading.Event()
 
-    def open(self, name: str) -> OpenedFile:
+    def open(self, name: str, peer: str | None = None) -> OpenedFile:
         opened = self.tree.open(name)
         if name != "slow.bin":
             return opened

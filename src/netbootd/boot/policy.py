@@ -21,6 +21,12 @@ from netbootd.boot.client import (
     boot_key_name,
     is_http_arch,
 )
+from netbootd.boot.inventory import Method, Resolution
+from netbootd.boot.render import machine_prefix
+
+# The loaders of the pxelinux and GRUB methods, by the names they are served under.
+PXELINUX_LOADER = "pxelinux.0"
+GRUB_LOADER = "grubx64.efi"
 
 # The boot file each firmware class gets when the operator configured none: the iPXE builds of
 # the system's ipxe package, which then ask again as iPXE and get the iPXE script.
@@ -118,10 +124,13 @@ class BootPolicy:
             return self.boot[firmware], f"--boot {firmware}"
         return None
 
-    def decide(self, client: ClientInfo) -> BootDecision:
+    def decide(self, client: ClientInfo, resolution: Resolution | None = None) -> BootDecision:
+        """What ``client`` boots; ``resolution`` is the inventory's profile for it, if any."""
         if not client.wants_boot:
             return BootDecision(None, None, None, "not a network-boot client")
         firmware = firmware_class(client)
+        if resolution is not None:
+            return self._decide_profile(client, firmware, resolution)
         if client.is_ipxe:
             return self._decide_ipxe(client, firmware)
         only_http = takes_only_urls(client)
@@ -161,4 +170,44 @@ class BootPolicy:
             "default for ipxe (already running iPXE)",
             http=True,
             only_http=False,
+        )
+
+    def _decide_profile(
+        self, client: ClientInfo, firmware: BootClass | None, resolution: Resolution
+    ) -> BootDecision:
+        profile = resolution.profile
+        why = "; ".join(resolution.reasons) or f"profile {profile.name}"
+        only_http = takes_only_urls(client)
+        if profile.method is Method.PXELINUX:
+            # pxelinux is a BIOS program; an iPXE ROM on BIOS can load it too.
+            if firmware is not BootClass.BIOS:
+                return BootDecision(
+                    firmware, None, None, f"{why}; but pxelinux boots BIOS machines only"
+                )
+            return self._target(firmware, PXELINUX_LOADER, why, http=False, only_http=False)
+        if profile.method is Method.GRUB:
+            if firmware is None or firmware is BootClass.BIOS:
+                return BootDecision(
+                    firmware, None, None, f"{why}; but netbootd boots GRUB on UEFI only"
+                )
+            configured = self._configured(client, firmware)
+            loader = GRUB_LOADER
+            if configured is not None and not is_ipxe_binary(configured[0]):
+                loader = configured[0]
+            return self._target(firmware, loader, why, http=only_http, only_http=only_http)
+        # iPXE scripts, local disk and exit all go through iPXE, which runs the script.
+        if client.is_ipxe:
+            script = f"{machine_prefix(client.mac)}/boot.ipxe"
+            return self._target(BootClass.IPXE, script, why, http=True, only_http=False)
+        if firmware is None:
+            return BootDecision(None, None, None, f"{why}; but no iPXE for {client.arch_name}")
+        configured = self._configured(client, firmware)
+        if configured is not None and is_ipxe_binary(configured[0]):
+            loader = configured[0]
+        elif firmware in DEFAULT_BOOT:
+            loader = DEFAULT_BOOT[firmware]
+        else:
+            return BootDecision(firmware, None, None, f"{why}; but no iPXE build for {firmware}")
+        return self._target(
+            firmware, loader, f"{why}; iPXE first", http=only_http, only_http=only_http
         )

@@ -40,6 +40,7 @@ from netbootd.proto.dhcp import (
     pxe_vendor_options,
     u32_option,
 )
+from netbootd.services.machines import Machines
 from netbootd.store.leases import LeaseStore, StoreError
 
 log = logging.getLogger("netbootd.dhcp")
@@ -99,6 +100,7 @@ class DhcpService:
     store: LeaseStore | None = None
     clock: Callable[[], float] = time.time
     counters: Counter[str] = field(default_factory=Counter)
+    machines: Machines | None = None  # the inventory, when there is one
 
     async def handle(
         self, request: DhcpPacket, *, local_port: int, source: tuple[str, int]
@@ -331,7 +333,11 @@ class DhcpService:
         lease: bool = True,
     ) -> Reply | None:
         settings = self.settings
-        boot = self.policy.decide(client)
+        resolution = None
+        if self.machines is not None:
+            resolution = self.machines.resolve_client(client)
+            self.machines.remember(client, yiaddr if yiaddr != ZERO else None)
+        boot = self.policy.decide(client, resolution)
         outcome.boot = boot
         if settings.mode is DhcpMode.PROXY and boot.filename is None:
             outcome.decision, outcome.reason = "ignored", boot.reason

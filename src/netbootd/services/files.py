@@ -58,9 +58,12 @@ class OpenedFile(Protocol):
 
 
 class FileSource(Protocol):
-    """Where served files come from. ``open`` raises :class:`FileLookupError` subclasses."""
+    """Where served files come from. ``open`` raises :class:`FileLookupError` subclasses.
 
-    def open(self, name: str) -> OpenedFile: ...
+    ``peer`` is the requesting client's address, for sources that render per machine.
+    """
+
+    def open(self, name: str, peer: str | None = None) -> OpenedFile: ...
 
 
 class LocalFile:
@@ -159,7 +162,7 @@ class FileTree:
                 raise
             return _regular_file(os.path.realpath(extra))
 
-    def open(self, name: str) -> LocalFile:
+    def open(self, name: str, peer: str | None = None) -> LocalFile:
         path = self.resolve(name)
         # resolve() returned a path free of symlinks, so O_NOFOLLOW only trips if a link was
         # swapped in since. O_NONBLOCK keeps a FIFO swapped in from blocking open() forever.

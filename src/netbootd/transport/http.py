@@ -1,13 +1,14 @@
 """The HTTP edge: boot files, kernels, initrds and iPXE scripts over HTTP, with aiohttp.
 
-Every file is opened through the same confined :class:`~netbootd.services.files.FileTree` as
-TFTP, so the two services can never disagree about what is served. aiohttp's ``FileResponse``
-decides the status and headers: HEAD, Range (206/416), ETag/If-None-Match, Last-Modified. It is
-handed the descriptor's ``/proc/self/fd`` link rather than the path, so what it describes is the
-very file that was checked, even if the path is replaced meanwhile, and never a ``.gz`` or
-``.br`` sibling of it. The body goes out with ``sendfile(2)`` from that descriptor
-(:func:`send_file`): uvloop has no ``loop.sendfile``, and without one aiohttp would copy every
-file through Python. One log line per request, with the octets actually sent.
+Every file is opened through the same :class:`~netbootd.services.files.FileSource` as TFTP
+(the confined boot root, and the files rendered per machine), so the two services can never
+disagree about what is served. For a file of the root, aiohttp's ``FileResponse`` decides the
+status and headers: HEAD, Range (206/416), ETag/If-None-Match, Last-Modified. It is handed the
+descriptor's ``/proc/self/fd`` link rather than the path, so what it describes is the very file
+that was checked, even if the path is replaced meanwhile, and never a ``.gz`` or ``.br`` sibling
+of it. The body goes out with ``sendfile(2)`` from that descriptor (:func:`send_file`): uvloop
+has no ``loop.sendfile``, and without one aiohttp would copy every file through Python. One log
+line per request, with the octets actually sent.
 """
 
 from __future__ import annotations
@@ -25,12 +26,21 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from netbootd.logfmt import format_event
-from netbootd.services.files import AccessDenied, FileNotFound, FileTree, LocalFile
+from netbootd.services.files import (
+    AccessDenied,
+    FileLookupError,
+    FileNotFound,
+    FileSource,
+    LocalFile,
+)
 
 log = logging.getLogger("netbootd.http")
 
 _COUNTERS_KEY = web.AppKey("counters", Counter)
-_TREE_KEY = web.AppKey("tree", FileTree)
+_SOURCE_KEY: web.AppKey[FileSource] = web.AppKey("source")
+# Marks a machine installed (boot-once): called with the MAC, returns the machine's name or None.
+InstalledHook = Callable[[str], str | None]
+_INSTALLED_KEY: web.AppKey[InstalledHook] = web.AppKey("installed")
 
 
 class _AccessLog(AbstractAccessLogger):
@@ -174,28 +184,54 @@ class _OpenedFileResponse(web.FileResponse):
 
 async def _serve(request: web.Request) -> web.StreamResponse:
     counters = request.app[_COUNTERS_KEY]
-    tree = request.app[_TREE_KEY]
+    source = request.app[_SOURCE_KEY]
     name = request.match_info["name"]  # already percent-decoded by aiohttp
     loop = asyncio.get_running_loop()
     try:
-        opened = await loop.run_in_executor(None, tree.open, name)
+        opened = await loop.run_in_executor(None, source.open, name, request.remote)
     except FileNotFound:
         counters["not-found"] += 1
         raise web.HTTPNotFound(text=f"{name}: not found\n") from None
     except AccessDenied as exc:
         counters["forbidden"] += 1
         raise web.HTTPForbidden(text=f"{name}: {exc}\n") from None
+    except FileLookupError as exc:
+        counters["server-error"] += 1
+        log.warning(format_event("cannot-serve", path=name, error=exc.reason))
+        raise web.HTTPInternalServerError(text=f"{name}: {exc.reason}\n") from None
     counters["served"] += 1
-    return _OpenedFileResponse(opened, counters)
+    if isinstance(opened, LocalFile):
+        return _OpenedFileResponse(opened, counters)
+    try:  # rendered in memory: small, and already there
+        body = opened.read(0, opened.size)
+    finally:
+        opened.close()
+    return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
+async def _installed(request: web.Request) -> web.StreamResponse:
+    """``POST /m/<mac>/installed``: the installed system says its boot-once profile is done."""
+    mac = request.match_info["mac"].lower().replace("-", ":")
+    loop = asyncio.get_running_loop()
+    name = await loop.run_in_executor(None, request.app[_INSTALLED_KEY], mac)
+    if name is None:
+        raise web.HTTPNotFound(text=f"{mac}: no such machine in the inventory\n")
+    log.info(format_event("installed", machine=name, mac=mac, client=request.remote or "-"))
+    return web.Response(text=f"{name}: installed; it boots its own profile from now on\n")
 
 
 class HttpServer:
     """The HTTP file server on one address and port."""
 
-    def __init__(self, tree: FileTree) -> None:
+    def __init__(self, source: FileSource, installed: InstalledHook | None = None) -> None:
         app = web.Application()
-        app[_TREE_KEY] = tree
+        app[_SOURCE_KEY] = source
         app[_COUNTERS_KEY] = Counter()
+        if installed is not None:
+            app[_INSTALLED_KEY] = installed
+            app.router.add_post(
+                r"/m/{mac:[0-9a-fA-F]{2}(-[0-9a-fA-F]{2}){5}}/installed", _installed
+            )
         # add_get answers HEAD too; UEFI HTTP Boot sends a HEAD before its GET.
         app.router.add_get("/{name:.*}", _serve)
         self._app = app

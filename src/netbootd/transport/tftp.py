@@ -169,13 +169,13 @@ def _access_denied(exc: AccessDenied) -> _Refusal:
     )
 
 
-def _open_for(source: FileSource, request: ReadRequest) -> OpenedFile:
+def _open_for(source: FileSource, request: ReadRequest, peer: str) -> OpenedFile:
     """Open the requested file in the requested mode, or raise the :class:`_Refusal`.
 
     Blocking: runs in a worker thread.
     """
     try:
-        opened = source.open(request.filename)
+        opened = source.open(request.filename, peer)
     except FileNotFound:
         # pxelinux and GRUB probe many names that do not exist: routine, not a warning.
         raise _Refusal(
@@ -1131,7 +1131,9 @@ class TftpServer:
         key = (addr, request)
         loop = asyncio.get_running_loop()
         try:
-            opened = await loop.run_in_executor(self.executor, _open_for, self._source, request)
+            opened = await loop.run_in_executor(
+                self.executor, _open_for, self._source, request, addr[0]
+            )
         except _Refusal as refusal:
             self._release(key)
             self._refuse(

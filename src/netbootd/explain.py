@@ -1,0 +1,165 @@
+"""``netbootd explain``: what one client would get from this configuration, and why.
+
+Everything here is computed by the code that serves: the DHCP service answers a DISCOVER built
+from the description of the client, and the file source renders what the client would fetch
+next. Nothing is sent or received; no lease is written (the DHCP service runs over an empty,
+in-memory lease book, so in authoritative mode the address shown is the first free one).
+"""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from dataclasses import dataclass
+
+from netbootd.app import App
+from netbootd.boot.client import classify, is_http_arch
+from netbootd.boot.leases import LeaseBook
+from netbootd.boot.render import machine_prefix
+from netbootd.config import Config, ConfigError, DhcpMode
+from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, describe
+from netbootd.services.dhcp import DHCP_SERVER_PORT
+from netbootd.services.files import FileLookupError, FileSource
+from netbootd.services.machines import IPXE_SCRIPT, RenderFailed
+
+
+@dataclass(frozen=True, slots=True)
+class ClientDescription:
+    """The client to explain, as the operator describes it."""
+
+    mac: str
+    arch: int | None = None
+    user_class: str | None = None
+    vendor_class: str | None = None
+    uuid: str | None = None
+
+    def discover(self) -> DhcpPacket:
+        """The DISCOVER such a client sends."""
+        try:
+            chaddr = bytes.fromhex(self.mac.replace(":", "").replace("-", ""))
+        except ValueError:
+            chaddr = b""
+        if len(chaddr) != 6:
+            raise ConfigError(f"--mac {self.mac}: not a MAC address (like 52:54:00:12:34:56)")
+        options: list[tuple[int, bytes]] = [(Opt.MESSAGE_TYPE, bytes([MessageType.DISCOVER]))]
+        vendor = self.vendor_class
+        if vendor is None and self.arch is not None:
+            kind = "HTTPClient" if is_http_arch(self.arch) else "PXEClient"
+            vendor = f"{kind}:Arch:{self.arch:05d}:UNDI:003000"
+        if vendor:
+            options.append((Opt.VENDOR_CLASS, vendor.encode()))
+        if self.arch is not None:
+            if not 0 <= self.arch <= 0xFFFF:
+                raise ConfigError(f"--arch {self.arch}: option 93 holds 0-65535")
+            options.append((Opt.CLIENT_ARCH, self.arch.to_bytes(2, "big")))
+        if self.user_class:
+            options.append((Opt.USER_CLASS, self.user_class.encode()))
+        if self.uuid is not None:
+            try:
+                machine_uuid = uuid_module.UUID(self.uuid)
+            except ValueError:
+                raise ConfigError(f"--uuid {self.uuid}: not a UUID") from None
+            options.append((Opt.CLIENT_UUID, b"\x00" + machine_uuid.bytes_le))
+        return DhcpPacket(op=Op.BOOTREQUEST, xid=0x6E627464, chaddr=chaddr, options=tuple(options))
+
+
+def _section(title: str, lines: list[str]) -> list[str]:
+    return [title, *(f"  {line}" for line in lines), ""]
+
+
+async def explain(config: Config, client: ClientDescription) -> str:
+    """The report, as text: the match, the DHCP reply, then what the client fetches."""
+    app = App(config)
+    app.prepare()
+    packet = client.discover()
+    info = classify(packet)
+    out = _section(
+        "client",
+        [
+            f"mac {info.mac}, architecture {info.arch_name}"
+            + (f" ({info.arch})" if info.arch is not None else ""),
+            f"vendor class {info.vendor_class or '-'}, user class "
+            + (",".join(info.user_classes) or "-")
+            + (" (runs iPXE)" if info.is_ipxe else ""),
+            f"uuid {info.uuid or '-'}",
+        ],
+    )
+
+    resolution = app.machines.resolve_client(info) if app.machines is not None else None
+    if app.machines is None:
+        match = ["no inventory (--inventory): the built-in choices apply"]
+    elif resolution is None:
+        match = ["no machine, group or default profile matches: the built-in choices apply"]
+    else:
+        profile = resolution.profile
+        match = [
+            f"machine {resolution.machine.name} ({resolution.machine.source or '-'})"
+            if resolution.machine
+            else "machine: not described",
+            f"group {resolution.group.name} ({resolution.group.source or '-'})"
+            if resolution.group
+            else "group: none",
+            f"profile {profile.name} ({profile.source or '-'}), method {profile.method}",
+            *(f"why: {reason}" for reason in resolution.reasons),
+        ]
+    out += _section("match", match)
+
+    if config.dhcp_mode is DhcpMode.OFF or app.interface is None:
+        out += _section("DHCP reply", ["DHCP is off here; another server answers this client"])
+    else:
+        service = app.dhcp_service(LeaseBook(), None)
+        reply = await service.handle(
+            packet, local_port=DHCP_SERVER_PORT, source=("0.0.0.0", DHCP_SERVER_PORT + 1)
+        )
+        if reply is None:
+            counts = ", ".join(service.counters) or "-"
+            out += _section("DHCP reply", [f"none: netbootd stays silent ({counts})"])
+        else:
+            answer = reply.packet
+            file_name = answer.file.decode(errors="replace") if answer.file else "-"
+            kind = answer.message_type
+            lines = [
+                f"{kind.name if isinstance(kind, MessageType) else 'BOOTP reply'} "
+                f"to {reply.address}:{reply.port}",
+                f"yiaddr {answer.yiaddr}  siaddr {answer.siaddr}  file {file_name}",
+                *(line.strip() for line in describe(answer)),
+            ]
+            out += _section("DHCP reply", lines)
+    decision = app.boot_policy().decide(info, resolution)
+    out += _section(
+        "boot decision", [f"file {decision.filename or '-'}", f"why: {decision.reason}"]
+    )
+
+    out += _fetches(app, info.mac, decision.path, is_ipxe=info.is_ipxe)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _fetches(app: App, mac: str, path: str | None, *, is_ipxe: bool) -> list[str]:
+    """What the client fetches next, rendered exactly as TFTP and HTTP would serve it."""
+    source = app.source
+    if source is None or path is None or app.machines is None:
+        return []
+    wanted = path
+    name = path.rsplit("/", 1)[-1]
+    if name == "pxelinux.0":
+        wanted = f"pxelinux.cfg/01-{mac.lower().replace(':', '-')}"
+    elif not is_ipxe and not path.startswith("m/"):
+        # The firmware loads iPXE first, which asks again and gets its script.
+        wanted = f"{machine_prefix(mac)}/{IPXE_SCRIPT}"
+    elif not path.startswith("m/"):
+        return []  # a file of the root, not rendered
+    when = "" if is_ipxe or name == "pxelinux.0" else " (once iPXE runs and asks again)"
+    return _section(f"then {wanted}{when}", _show(source, wanted))
+
+
+def _show(source: FileSource, name: str) -> list[str]:
+    try:
+        opened = source.open(name, None)
+    except RenderFailed as exc:
+        return [f"cannot be rendered: {exc.reason}"]
+    except FileLookupError as exc:
+        return [f"not served: {exc.reason}"]
+    try:
+        data = opened.read(0, opened.size)
+    finally:
+        opened.close()
+    return data.decode(errors="replace").splitlines() or ["(empty)"]

@@ -1,0 +1,314 @@
+"""Per-machine boot: the live inventory, boot-once state, and the files rendered for each machine.
+
+:class:`Machines` holds the inventory currently in force (replaced whole on a good reload, kept on
+a bad one), the set of machines marked installed (boot-once), and a memory of what DHCP last
+learnt about each MAC (architecture, UUID, address), so that a TFTP or HTTP request, which
+carries none of that, renders the same answer DHCP decided. :class:`BootFiles` is the
+:class:`~netbootd.services.files.FileSource` that TFTP and HTTP serve: the rendered names below,
+and everything else from the boot root.
+
+Rendered names: ``pxelinux.cfg/01-<mac>`` (pxelinux's first lookup), ``...grub.cfg-01-<mac>``
+(GRUB's), ``m/<mac>/boot.ipxe`` (the iPXE script) and ``m/<mac>/<file>`` (a profile's own files:
+kickstart, preseed, cloud-init, Ignition), the MAC written with dashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import MappingProxyType
+
+from netbootd.boot.client import ClientInfo, arch_name
+from netbootd.boot.inventory import (
+    ClientFacts,
+    Inventory,
+    InventoryProblem,
+    Location,
+    Resolution,
+    resolve,
+)
+from netbootd.boot.render import (
+    BootContext,
+    Flavour,
+    RenderError,
+    boot_variables,
+    builtin_template,
+    compile_template,
+    method_flavour,
+    render_boot,
+    render_text,
+)
+from netbootd.services.files import (
+    FileLookupError,
+    FileNotFound,
+    FileSource,
+    OpenedFile,
+)
+from netbootd.services.inventory import InventoryError, load_inventory
+
+_MAC = r"(?P<mac>[0-9a-fA-F]{2}(?:-[0-9a-fA-F]{2}){5})"
+_PXELINUX_NAME = re.compile(rf"^/?pxelinux\.cfg/01-{_MAC}$")
+_GRUB_NAME = re.compile(rf"^/?(?:.*/)?grub\.cfg-01-{_MAC}$")
+_MACHINE_NAME = re.compile(rf"^/?m/{_MAC}/(?P<file>[^/]+)$")
+IPXE_SCRIPT = "boot.ipxe"
+
+# DHCP facts remembered per MAC; the oldest are forgotten past this many machines.
+_MEMORY_LIMIT = 65536
+
+
+class RenderFailed(FileLookupError):  # noqa: N818 - the vocabulary of FileLookupError
+    """A rendered file whose template failed; TFTP and HTTP answer with a server error."""
+
+
+@dataclass(frozen=True, slots=True)
+class BootSetup:
+    """One loaded and checked inventory directory: the inventory and its template texts."""
+
+    inventory: Inventory
+    templates: Mapping[str, str]  # by path relative to the directory
+    directory: Path
+
+
+def load_setup(directory: Path) -> BootSetup:
+    """Load the inventory and every template it names; raise :class:`InventoryError`."""
+    inventory = load_inventory(directory)
+    problems: list[InventoryProblem] = []
+    templates: dict[str, str] = {}
+    for profile in inventory.profiles.values():
+        named = [("template", profile.template)] if profile.template else []
+        named += [(f"files.{name}", path) for name, path in profile.files.items()]
+        for key, relative in named:
+            assert relative is not None
+            where = f"profiles.{profile.name}.{key}"
+            try:
+                text = (directory / relative).read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(InventoryProblem(profile.source, where, f"{relative}: {exc}"))
+                continue
+            try:
+                compile_template(text, relative)
+            except RenderError as exc:
+                # The template's own file and line say more than the profile's.
+                problems.append(InventoryProblem(None, where, str(exc)))
+                continue
+            templates[relative] = text
+        try:
+            compile_template(profile.cmdline, "cmdline")
+        except RenderError as exc:
+            problems.append(
+                InventoryProblem(profile.source, f"profiles.{profile.name}.cmdline", str(exc))
+            )
+    if problems:
+        raise InventoryError(tuple(problems))
+    return BootSetup(inventory, MappingProxyType(templates), directory)
+
+
+class InstalledStore:
+    """Which machines have finished their boot-once profile, in one small JSON file.
+
+    Written whole to a temporary file, synced, then renamed over the old one: a crash leaves
+    the old state or the new, never half of one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> frozenset[str]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return frozenset()
+        except (OSError, ValueError) as exc:
+            raise InventoryError(
+                (InventoryProblem(Location(str(self.path), 1), "installed", str(exc)),)
+            ) from None
+        names = data.get("installed", []) if isinstance(data, dict) else []
+        return frozenset(str(name) for name in names)
+
+    def mark(self, name: str, installed: bool = True) -> frozenset[str]:
+        names = set(self.load())
+        if installed:
+            names.add(name)
+        else:
+            names.discard(name)
+        self._write(frozenset(names))
+        return frozenset(names)
+
+    def _write(self, names: frozenset[str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".installed-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"installed": sorted(names)}, handle)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What DHCP last learnt about one MAC."""
+
+    arch: int | None = None
+    uuid: str | None = None
+    address: IPv4Address | None = None
+    efi: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAddress:
+    """Where templates tell machines to fetch things from."""
+
+    server: str
+    http_port: int = 80
+    tftp_port: int = 69
+
+
+class Machines:
+    """The inventory in force, boot-once state and DHCP memory; answers per-machine questions."""
+
+    def __init__(
+        self, setup: BootSetup, address: ServerAddress, installed: frozenset[str] = frozenset()
+    ) -> None:
+        self.setup = setup
+        self.address = address
+        self.installed = installed
+        self._seen: OrderedDict[str, Seen] = OrderedDict()
+
+    def replace(self, setup: BootSetup) -> None:
+        self.setup = setup
+
+    def remember(self, client: ClientInfo, address: IPv4Address | None) -> None:
+        mac = client.mac.lower()
+        previous = self._seen.pop(mac, None)
+        if address is None and previous is not None:
+            address = previous.address
+        efi = client.arch is not None and client.arch != 0
+        self._seen[mac] = Seen(client.arch, client.uuid, address, efi)
+        while len(self._seen) > _MEMORY_LIMIT:
+            self._seen.popitem(last=False)
+
+    def seen(self, mac: str) -> Seen:
+        return self._seen.get(mac.lower(), Seen())
+
+    def resolve(
+        self, mac: str, *, arch: int | None = None, uuid: str | None = None
+    ) -> Resolution | None:
+        facts = ClientFacts(mac=mac.lower(), uuid=uuid, arch=arch)
+        return resolve(self.setup.inventory, facts, installed=self.installed)
+
+    def resolve_client(self, client: ClientInfo) -> Resolution | None:
+        return self.resolve(client.mac, arch=client.arch, uuid=client.uuid)
+
+    def context(self, mac: str, resolution: Resolution, *, peer: str | None = None) -> BootContext:
+        seen = self.seen(mac)
+        machine = resolution.machine
+        ip = str(seen.address) if seen.address is not None else peer
+        if machine is not None and machine.address is not None:
+            ip = str(machine.address)
+        return BootContext(
+            mac=mac.lower(),
+            profile=resolution.profile,
+            server=self.address.server,
+            http_port=self.address.http_port,
+            tftp_port=self.address.tftp_port,
+            ip=ip,
+            uuid=seen.uuid or (machine.uuid if machine else None),
+            arch=arch_name(seen.arch),
+            platform="efi" if seen.efi else "pcbios",
+            machine=machine.name if machine else None,
+            hostname=machine.hostname if machine else None,
+            labels=machine.labels if machine else MappingProxyType({}),
+        )
+
+    def render(self, mac: str, flavour: Flavour, *, peer: str | None = None) -> str | None:
+        """The boot script or config for ``mac``, or None when the inventory has no say."""
+        seen = self.seen(mac)
+        resolution = self.resolve(mac, arch=seen.arch, uuid=seen.uuid)
+        if resolution is None:
+            return None
+        profile = resolution.profile
+        custom = None
+        if profile.template is not None and method_flavour(profile.method) is flavour:
+            custom = self.setup.templates[profile.template]
+        elif builtin_template(flavour, profile.method) is None:
+            return None  # a pxelinux config asked for by a machine whose profile is iPXE, say
+        context = self.context(mac, resolution, peer=peer)
+        return render_boot(context, flavour, custom)
+
+    def render_file(self, mac: str, name: str, *, peer: str | None = None) -> str | None:
+        """A profile's own file for ``mac`` (``preseed.cfg``, ``user-data``), or None."""
+        seen = self.seen(mac)
+        resolution = self.resolve(mac, arch=seen.arch, uuid=seen.uuid)
+        if resolution is None or name not in resolution.profile.files:
+            return None
+        relative = resolution.profile.files[name]
+        context = self.context(mac, resolution, peer=peer)
+        return render_text(self.setup.templates[relative], relative, boot_variables(context))
+
+
+class MemoryFile:
+    """An :class:`~netbootd.services.files.OpenedFile` over rendered bytes."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+    def close(self) -> None:
+        pass
+
+
+class BootFiles:
+    """What TFTP and HTTP serve: per-machine rendered files, then the boot root."""
+
+    def __init__(self, root: FileSource, machines: Machines) -> None:
+        self.root = root
+        self.machines = machines
+
+    def open(self, name: str, peer: str | None = None) -> OpenedFile:
+        try:
+            text = self._render(name, peer)
+        except RenderError as exc:
+            raise RenderFailed(f"template failed: {exc}") from None
+        if text is None:
+            return self.root.open(name, peer)
+        return MemoryFile(text.encode())
+
+    def _render(self, name: str, peer: str | None) -> str | None:
+        if match := _PXELINUX_NAME.match(name):
+            return self.machines.render(_mac(match), Flavour.PXELINUX, peer=peer)
+        if match := _GRUB_NAME.match(name):
+            return self.machines.render(_mac(match), Flavour.GRUB, peer=peer)
+        if match := _MACHINE_NAME.match(name):
+            mac, file = _mac(match), match["file"]
+            if file == IPXE_SCRIPT:
+                text = self.machines.render(mac, Flavour.IPXE, peer=peer)
+            else:
+                text = self.machines.render_file(mac, file, peer=peer)
+            if text is None:
+                raise FileNotFound("no profile for this machine, or no such file in it")
+            return text
+        return None
+
+
+def _mac(match: re.Match[str]) -> str:
+    return match["mac"].lower().replace("-", ":")

@@ -1,0 +1,182 @@
+"""Per-machine decisions and files: the policy with a profile, rendered names, boot-once state."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+from netbootd.boot.client import BootClass, classify
+from netbootd.boot.inventory import (
+    Group,
+    Inventory,
+    Machine,
+    Method,
+    Profile,
+    Resolution,
+    Selector,
+)
+from netbootd.boot.policy import BootPolicy
+from netbootd.proto.dhcp import MessageType
+from netbootd.services.files import FileNotFound, FileTree
+from netbootd.services.machines import (
+    BootFiles,
+    BootSetup,
+    InstalledStore,
+    Machines,
+    RenderFailed,
+    ServerAddress,
+)
+from tests.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
+
+SERVER = IPv4Address("10.99.0.1")
+WEB1 = "52:54:00:aa:bb:01"
+OTHER = "52:54:00:aa:bb:99"
+
+PROFILES = {
+    "web": Profile("web", Method.IPXE, kernel="vmlinuz", initrds=("initrd.img",), cmdline="web"),
+    "installer": Profile("installer", Method.IPXE, kernel="inst/linux", cmdline="auto"),
+    "disk": Profile("disk", Method.LOCAL),
+    "classic": Profile("classic", Method.PXELINUX, kernel="vmlinuz", cmdline="c={{ ip }}"),
+    "broken": Profile("broken", Method.IPXE, kernel="k", cmdline="{{ labels.rack }}"),
+    "grub": Profile("grub", Method.GRUB, kernel="vmlinuz", cmdline="g"),
+}
+
+
+def inventory(**machines: Machine) -> Inventory:
+    return Inventory(
+        profiles=PROFILES,
+        machines=machines,
+        groups={
+            "bios-lab": Group("bios-lab", Selector(archs=(BootClass.BIOS,)), "classic"),
+        },
+        default_profile="web",
+    )
+
+
+def machines(inv: Inventory, installed: frozenset[str] = frozenset()) -> Machines:
+    setup = BootSetup(inv, MappingProxyType({}), Path("/nonexistent"))
+    return Machines(setup, ServerAddress("10.99.0.1"), installed)
+
+
+def resolution(profile: str) -> Resolution:
+    return Resolution(PROFILES[profile], None, None, (f"profile {profile} by test",))
+
+
+POLICY = BootPolicy({}, SERVER, 80)
+
+
+@pytest.mark.parametrize(
+    ("vendor", "arch", "ipxe", "profile", "expected"),
+    [
+        (UEFI_PXE, 7, False, "web", "snponly.efi"),  # iPXE first
+        (BIOS_PXE, 0, False, "web", "undionly.kpxe"),
+        (UEFI_PXE, 7, True, "web", f"http://10.99.0.1/m/{WEB1.replace(':', '-')}/boot.ipxe"),
+        (UEFI_PXE, 7, True, "disk", f"http://10.99.0.1/m/{WEB1.replace(':', '-')}/boot.ipxe"),
+        (BIOS_PXE, 0, True, "classic", "pxelinux.0"),  # the iPXE ROM of a BIOS loads pxelinux
+        (UEFI_PXE, 7, False, "classic", None),  # pxelinux is BIOS-only
+        (UEFI_PXE, 7, False, "grub", "grubx64.efi"),
+        (UEFI_HTTP, 16, False, "grub", "http://10.99.0.1/grubx64.efi"),
+        (UEFI_HTTP, 16, False, "web", "http://10.99.0.1/snponly.efi"),
+    ],
+)
+def test_policy_follows_the_profile(
+    vendor: str, arch: int, ipxe: bool, profile: str, expected: str | None
+) -> None:
+    client = classify(
+        request(MessageType.DISCOVER, mac=WEB1, vendor_class=vendor, arch=arch, ipxe=ipxe)
+    )
+    decision = POLICY.decide(client, resolution(profile))
+    assert decision.filename == expected, decision.reason
+    assert decision.reason.startswith(f"profile {profile} by test")
+
+
+def test_configured_loaders_are_kept_where_they_fit() -> None:
+    client = classify(request(MessageType.DISCOVER, mac=WEB1, vendor_class=UEFI_PXE, arch=7))
+    policy = BootPolicy({BootClass.UEFI: "ipxe.efi"}, SERVER, 80)
+    assert policy.decide(client, resolution("web")).filename == "ipxe.efi"
+    shim = BootPolicy({BootClass.UEFI: "shimx64.efi"}, SERVER, 80)
+    assert shim.decide(client, resolution("grub")).filename == "shimx64.efi"
+    assert shim.decide(client, resolution("web")).filename == "snponly.efi"  # not iPXE
+
+
+def files(tmp_path: Path, inv: Inventory, installed: frozenset[str] = frozenset()) -> BootFiles:
+    root = tmp_path / "root"
+    (root / "pxelinux.cfg").mkdir(parents=True, exist_ok=True)
+    (root / "pxelinux.cfg" / "default").write_text("on disk\n")
+    return BootFiles(FileTree(root), machines(inv, installed))
+
+
+def read(source: BootFiles, name: str, peer: str | None = "10.99.0.50") -> str:
+    opened = source.open(name, peer)
+    try:
+        return opened.read(0, opened.size).decode()
+    finally:
+        opened.close()
+
+
+def test_script_per_machine(tmp_path: Path) -> None:
+    source = files(tmp_path, inventory(web1=Machine("web1", mac=WEB1, profile="web")))
+    script = read(source, "m/52-54-00-AA-BB-01/boot.ipxe")
+    assert script.startswith("#!ipxe\n# netbootd: machine web1, profile web\n")
+    assert "kernel http://10.99.0.1/vmlinuz initrd=initrd.img web\n" in script
+    # An undescribed machine gets the default profile.
+    assert "machine (undescribed) 52:54:00:aa:bb:99, profile web" in read(
+        source, "m/52-54-00-aa-bb-99/boot.ipxe"
+    )
+
+
+def test_pxelinux_name_renders_only_for_pxelinux_profiles(tmp_path: Path) -> None:
+    source = files(tmp_path, inventory(web1=Machine("web1", mac=WEB1, profile="classic")))
+    text = read(source, "pxelinux.cfg/01-52-54-00-aa-bb-01", peer="10.99.0.50")
+    assert "  APPEND c=10.99.0.50\n" in text  # the requester's address, without a lease
+    # Another machine's profile is iPXE: its pxelinux lookups fall through to the root.
+    with pytest.raises(FileNotFound):
+        source.open("pxelinux.cfg/01-52-54-00-aa-bb-99", None)
+    assert read(source, "pxelinux.cfg/default") == "on disk\n"
+
+
+def test_dhcp_memory_feeds_the_files(tmp_path: Path) -> None:
+    # An undescribed BIOS machine is in the bios-lab group, but only DHCP knows its
+    # architecture: the TFTP request for its config carries none.
+    source = files(tmp_path, inventory())
+    client = classify(request(MessageType.DISCOVER, mac=OTHER, vendor_class=BIOS_PXE, arch=0))
+    source.machines.remember(client, IPv4Address("10.99.0.123"))
+    text = read(source, "pxelinux.cfg/01-52-54-00-aa-bb-99", peer=None)
+    assert "APPEND c=10.99.0.123\n" in text
+
+
+def test_own_files_and_failures(tmp_path: Path) -> None:
+    inv = inventory(
+        web1=Machine("web1", mac=WEB1, profile="web"),
+        bad=Machine("bad", mac=OTHER, profile="broken"),
+    )
+    source = files(tmp_path, inv)
+    with pytest.raises(FileNotFound):
+        source.open("m/52-54-00-aa-bb-01/user-data", None)
+    with pytest.raises(RenderFailed, match="'dict object' has no attribute 'rack'"):
+        source.open("m/52-54-00-aa-bb-99/boot.ipxe", None)
+
+
+def test_boot_once(tmp_path: Path) -> None:
+    machine = Machine("web1", mac=WEB1, profile="disk", boot_once="installer")
+    before = read(files(tmp_path, inventory(web1=machine)), "m/52-54-00-aa-bb-01/boot.ipxe")
+    assert "profile installer" in before and "kernel http://10.99.0.1/inst/linux" in before
+    after = read(
+        files(tmp_path, inventory(web1=machine), frozenset({"web1"})),
+        "m/52-54-00-aa-bb-01/boot.ipxe",
+    )
+    assert "profile disk" in after and "sanboot --no-describe --drive 0x80" in after
+
+
+def test_installed_store(tmp_path: Path) -> None:
+    store = InstalledStore(tmp_path / "state" / "installed.json")
+    assert store.load() == frozenset()
+    assert store.mark("web1") == frozenset({"web1"})
+    assert store.mark("db1") == frozenset({"web1", "db1"})
+    assert store.mark("web1", installed=False) == frozenset({"db1"})
+    assert json.loads(store.path.read_text()) == {"installed": ["db1"]}
+    assert [p.name for p in store.path.parent.iterdir()] == ["installed.json"]  # no leftovers

@@ -1,0 +1,112 @@
+"""Rendering boot scripts and configs: built-in templates, the operator's own, and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from netbootd.boot.inventory import Method, Profile
+from netbootd.boot.render import (
+    BootContext,
+    Flavour,
+    RenderError,
+    compile_template,
+    render_boot,
+    render_text,
+)
+
+MAC = "52:54:00:aa:bb:01"
+
+
+def context(profile: Profile, **extra: object) -> BootContext:
+    return BootContext(mac=MAC, profile=profile, server="10.99.0.1", **extra)  # type: ignore[arg-type]
+
+
+INSTALLER = Profile(
+    name="installer",
+    method=Method.IPXE,
+    kernel="debian/linux",
+    initrds=("debian/initrd.gz", "http://mirror.example/firmware.cpio.gz"),
+    cmdline="console=ttyS0 hostname={{ hostname }} url={{ files_url }}/preseed.cfg",
+)
+
+
+def test_ipxe_script() -> None:
+    text = render_boot(context(INSTALLER, machine="web1", hostname="web1"), Flavour.IPXE)
+    assert text == (
+        "#!ipxe\n"
+        "# netbootd: machine web1, profile installer\n"
+        "kernel http://10.99.0.1/debian/linux initrd=initrd.gz initrd=firmware.cpio.gz "
+        "console=ttyS0 hostname=web1 url=http://10.99.0.1/m/52-54-00-aa-bb-01/preseed.cfg\n"
+        "initrd http://10.99.0.1/debian/initrd.gz\n"
+        "initrd http://mirror.example/firmware.cpio.gz\n"
+        "boot\n"
+    )
+
+
+def test_pxelinux_config_and_port() -> None:
+    profile = Profile(
+        name="p", method=Method.PXELINUX, kernel="vmlinuz", initrds=("a.img", "b.img"),
+        cmdline="ip={{ ip }} quiet",
+    )  # fmt: skip
+    text = render_boot(context(profile, ip="10.99.0.7", http_port=8080), Flavour.PXELINUX)
+    assert "  KERNEL vmlinuz\n  INITRD a.img,b.img\n  APPEND ip=10.99.0.7 quiet\n" in text
+    assert text.startswith("# netbootd: machine (undescribed) 52:54:00:aa:bb:01, profile p\n")
+    assert "DEFAULT netbootd\nPROMPT 0\n" in text
+
+
+def test_grub_config() -> None:
+    profile = Profile(name="g", method=Method.GRUB, kernel="k", initrds=("i",), cmdline="x=1")
+    text = render_boot(context(profile), Flavour.GRUB)
+    assert "  linux /k x=1\n  initrd /i\n}" in text
+
+
+@pytest.mark.parametrize(
+    ("flavour", "platform", "expected"),
+    [
+        (Flavour.IPXE, "pcbios", "sanboot --no-describe --drive 0x80 || exit\n"),
+        (Flavour.IPXE, "efi", "\nexit\n"),
+        (Flavour.PXELINUX, "pcbios", "LOCALBOOT 0\n"),
+        (Flavour.GRUB, "efi", "\nexit\n"),
+    ],
+)
+def test_local_disk(flavour: Flavour, platform: str, expected: str) -> None:
+    profile = Profile(name="disk", method=Method.LOCAL)
+    assert render_boot(context(profile, platform=platform), flavour).endswith(expected)
+
+
+def test_exit_everywhere() -> None:
+    profile = Profile(name="next", method=Method.EXIT)
+    assert render_boot(context(profile), Flavour.IPXE).endswith("\nexit\n")
+    assert render_boot(context(profile), Flavour.PXELINUX).endswith("LOCALBOOT -1\n")
+
+
+def test_method_without_a_form_in_that_flavour() -> None:
+    with pytest.raises(RenderError, match="method ipxe has no pxelinux form"):
+        render_boot(context(INSTALLER), Flavour.PXELINUX)
+
+
+def test_custom_template_sees_labels_and_cmdline() -> None:
+    custom = "#!ipxe\necho {{ labels.role }} {{ machine }}\nkernel {{ kernel_url }} {{ cmdline }}\n"
+    text = render_boot(
+        context(INSTALLER, machine="web1", labels={"role": "web"}), Flavour.IPXE, custom
+    )
+    assert text.splitlines()[1] == "echo web web1"
+    assert text.splitlines()[2].endswith("/m/52-54-00-aa-bb-01/preseed.cfg")
+
+
+def test_undefined_variable_is_an_error_with_its_template() -> None:
+    with pytest.raises(RenderError, match=r"^t.ipxe: 'rack' is undefined"):
+        render_text("#!ipxe\n{{ rack }}\n", "t.ipxe", {})
+    profile = Profile(name="p", method=Method.IPXE, kernel="k", cmdline="{{ labels.rack }}")
+    with pytest.raises(RenderError, match=r"profile p: cmdline"):
+        render_boot(context(profile), Flavour.IPXE)
+
+
+def test_syntax_error_names_the_line() -> None:
+    with pytest.raises(RenderError, match=r"^custom.ipxe:3: "):
+        compile_template("#!ipxe\nok\n{% if %}\n", "custom.ipxe")
+
+
+def test_sandbox_refuses_reaching_outside_the_variables() -> None:
+    with pytest.raises(RenderError, match="unsafe"):
+        render_text("{{ ''.__class__.__mro__ }}", "evil", {})
