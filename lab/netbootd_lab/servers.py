@@ -25,13 +25,15 @@ DHCP_PORT = 67
 TFTP_PORT = 69
 PXE_PORT = 4011
 
-_NETBOOTD_LINE = re.compile(r"netbootd\.(?P<svc>dhcp|tftp|http) (?P<msg>.*)$")
+# Service lines ("netbootd.tftp transfer ...") and the server's own ("netbootd ready ...",
+# svc "app").
+_NETBOOTD_LINE = re.compile(r" netbootd(?:\.(?P<svc>dhcp|tftp|http))? (?P<msg>.*)$")
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
 @dataclass(frozen=True)
 class LogEvent:
-    """One service event from a server log: ``svc`` is dhcp, tftp or http."""
+    """One event from a server log: ``svc`` is dhcp, tftp, http, or app for the server's own."""
 
     svc: str
     event: str
@@ -50,7 +52,7 @@ def parse_netbootd_line(line: str) -> LogEvent | None:
     event, fields = parse_event(match["msg"])
     stamp = _TIMESTAMP.match(line)
     when = datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S,%f") if stamp else None
-    return LogEvent(match["svc"], event, fields, line.rstrip("\n"), when)
+    return LogEvent(match["svc"] or "app", event, fields, line.rstrip("\n"), when)
 
 
 def parse_netbootd_log(text: str) -> list[LogEvent]:
