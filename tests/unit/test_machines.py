@@ -180,3 +180,31 @@ def test_installed_store(tmp_path: Path) -> None:
     assert store.mark("web1", installed=False) == frozenset({"db1"})
     assert json.loads(store.path.read_text()) == {"installed": ["db1"]}
     assert [p.name for p in store.path.parent.iterdir()] == ["installed.json"]  # no leftovers
+
+
+def test_later_lookups_render_for_the_machine_at_that_address(tmp_path: Path) -> None:
+    inv = inventory(
+        classic=Machine("classic", mac=OTHER, profile="classic"),
+        web1=Machine("web1", mac=WEB1, profile="web"),
+    )
+    source = files(tmp_path, inv)
+    for mac, address in ((OTHER, "10.99.0.123"), (WEB1, "10.99.0.124")):
+        client = classify(request(MessageType.REQUEST, mac=mac, vendor_class=BIOS_PXE, arch=0))
+        source.machines.remember(client, IPv4Address(address))
+    # 10.99.0.123 is 0A63007B.
+    for name in ("pxelinux.cfg/0A63007B", "pxelinux.cfg/0A63", "pxelinux.cfg/default"):
+        assert "APPEND c=10.99.0.123\n" in read(source, name, peer="10.99.0.123"), name
+    # A prefix of another address, a stranger, or a machine on iPXE: the root decides.
+    with pytest.raises(FileNotFound):
+        source.open("pxelinux.cfg/0B", "10.99.0.123")
+    assert read(source, "pxelinux.cfg/default", peer="10.99.0.200") == "on disk\n"
+    assert read(source, "pxelinux.cfg/default", peer="10.99.0.124") == "on disk\n"
+    assert read(source, "pxelinux.cfg/default", peer=None) == "on disk\n"
+
+
+def test_grub_lookups(tmp_path: Path) -> None:
+    source = files(tmp_path, inventory(g=Machine("g", mac=WEB1, profile="grub")))
+    client = classify(request(MessageType.REQUEST, mac=WEB1, vendor_class=UEFI_PXE, arch=7))
+    source.machines.remember(client, IPv4Address("10.99.0.5"))
+    for name in ("grub/grub.cfg-01-52-54-00-aa-bb-01", "grub/grub.cfg-0A630005", "grub.cfg"):
+        assert "  linux /vmlinuz g\n" in read(source, name, peer="10.99.0.5"), name

@@ -9,7 +9,10 @@ and everything else from the boot root.
 
 Rendered names: ``pxelinux.cfg/01-<mac>`` (pxelinux's first lookup), ``...grub.cfg-01-<mac>``
 (GRUB's), ``m/<mac>/boot.ipxe`` (the iPXE script) and ``m/<mac>/<file>`` (a profile's own files:
-kickstart, preseed, cloud-init, Ignition), the MAC written with dashes.
+kickstart, preseed, cloud-init, Ignition), the MAC written with dashes. pxelinux's and GRUB's
+later lookups (the address in hex, shortened, then ``default`` or plain ``grub.cfg``) are
+rendered for the machine DHCP gave the requesting address to; for anyone else, and for machines
+whose profile has no such form, every name falls through to the boot root.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ from netbootd.services.inventory import InventoryError, load_inventory
 _MAC = r"(?P<mac>[0-9a-fA-F]{2}(?:-[0-9a-fA-F]{2}){5})"
 _PXELINUX_NAME = re.compile(rf"^/?pxelinux\.cfg/01-{_MAC}$")
 _GRUB_NAME = re.compile(rf"^/?(?:.*/)?grub\.cfg-01-{_MAC}$")
+# The names tried after the MAC one, which say nothing of the machine but its address: the
+# address in upper-case hex, shortened a digit at a time, then the catch-all.
+_PXELINUX_BY_ADDRESS = re.compile(r"^/?pxelinux\.cfg/(?:(?P<hex>[0-9A-F]{1,8})|default)$")
+_GRUB_BY_ADDRESS = re.compile(r"^/?(?:.*/)?grub\.cfg(?:-(?P<hex>[0-9A-F]{1,8}))?$")
 _MACHINE_NAME = re.compile(rf"^/?m/{_MAC}/(?P<file>[^/]+)$")
 IPXE_SCRIPT = "boot.ipxe"
 
@@ -187,6 +194,7 @@ class Machines:
         self.address = address
         self.installed = installed
         self._seen: OrderedDict[str, Seen] = OrderedDict()
+        self._by_address: dict[str, str] = {}
 
     def replace(self, setup: BootSetup) -> None:
         self.setup = setup
@@ -198,8 +206,21 @@ class Machines:
             address = previous.address
         efi = client.arch is not None and client.arch != 0
         self._seen[mac] = Seen(client.arch, client.uuid, address, efi)
+        if address is not None:
+            self._by_address[str(address)] = mac
         while len(self._seen) > _MEMORY_LIMIT:
-            self._seen.popitem(last=False)
+            _, forgotten = self._seen.popitem(last=False)
+            if forgotten.address is not None:
+                self._by_address.pop(str(forgotten.address), None)
+
+    def mac_at(self, address: str | None) -> str | None:
+        """The MAC that DHCP last gave ``address`` to, if it still has it."""
+        if address is None:
+            return None
+        mac = self._by_address.get(address)
+        if mac is None or str(self.seen(mac).address) != address:
+            return None
+        return mac
 
     def seen(self, mac: str) -> Seen:
         return self._seen.get(mac.lower(), Seen())
@@ -298,6 +319,15 @@ class BootFiles:
             return self.machines.render(_mac(match), Flavour.PXELINUX, peer=peer)
         if match := _GRUB_NAME.match(name):
             return self.machines.render(_mac(match), Flavour.GRUB, peer=peer)
+        for pattern, flavour in (
+            (_PXELINUX_BY_ADDRESS, Flavour.PXELINUX),
+            (_GRUB_BY_ADDRESS, Flavour.GRUB),
+        ):
+            if match := pattern.match(name):
+                mac = self.machines.mac_at(peer)
+                if mac is None or not _names_address(match["hex"], peer):
+                    return None
+                return self.machines.render(mac, flavour, peer=peer)
         if match := _MACHINE_NAME.match(name):
             mac, file = _mac(match), match["file"]
             if file == IPXE_SCRIPT:
@@ -308,6 +338,16 @@ class BootFiles:
                 raise FileNotFound("no profile for this machine, or no such file in it")
             return text
         return None
+
+
+def _names_address(hex_prefix: str | None, peer: str | None) -> bool:
+    """Whether a hex name is a prefix of the requester's own address (no hex: the catch-all)."""
+    if hex_prefix is None:
+        return True
+    try:
+        return peer is not None and f"{int(IPv4Address(peer)):08X}".startswith(hex_prefix)
+    except ValueError:
+        return False
 
 
 def _mac(match: re.Match[str]) -> str:
