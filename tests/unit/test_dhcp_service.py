@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
 from netbootd.boot.client import BootClass
+from netbootd.boot.inventory import Inventory, Machine, Method, Profile
 from netbootd.boot.leases import AddressRange, Lease, LeaseBook, LeaseState
 from netbootd.boot.policy import BootPolicy
 from netbootd.config import DhcpMode
 from netbootd.logfmt import parse_event
 from netbootd.proto.dhcp import MessageType, Op, Opt, decode, decode_ip, decode_u32, encode
 from netbootd.services.dhcp import DhcpService, DhcpSettings, Reply
+from netbootd.services.machines import BootSetup, Machines, ServerAddress
 from netbootd.store.leases import StoreError
 from tests.dhcp_clients import BIOS_PXE, UEFI_HTTP, UUID_OPTION, request
 
@@ -299,3 +303,57 @@ async def test_transaction_log_line(caplog: pytest.LogCaptureFixture) -> None:
     assert fields["decision"] == "OFFER"
     assert fields["address"] == "10.99.0.100"
     assert fields["file"] == "pxelinux.0"
+
+
+def with_inventory(service: DhcpService, **machines: Machine) -> DhcpService:
+    profiles = {"p": Profile("p", Method.IPXE, kernel="vmlinuz")}
+    inventory = Inventory(profiles=profiles, machines=machines)
+    setup = BootSetup(inventory, MappingProxyType({}), Path("/nonexistent"))
+    service.machines = Machines(setup, ServerAddress(str(SERVER)))
+    return service
+
+
+RESERVED = IPv4Address("10.99.0.50")  # outside the pool, on the network
+
+
+async def test_reserved_address_and_host_name() -> None:
+    service, store, _ = make_service()
+    with_inventory(
+        service,
+        web1=Machine("web1", mac="52:54:00:12:34:56", address=RESERVED, hostname="web1"),
+    )
+    offer = await ask(service, request(MessageType.DISCOVER))
+    assert offer is not None and offer.packet.yiaddr == RESERVED
+    assert offer.packet.get(Opt.HOST_NAME) == b"web1"
+    ack = await ask(
+        service, request(MessageType.REQUEST, requested=str(RESERVED), server_id=str(SERVER))
+    )
+    assert mtype(ack) == MessageType.ACK and RESERVED in store.rows
+    # Asking for a pool address instead (an old lease, say) is answered with a NAK.
+    nak = await ask(service, request(MessageType.REQUEST, requested="10.99.0.100"))
+    assert mtype(nak) == MessageType.NAK
+    assert nak is not None and nak.packet.get(Opt.MESSAGE) == b"this client's address is 10.99.0.50"
+
+
+async def test_reserved_pool_address_is_never_given_to_others() -> None:
+    service, _, _ = make_service()
+    with_inventory(service, db1=Machine("db1", mac="52:54:00:00:00:77", address=POOL.first))
+    offer = await ask(service, request(MessageType.DISCOVER, requested=str(POOL.first)))
+    assert offer is not None and offer.packet.yiaddr == POOL.last
+    nak = await ask(service, request(MessageType.REQUEST, requested=str(POOL.first)))
+    assert nak is not None and nak.packet.get(Opt.MESSAGE) == b"10.99.0.100 is reserved for db1"
+
+
+async def test_reservation_leased_to_someone_else_falls_back_to_the_pool(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _, clock = make_service()
+    service.book.put(
+        Lease(RESERVED, "01:aa", "aa:aa:aa:aa:aa:aa", LeaseState.BOUND, clock.now + 60)
+    )
+    with_inventory(service, web1=Machine("web1", mac="52:54:00:12:34:56", address=RESERVED))
+    with caplog.at_level(logging.WARNING, logger="netbootd.dhcp"):
+        offer = await ask(service, request(MessageType.DISCOVER))
+    assert offer is not None and offer.packet.yiaddr == POOL.first
+    [(event, fields)] = [parse_event(r.getMessage()) for r in caplog.records]
+    assert event == "reservation-unusable" and fields["why"] == "leased to another client"

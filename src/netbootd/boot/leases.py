@@ -8,7 +8,7 @@ last (see ``netbootd.store``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
@@ -127,20 +127,27 @@ def choose_address(
     client: str,
     now: float,
     requested: IPv4Address | None = None,
+    *,
+    reserved: Container[IPv4Address] = frozenset(),
 ) -> IPv4Address | None:
     """Pick an address in ``pool`` for ``client``, or None when the pool is full.
 
     RFC 2131 §4.3.1 order: the client's current or previous address, then the address it asked
-    for (option 50) if free, then any free address.
+    for (option 50) if free, then any free address. ``reserved`` addresses belong to other
+    machines and are never picked.
     """
+
+    def free(address: IPv4Address) -> bool:
+        return address not in reserved and book.holder(address, now) is None
+
     previous = book.of(client)
-    if previous is not None and previous.address in pool:
+    if previous is not None and previous.address in pool and previous.address not in reserved:
         owner = book.holder(previous.address, now)
         if owner is None or owner == client:
             return previous.address
-    if requested is not None and requested in pool and book.holder(requested, now) is None:
+    if requested is not None and requested in pool and free(requested):
         return requested
     for address in pool:
-        if book.holder(address, now) is None:
+        if free(address):
             return address
     return None

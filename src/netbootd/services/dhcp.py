@@ -172,7 +172,10 @@ class DhcpService:
         now = self.clock()
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
         requested = _opt_ip(request, Opt.REQUESTED_IP)
-        address = choose_address(pool, self.book, key, now, requested)
+        address = self._reservation(request, key, now)
+        if address is None:
+            reserved = self.machines.reserved if self.machines is not None else frozenset()
+            address = choose_address(pool, self.book, key, now, requested, reserved=reserved)
         if address is None:
             outcome.reason = f"pool {pool} is full"
             log.warning(format_event("pool-full", pool=str(pool), mac=request.mac))
@@ -214,8 +217,15 @@ class DhcpService:
         if address not in self.settings.network:
             return self._nak(request, client, outcome, f"{address} is not on this network")
         pool = self.settings.pool
-        if pool is None or address not in pool:
-            return self._nak(request, client, outcome, f"{address} is not in the pool")
+        reservation = self._reservation(request, key, now)
+        if reservation is not None and address != reservation:
+            return self._nak(request, client, outcome, f"this client's address is {reservation}")
+        if reservation is None:
+            if pool is None or address not in pool:
+                return self._nak(request, client, outcome, f"{address} is not in the pool")
+            owner = self.machines.reserved_for(address) if self.machines is not None else None
+            if owner is not None:
+                return self._nak(request, client, outcome, f"{address} is reserved for {owner}")
         holder = self.book.holder(address, now)
         if holder is not None and holder != key:
             return self._nak(request, client, outcome, f"{address} is held by another client")
@@ -235,6 +245,28 @@ class DhcpService:
                 return None
         outcome.decision, outcome.address = "ACK", address
         return self._reply(request, client, MessageType.ACK, outcome, yiaddr=address)
+
+    def _reservation(self, request: DhcpPacket, key: str, now: float) -> IPv4Address | None:
+        """The address the inventory reserves for this client, when it can have it now."""
+        if self.machines is None:
+            return None
+        found = self.machines.reservation(request.mac)
+        if found is None:
+            return None
+        name, address = found
+        problem = None
+        if address not in self.settings.network or address == self.settings.server:
+            problem = f"not a client address of {self.settings.network}"
+        elif self.book.holder(address, now) not in (None, key):
+            problem = "leased to another client"
+        if problem is not None:
+            log.warning(
+                format_event(
+                    "reservation-unusable", machine=name, address=str(address), why=problem
+                )
+            )
+            return None
+        return address
 
     async def _release(self, request: DhcpPacket, outcome: _Outcome) -> None:
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
@@ -361,6 +393,12 @@ class DhcpService:
                 options.append((Opt.DNS, ips_option(settings.dns_servers)))
             if settings.domain_name:
                 options.append((Opt.DOMAIN_NAME, settings.domain_name.encode()))
+            machine = None
+            if self.machines is not None:
+                machine = self.machines.setup.inventory.machine_by_mac(request.mac)
+            if machine is not None and machine.hostname:
+                # The inventory's name for the machine, as dhcpd's use-host-decl-names.
+                options.append((Opt.HOST_NAME, machine.hostname.encode()))
         if client.is_http_boot:
             # UEFI HTTP Boot (UEFI 2.x §24.7) only takes offers that say HTTPClient.
             options.append((Opt.VENDOR_CLASS, b"HTTPClient"))

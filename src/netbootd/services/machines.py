@@ -195,9 +195,26 @@ class Machines:
         self.installed = installed
         self._seen: OrderedDict[str, Seen] = OrderedDict()
         self._by_address: dict[str, str] = {}
+        self._reserved = _reservations(setup.inventory)
 
     def replace(self, setup: BootSetup) -> None:
         self.setup = setup
+        self._reserved = _reservations(setup.inventory)
+
+    def reservation(self, mac: str) -> tuple[str, IPv4Address] | None:
+        """The machine with ``mac`` and the address reserved for it, if it has one."""
+        machine = self.setup.inventory.machine_by_mac(mac)
+        if machine is None or machine.address is None:
+            return None
+        return machine.name, machine.address
+
+    def reserved_for(self, address: IPv4Address) -> str | None:
+        """The machine ``address`` is reserved for, if any."""
+        return self._reserved.get(address)
+
+    @property
+    def reserved(self) -> Mapping[IPv4Address, str]:
+        return self._reserved
 
     def remember(self, client: ClientInfo, address: IPv4Address | None) -> None:
         mac = client.mac.lower()
@@ -338,6 +355,12 @@ class BootFiles:
                 raise FileNotFound("no profile for this machine, or no such file in it")
             return text
         return None
+
+
+def _reservations(inventory: Inventory) -> Mapping[IPv4Address, str]:
+    return MappingProxyType(
+        {m.address: m.name for m in inventory.machines.values() if m.address is not None}
+    )
 
 
 def _names_address(hex_prefix: str | None, peer: str | None) -> bool:
