@@ -179,3 +179,28 @@ def test_explain_without_any_network(tmp_path: Path) -> None:
     bad = _explain(tmp_path, "--mac", "52:54:00:zz")
     assert bad.returncode == 2
     assert "--mac 52:54:00:zz: not a MAC address" in bad.stderr
+
+
+def test_installed_command(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "inventory" / "site.toml").write_text(SITE)
+    argv = [sys.executable, "-m", "netbootd", "installed", "--interface", "lo", "--no-dhcp"]
+    argv += ["--root", str(tmp_path / "root"), "--inventory", str(tmp_path / "inventory")]
+    argv += ["--state-dir", str(tmp_path / "state")]
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*argv, *extra], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    marks = tmp_path / "state" / "installed.json"
+    done = run("--mac", MAC.upper())
+    assert (done.returncode, done.stdout) == (0, "web1 is installed\n")
+    assert '"web1"' in marks.read_text()
+    again = run("--mac", MAC, "--again")
+    assert (again.returncode, again.stdout) == (0, "web1 boots its boot-once profile again\n")
+    assert '"web1"' not in marks.read_text()
+    unknown = run("--mac", "52:54:00:00:00:00")
+    assert unknown.returncode == 2
+    assert "no machine with MAC 52:54:00:00:00:00" in unknown.stderr
