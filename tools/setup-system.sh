@@ -7,7 +7,7 @@ packages=(
   # firmware and virtual machines for the end-to-end boots (SeaBIOS comes with qemu)
   qemu-system-x86 qemu-utils ipxe-qemu ovmf
   # boot payloads: iPXE builds, pxelinux, a kernel, a static busybox for a tiny initramfs
-  ipxe pxelinux syslinux-common linux-image-amd64 busybox-static cpio
+  ipxe pxelinux syslinux-common grub-efi-amd64-signed linux-image-amd64 busybox-static cpio
   # network namespaces and real clients and peers
   iproute2 procps isc-dhcp-client dnsmasq-base atftp curl tcpdump
 )

@@ -13,6 +13,7 @@ from netbootd_lab.vm import OVMF_CODE, OVMF_VARS, QEMU
 # the root) and the iPXE ROMs QEMU puts on its cards (ipxe-qemu).
 IPXE_DIR = Path("/usr/lib/ipxe")
 IPXE_ROMS = (Path("/usr/lib/ipxe/qemu/pxe-e1000.rom"), Path("/usr/lib/ipxe/qemu/efi-e1000.rom"))
+GRUB_NET_EFI = Path("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed")
 
 
 def missing_prerequisites() -> list[str]:
@@ -50,6 +51,7 @@ def missing_firmware_prerequisites() -> list[str]:
         (IPXE_DIR / "undionly.kpxe", "ipxe"),
         (IPXE_DIR / "snponly.efi", "ipxe"),
         *((rom, "ipxe-qemu") for rom in IPXE_ROMS),
+        (GRUB_NET_EFI, "grub-efi-amd64-signed"),
     ):
         if not path.is_file():
             reasons.append(f"{path} missing (package {package})")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
 from netbootd.boot.leases import LeaseBook
-from netbootd.boot.policy import DEFAULT_BOOT, BootPolicy
+from netbootd.boot.policy import DEFAULT_BOOT, GRUB_LOADER, PXELINUX_LOADER, BootPolicy
 from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logfmt import format_event
 from netbootd.services.dhcp import DHCP_SERVER_PORT, PXE_PORT, DhcpService, DhcpSettings
@@ -39,10 +39,12 @@ log = logging.getLogger("netbootd")
 
 # The iPXE builds of the system's ipxe package, served under these names as if in the root.
 IPXE_PACKAGE_FILES = ("undionly.kpxe", "undionly.kkpxe", "ipxe.pxe", "snponly.efi", "ipxe.efi")
-# pxelinux from the system's pxelinux and syslinux-common packages, likewise.
-SYSLINUX_PACKAGE_FILES = {
-    "pxelinux.0": Path("/usr/lib/PXELINUX/pxelinux.0"),
+# pxelinux (pxelinux, syslinux-common) and GRUB's network build (grub-efi-amd64-signed) from the
+# system's packages, likewise, under the names the policy hands out.
+LOADER_PACKAGE_FILES = {
+    PXELINUX_LOADER: Path("/usr/lib/PXELINUX/pxelinux.0"),
     "ldlinux.c32": Path("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
+    GRUB_LOADER: Path("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"),
 }
 # How often the inventory directory is looked at for changes, in seconds.
 INVENTORY_POLL = 1.0
@@ -60,7 +62,7 @@ class StartError(Exception):
 def system_boot_files(ipxe_dir: Path) -> dict[str, Path]:
     """The boot loaders of the system's packages that exist here, by the names they serve as."""
     found = {name: ipxe_dir / name for name in IPXE_PACKAGE_FILES}
-    found.update(SYSLINUX_PACKAGE_FILES)
+    found.update(LOADER_PACKAGE_FILES)
     return {name: path for name, path in found.items() if path.is_file()}
 
 

@@ -5,6 +5,8 @@
   file and line, and booting goes on with the last good inventory. ``netbootd explain`` shows the
   same DHCP options and the same script the VM got.
 - A BIOS VM boots through a pxelinux config rendered for it: there is no pxelinux.cfg on disk.
+- A UEFI VM boots GRUB (Debian's signed network build, served from the package) through a
+  grub.cfg rendered for it.
 - Boot-once: the installer profile first; the callback from the installed system flips it; the
   second boot leaves iPXE for the local disk.
 """
@@ -20,8 +22,9 @@ import pytest
 
 from netbootd_lab import BOOT_MARKER, VM, Lab, LabError, NetbootdServer, start_vm
 from netbootd_lab.payload import CMDLINE_PREFIX, INITRD_NAME, KERNEL_NAME, pxelinux_config_lookups
+from netbootd_lab.prereq import GRUB_NET_EFI
 from netbootd_lab.servers import netbootd_executable
-from netbootd_lab.vm import MAC_PREFIX
+from netbootd_lab.vm import EDK2_NIC, MAC_PREFIX, Firmware, UefiBoot
 
 pytestmark = pytest.mark.e2e
 
@@ -171,6 +174,32 @@ def test_bios_pxelinux_config_rendered_per_machine(
     ]
     assert done, server.tftp_files()
     assert not (pxelinux_root / "pxelinux.cfg").exists()
+
+
+def test_uefi_grub_config_rendered_per_machine(
+    lab: Lab, ipxe_root: Path, tmp_path: Path, firmware_prerequisites: None
+) -> None:
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "site.toml").write_text(
+        _profile("grub", "grub", "netbootd.lab=rendered-grub")
+        + f'\n[machines.efi1]\nmac = "{_mac(1)}"\nhostname = "efi1"\nprofile = "grub"\n'
+    )
+    server = _server(lab, ipxe_root, inventory, tmp_path)
+    vm = start_vm(lab, firmware=Firmware.UEFI, nic=EDK2_NIC, uefi_boot=UefiBoot.PXE4)
+    args = _boot(vm)
+    assert "netbootd.lab=rendered-grub" in args and "netbootd.host=efi1" in args
+
+    done = {
+        ev.get("file").lstrip("/"): ev.get("bytes")
+        for ev in server.events()
+        if ev.svc == "tftp" and ev.get("result") == "ok"
+    }
+    assert done.get("grubx64.efi") == str(GRUB_NET_EFI.stat().st_size)  # from the package
+    configs = [name for name in done if name.endswith("grub.cfg") or "grub.cfg-" in name]
+    assert configs, done  # a grub.cfg that exists nowhere on disk
+    assert not list(ipxe_root.rglob("grub.cfg*"))
+    assert done.get(KERNEL_NAME) == str((ipxe_root / KERNEL_NAME).stat().st_size)
 
 
 def test_boot_once_then_local_disk(
