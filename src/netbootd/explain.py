@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from netbootd.app import App
 from netbootd.boot.client import classify, is_http_arch
+from netbootd.boot.inventory import Resolution
 from netbootd.boot.leases import LeaseBook
 from netbootd.boot.render import machine_prefix
 from netbootd.config import Config, ConfigError, DhcpMode
@@ -85,45 +86,8 @@ async def explain(config: Config, client: ClientDescription) -> str:
     )
 
     resolution = app.machines.resolve_client(info) if app.machines is not None else None
-    if app.machines is None:
-        match = ["no inventory (--inventory): the built-in choices apply"]
-    elif resolution is None:
-        match = ["no machine, group or default profile matches: the built-in choices apply"]
-    else:
-        profile = resolution.profile
-        match = [
-            f"machine {resolution.machine.name} ({resolution.machine.source or '-'})"
-            if resolution.machine
-            else "machine: not described",
-            f"group {resolution.group.name} ({resolution.group.source or '-'})"
-            if resolution.group
-            else "group: none",
-            f"profile {profile.name} ({profile.source or '-'}), method {profile.method}",
-            *(f"why: {reason}" for reason in resolution.reasons),
-        ]
-    out += _section("match", match)
-
-    if config.dhcp_mode is DhcpMode.OFF or app.interface is None:
-        out += _section("DHCP reply", ["DHCP is off here; another server answers this client"])
-    else:
-        service = app.dhcp_service(LeaseBook(), None)
-        reply = await service.handle(
-            packet, local_port=DHCP_SERVER_PORT, source=("0.0.0.0", DHCP_SERVER_PORT + 1)
-        )
-        if reply is None:
-            counts = ", ".join(service.counters) or "-"
-            out += _section("DHCP reply", [f"none: netbootd stays silent ({counts})"])
-        else:
-            answer = reply.packet
-            file_name = answer.file.decode(errors="replace") if answer.file else "-"
-            kind = answer.message_type
-            lines = [
-                f"{kind.name if isinstance(kind, MessageType) else 'BOOTP reply'} "
-                f"to {reply.address}:{reply.port}",
-                f"yiaddr {answer.yiaddr}  siaddr {answer.siaddr}  file {file_name}",
-                *(line.strip() for line in describe(answer)),
-            ]
-            out += _section("DHCP reply", lines)
+    out += _section("match", _match_lines(app, resolution))
+    out += _section("DHCP reply", await _reply_lines(app, packet))
     decision = app.boot_policy().decide(info, resolution)
     out += _section(
         "boot decision", [f"file {decision.filename or '-'}", f"why: {decision.reason}"]
@@ -131,6 +95,43 @@ async def explain(config: Config, client: ClientDescription) -> str:
 
     out += _fetches(app, info.mac, decision.path, is_ipxe=info.is_ipxe)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _match_lines(app: App, resolution: Resolution | None) -> list[str]:
+    if app.machines is None:
+        return ["no inventory (--inventory): the built-in choices apply"]
+    if resolution is None:
+        return ["no machine, group or default profile matches: the built-in choices apply"]
+    machine, group, profile = resolution.machine, resolution.group, resolution.profile
+    return [
+        f"machine {machine.name} ({machine.source or '-'})"
+        if machine
+        else "machine: not described",
+        f"group {group.name} ({group.source or '-'})" if group else "group: none",
+        f"profile {profile.name} ({profile.source or '-'}), method {profile.method}",
+        *(f"why: {reason}" for reason in resolution.reasons),
+    ]
+
+
+async def _reply_lines(app: App, packet: DhcpPacket) -> list[str]:
+    """The DHCP service's answer to ``packet``, over an empty lease book that nothing keeps."""
+    if app.config.dhcp_mode is DhcpMode.OFF or app.interface is None:
+        return ["DHCP is off here; another server answers this client"]
+    service = app.dhcp_service(LeaseBook(), None)
+    reply = await service.handle(
+        packet, local_port=DHCP_SERVER_PORT, source=("0.0.0.0", DHCP_SERVER_PORT + 1)
+    )
+    if reply is None:
+        return [f"none: netbootd stays silent ({', '.join(service.counters) or '-'})"]
+    answer = reply.packet
+    kind = answer.message_type
+    file_name = answer.file.decode(errors="replace") if answer.file else "-"
+    return [
+        f"{kind.name if isinstance(kind, MessageType) else 'BOOTP reply'} "
+        f"to {reply.address}:{reply.port}",
+        f"yiaddr {answer.yiaddr}  siaddr {answer.siaddr}  file {file_name}",
+        *(line.strip() for line in describe(answer)),
+    ]
 
 
 def _fetches(app: App, mac: str, path: str | None, *, is_ipxe: bool) -> list[str]:
