@@ -357,3 +357,26 @@ async def test_reservation_leased_to_someone_else_falls_back_to_the_pool(
     assert offer is not None and offer.packet.yiaddr == POOL.first
     [(event, fields)] = [parse_event(r.getMessage()) for r in caplog.records]
     assert event == "reservation-unusable" and fields["why"] == "leased to another client"
+
+
+async def test_firmware_and_ipxe_share_the_reservation_despite_client_ids() -> None:
+    # EDK2 and the iPXE it loads send different option 61 values: still one machine.
+    service, store, _ = make_service()
+    with_inventory(service, web1=Machine("web1", mac="52:54:00:12:34:56", address=RESERVED))
+    for client_id in (b"\x00firmware-uuid", b"\x01RT\x00\x124V"):
+        ack = await ask(
+            service,
+            request(
+                MessageType.REQUEST,
+                requested=str(RESERVED),
+                server_id=str(SERVER),
+                client_id=client_id,
+            ),
+        )
+        assert mtype(ack) == MessageType.ACK
+    assert list(store.rows) == [RESERVED]
+    # Another MAC asking for it is still refused.
+    other = await ask(
+        service, request(MessageType.REQUEST, mac="52:54:00:00:00:01", requested=str(RESERVED))
+    )
+    assert mtype(other) == MessageType.NAK

@@ -226,8 +226,7 @@ class DhcpService:
             owner = self.machines.reserved_for(address) if self.machines is not None else None
             if owner is not None:
                 return self._nak(request, client, outcome, f"{address} is reserved for {owner}")
-        holder = self.book.holder(address, now)
-        if holder is not None and holder != key:
+        if self._held_by_another_machine(address, request, key, now):
             return self._nak(request, client, outcome, f"{address} is held by another client")
         lease = Lease(address, key, request.mac, LeaseState.BOUND, now + self.settings.lease_time)
         previous = self.book.at(address)
@@ -246,6 +245,27 @@ class DhcpService:
         outcome.decision, outcome.address = "ACK", address
         return self._reply(request, client, MessageType.ACK, outcome, yiaddr=address)
 
+    def _held_by_another_machine(
+        self, address: IPv4Address, request: DhcpPacket, key: str, now: float
+    ) -> bool:
+        """Whether someone else holds ``address``.
+
+        A machine's firmware and the iPXE it loads often send different client identifiers
+        (option 61): for the address reserved for that machine, the same MAC is the same holder.
+        """
+        holder = self.book.holder(address, now)
+        if holder is None or holder == key:
+            return False
+        lease = self.book.at(address)
+        reserved = self.machines.reservation(request.mac) if self.machines is not None else None
+        return not (
+            holder != ""  # a quarantined address is nobody's
+            and reserved is not None
+            and reserved[1] == address
+            and lease is not None
+            and lease.mac.lower() == request.mac.lower()
+        )
+
     def _reservation(self, request: DhcpPacket, key: str, now: float) -> IPv4Address | None:
         """The address the inventory reserves for this client, when it can have it now."""
         if self.machines is None:
@@ -257,7 +277,7 @@ class DhcpService:
         problem = None
         if address not in self.settings.network or address == self.settings.server:
             problem = f"not a client address of {self.settings.network}"
-        elif self.book.holder(address, now) not in (None, key):
+        elif self._held_by_another_machine(address, request, key, now):
             problem = "leased to another client"
         if problem is not None:
             log.warning(
