@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -38,4 +40,53 @@ async def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path) -> None:
     store = SqliteLeaseStore(blocker / "leases.sqlite3")
     with pytest.raises(StoreError, match="cannot open lease database"):
         await store.open()
+    await store.close()
+
+
+async def test_group_commit_keeps_every_lease_and_the_order(tmp_path: Path) -> None:
+    path = tmp_path / "leases.sqlite3"
+    store = SqliteLeaseStore(path)
+    await store.open()
+    leases = [
+        Lease(
+            IPv4Address(f"10.0.{i // 250}.{i % 250 + 1}"),
+            f"mac:{i}",
+            f"m{i}",
+            LeaseState.BOUND,
+            9e9,
+        )
+        for i in range(300)
+    ]
+    gone = Lease(IPv4Address("10.9.0.1"), "mac:gone", "g", LeaseState.BOUND, 9e9)
+    moved = Lease(IPv4Address("10.9.0.2"), "mac:0", "m0", LeaseState.BOUND, 9e9)
+    # All at once, as a burst of clients would; a save then a delete of one address, and a
+    # client that moves, must land in the order they were asked for.
+    await asyncio.gather(
+        *(store.save(lease) for lease in leases),
+        store.save(gone),
+        store.delete(gone.address),
+        store.save(moved),
+    )
+    assert store.written == 303
+    assert store.batches < 100  # joined into few transactions
+    await store.close()
+
+    again = SqliteLeaseStore(path)
+    await again.open()
+    found = {lease.address: lease for lease in await again.load()}
+    await again.close()
+    assert gone.address not in found
+    assert found[moved.address] == moved and leases[0].address not in found
+    assert all(found[lease.address] == lease for lease in leases[1:])
+
+
+async def test_a_failed_batch_fails_every_caller_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "leases.sqlite3"
+    store = SqliteLeaseStore(path)
+    await store.open()
+    with sqlite3.connect(path) as other:  # the table goes from under the running store
+        other.execute("DROP TABLE leases")
+    lease = Lease(IPv4Address("10.0.0.1"), "mac:a", "a", LeaseState.BOUND, 9e9)
+    results = await asyncio.gather(store.save(lease), store.save(lease), return_exceptions=True)
+    assert all(isinstance(result, StoreError) for result in results), results
     await store.close()

@@ -1,7 +1,10 @@
 """Durable leases: the :class:`LeaseStore` interface and its SQLite implementation.
 
 A bound lease is on disk (committed, fsync'd by SQLite with ``synchronous=FULL``) before
-``save`` returns, so the DHCP service can send the ACK only after the lease is safe. SQLite calls
+``save`` returns, so the DHCP service can send the ACK only after the lease is safe. Writes are
+group-committed: every save or delete that arrives while a transaction is being written joins
+the next one, so a burst of clients costs one fsync per batch, not one per lease, and each
+caller still returns only once its own change is durable. Writes keep their order. SQLite calls
 run on one dedicated thread: they never block the event loop, and the connection is only ever
 used from that thread. Offers are not stored: they are promises of a few seconds.
 """
@@ -9,6 +12,7 @@ used from that thread. Offers are not stored: they are promises of a few seconds
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +59,10 @@ class SqliteLeaseStore:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netbootd-leases")
         self._db: sqlite3.Connection | None = None
+        self._pending: list[tuple[Lease | IPv4Address, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0  # transactions written
+        self.written = 0  # changes in them
 
     @property
     def path(self) -> Path:
@@ -95,41 +103,67 @@ class SqliteLeaseStore:
         return await self._run(work)
 
     async def save(self, lease: Lease) -> None:
-        def work() -> None:
-            db = self._conn()
-            with db:  # one transaction: the old row of this client goes, the new one comes
-                db.execute("BEGIN IMMEDIATE")
+        await self._queue_write(lease)
+
+    async def delete(self, address: IPv4Address) -> None:
+        await self._queue_write(address)
+
+    async def _queue_write(self, change: Lease | IPv4Address) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((change, done))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_batches())
+        await done
+
+    async def _write_batches(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            changes = [change for change, _ in batch]
+            try:
+                await self._run(functools.partial(self._write, changes))
+            except sqlite3.Error as exc:
+                error = StoreError(f"cannot write lease database {self._path}: {exc}")
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(error)
+                continue
+            self.batches += 1
+            self.written += len(batch)
+            for _, done in batch:
+                if not done.done():  # a caller that gave up (shutdown) is not told
+                    done.set_result(None)
+
+    def _write(self, changes: list[Lease | IPv4Address]) -> None:
+        """One transaction for the whole batch, in order. Runs on the store's thread."""
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            for change in changes:
+                if isinstance(change, IPv4Address):
+                    db.execute("DELETE FROM leases WHERE address = ?", (int(change),))
+                    continue
+                # The old row of this client goes, the new one comes.
                 db.execute(
                     "DELETE FROM leases WHERE client = ? AND address != ? AND state != ?",
-                    (lease.client, int(lease.address), LeaseState.DECLINED.value),
+                    (change.client, int(change.address), LeaseState.DECLINED.value),
                 )
                 db.execute(
                     "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?)",
                     (
-                        int(lease.address),
-                        lease.client,
-                        lease.mac,
-                        lease.state.value,
-                        lease.expires,
-                        lease.hostname,
+                        int(change.address),
+                        change.client,
+                        change.mac,
+                        change.state.value,
+                        change.expires,
+                        change.hostname,
                     ),
                 )
 
-        try:
-            await self._run(work)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write lease database {self._path}: {exc}") from exc
-
-    async def delete(self, address: IPv4Address) -> None:
-        def work() -> None:
-            self._conn().execute("DELETE FROM leases WHERE address = ?", (int(address),))
-
-        try:
-            await self._run(work)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write lease database {self._path}: {exc}") from exc
-
     async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)  # what is queued lands
+
         def work() -> None:
             if self._db is not None:
                 self._db.close()
