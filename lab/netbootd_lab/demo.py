@@ -146,8 +146,14 @@ class Demo:
 
     def report_transfer(self, event: LogEvent, seconds: float, progress: BootProgress) -> None:
         name = (event.get("file") or event.get("path")).lstrip("/")
-        result = event.get("result") or event.get("status")
-        ok = result in ("ok", "200", "206")
+        if event.svc == "http":
+            result = event.get("status")
+            ok = result in ("200", "206") and event.get("result", "ok") == "ok"
+        else:
+            result = event.get("result")
+            ok = result == "ok"
+            if result == "size query":
+                return  # the firmware only asked how big the file is
         text = Text(f"{name:<34}", "cyan" if ok else "dim")
         if ok:
             size = int(event.get("bytes") or 0)
