@@ -65,3 +65,24 @@ def test_book_moves_client_and_forgets_old_address() -> None:
     assert book.of("x") is None
     assert book.remove(B) == bound(B, "y")
     assert len(book) == 0
+
+
+def test_first_free_goes_on_from_the_last_one_and_wraps() -> None:
+    pool = AddressRange.parse("10.1.0.1-10.1.19.136")  # 5000 addresses
+    book = LeaseBook()
+    given = []
+    for n in range(3000):
+        address = choose_address(pool, book, f"c{n}", 0.0)
+        assert address is not None
+        book.put(Lease(address, f"c{n}", "m", LeaseState.OFFERED, 60.0))
+        given.append(address)
+    assert len(set(given)) == 3000 and given[0] == pool.first
+    # Asking again without taking it gives the same address: the search is not consumed.
+    probe = choose_address(pool, book, "new", 0.0)
+    assert probe == choose_address(pool, book, "new", 0.0) == IPv4Address("10.1.11.185")
+    # The offers lapse; the next free one is found, then the search wraps to the start.
+    book.put(Lease(IPv4Address("10.1.19.136"), "last", "m", LeaseState.BOUND, 9e9))
+    assert choose_address(pool, book, "late", 120.0) == probe
+    for address in list(pool)[3000:4999]:
+        book.put(Lease(address, str(address), "m", LeaseState.BOUND, 9e9))
+    assert choose_address(pool, book, "late", 120.0) == pool.first

@@ -81,6 +81,7 @@ class LeaseBook:
     def __init__(self, leases: Iterable[Lease] = ()) -> None:
         self._by_address: dict[IPv4Address, Lease] = {}
         self._by_client: dict[str, Lease] = {}
+        self._cursor: dict[AddressRange, int] = {}  # where each pool's last free address was
         for lease in leases:
             self.put(lease)
 
@@ -113,6 +114,28 @@ class LeaseBook:
         self._by_address[lease.address] = lease
         if lease.state is not LeaseState.DECLINED:
             self._by_client[lease.client] = lease
+
+    def first_free(
+        self,
+        pool: AddressRange,
+        now: float,
+        reserved: Container[IPv4Address] = frozenset(),
+    ) -> IPv4Address | None:
+        """A free address of ``pool``, or None when there is none.
+
+        The search goes on from the address it found last time, wrapping round: a burst of new
+        clients costs a probe or two each, not a walk over every address already leased (a
+        pool of thousands would make each DISCOVER a scan of all of them).
+        """
+        size, first = pool.size, int(pool.first)
+        start = self._cursor.get(pool, 0) % size
+        for step in range(size):
+            offset = (start + step) % size
+            address = IPv4Address(first + offset)
+            if address not in reserved and self.holder(address, now) is None:
+                self._cursor[pool] = offset
+                return address
+        return None
 
     def remove(self, address: IPv4Address) -> Lease | None:
         lease = self._by_address.pop(address, None)
@@ -147,7 +170,4 @@ def choose_address(
             return previous.address
     if requested is not None and requested in pool and free(requested):
         return requested
-    for address in pool:
-        if free(address):
-            return address
-    return None
+    return book.first_free(pool, now, reserved)
