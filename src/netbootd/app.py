@@ -19,6 +19,7 @@ from netbootd.boot.leases import LeaseBook
 from netbootd.boot.policy import DEFAULT_BOOT, GRUB_LOADER, PXELINUX_LOADER, BootPolicy
 from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logfmt import format_event
+from netbootd.proto.dhcp import Opt, ips_option
 from netbootd.services.dhcp import DHCP_SERVER_PORT, PXE_PORT, DhcpService, DhcpSettings
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.inventory import InventoryError
@@ -77,6 +78,18 @@ def _tree_signature(directory: Path, extra: Path) -> tuple[tuple[str, int, int],
         if path.is_file():
             entries.append((str(path), info.st_mtime_ns, info.st_size))
     return tuple(entries)
+
+
+def _more_options(config: Config) -> dict[int, bytes]:
+    """NTP, MTU, root path, then the operator's own options, which win."""
+    found: dict[int, bytes] = {}
+    if config.ntp_servers:
+        found[Opt.NTP] = ips_option(config.ntp_servers)
+    if config.mtu is not None:
+        found[Opt.MTU] = config.mtu.to_bytes(2, "big")
+    if config.root_path:
+        found[Opt.ROOT_PATH] = config.root_path.encode()
+    return found | config.dhcp_options
 
 
 def load_machines(config: Config, address: ServerAddress) -> tuple[Machines, InstalledStore]:
@@ -331,6 +344,7 @@ class App:
             routers=config.routers,
             dns_servers=config.dns_servers,
             domain_name=config.domain_name,
+            options=tuple(_more_options(config).items()),
             log_dhcp=config.log_dhcp,
         )
         return DhcpService(settings, policy, book, store, machines=self.machines)

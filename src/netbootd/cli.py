@@ -21,6 +21,7 @@ from netbootd.app import App, StartError, serve
 from netbootd.boot.client import BootClass, BootKey, boot_key_name, parse_boot_key
 from netbootd.config import Config, ConfigError, build, load_file
 from netbootd.explain import ClientDescription, explain
+from netbootd.proto.dhcp import encode_option_value, option_code
 
 EXIT_BAD_USAGE = 2
 EXIT_CANNOT_RUN = 1
@@ -39,6 +40,17 @@ def _boot_flag(text: str) -> tuple[BootKey, str]:
         raise argparse.ArgumentTypeError(f"expected CLASS=PATH, got {text!r}")
     try:
         return parse_boot_key(name), path.strip()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _dhcp_option_flag(text: str) -> tuple[int, bytes]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected OPTION=VALUE, got {text!r}")
+    try:
+        code = option_code(name)
+        return code, encode_option_value(code, value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -144,6 +156,15 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--state-dir", type=Path, metavar="DIR", help="leases and other state")
     parser.add_argument(
+        "--dhcp-option",
+        type=_dhcp_option_flag,
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="a DHCP option for every client, by code or name (42=10.0.0.1, "
+        "vendor-encapsulated-options=hex:01:04:...); repeatable; replaces a built-in one",
+    )
+    parser.add_argument(
         "--inventory",
         type=Path,
         metavar="DIR",
@@ -237,6 +258,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "tftp-single-port": args.tftp_single_port,
         "tftp-upload-dir": args.tftp_upload_dir,
         "inventory": args.inventory,
+        "dhcp-options": dict(args.dhcp_option),
         "boot": {boot_key_name(key): path for key, path in args.boot},
     }
     if flags["dhcp-range"] is not None or flags["proxy"] or flags["dhcp"] is False:

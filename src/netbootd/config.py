@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from netbootd.boot.client import BootClass, BootKey, parse_boot_key
 from netbootd.boot.leases import AddressRange
+from netbootd.proto.dhcp import encode_option_value, option_code
 
 
 class ConfigError(Exception):
@@ -63,6 +64,11 @@ class Config(BaseModel):
     routers: tuple[IPv4Address, ...] = ()
     dns_servers: tuple[IPv4Address, ...] = ()
     domain_name: str | None = None
+    ntp_servers: tuple[IPv4Address, ...] = ()
+    mtu: int | None = Field(default=None, ge=68, le=65535)
+    root_path: str | None = None  # option 17, for NFS-root diskless clients
+    # Any option by code, wire-encoded from its typed or hex value; replaces a built-in one.
+    dhcp_options: dict[int, bytes] = Field(default_factory=dict)
     ipxe_dir: Path = Path("/usr/lib/ipxe")
     # Machines, profiles and groups (TOML files); reloaded when they change.
     inventory: Path | None = None
@@ -77,6 +83,20 @@ class Config(BaseModel):
     tftp_single_port: bool = False
     tftp_upload_dir: Path | None = None
     tftp_upload_max_size: int = Field(default=1024**3, ge=0)
+
+    @field_validator("dhcp_options", mode="before")
+    @classmethod
+    def _encode_options(cls, value: object) -> object:
+        if not isinstance(value, Mapping):
+            return value
+        encoded: dict[int, bytes] = {}
+        for key, raw in value.items():
+            if isinstance(raw, bytes):
+                encoded[int(key)] = raw
+                continue
+            code = option_code(key)
+            encoded[code] = encode_option_value(code, raw)
+        return encoded
 
     @field_validator("boot", mode="before")
     @classmethod
@@ -136,6 +156,10 @@ _FILE_KEYS = {
     "routers",
     "dns-servers",
     "domain-name",
+    "ntp-servers",
+    "mtu",
+    "root-path",
+    "dhcp-options",
     "ipxe-dir",
     "inventory",
     "tftp-max-blksize",
@@ -193,8 +217,8 @@ def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: st
     """
     merged: dict[str, Any] = dict(file_settings)
     for key, value in flags.items():
-        if key == "boot":
-            merged["boot"] = {**merged.get("boot", {}), **value}
+        if key in ("boot", "dhcp-options"):
+            merged[key] = {**merged.get(key, {}), **value}
         elif value is not None:
             merged[key] = value
     try:

@@ -241,3 +241,37 @@ def test_no_http_refuses_an_http_architecture(tmp_path: Path) -> None:
     App(
         parse("--no-dhcp", "--no-http", "--root", str(tmp_path), "--boot", "arch-11=x.efi")
     ).prepare()
+
+
+def test_dhcp_options_from_file_and_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "site.toml"
+    conf.write_text(
+        'ntp-servers = ["10.99.0.1"]\nmtu = 1400\nroot-path = "10.99.0.1:/srv/root"\n'
+        '[dhcp-options]\nvendor-encapsulated-options = "hex:01:01:07"\n150 = "10.99.0.5"\n'
+    )
+    config = parse(
+        "--no-dhcp", "--root", str(tmp_path), "--config", str(conf),
+        "--dhcp-option", "42=10.99.0.2", "--dhcp-option", "150=10.99.0.6",
+    )  # fmt: skip
+    assert config.ntp_servers == (IPv4Address("10.99.0.1"),)
+    assert (config.mtu, config.root_path) == (1400, "10.99.0.1:/srv/root")
+    assert config.dhcp_options == {
+        43: bytes([1, 1, 7]),
+        150: bytes([10, 99, 0, 6]),  # the flag wins over the file
+        42: bytes([10, 99, 0, 2]),
+    }
+
+
+def test_bad_dhcp_options_name_their_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        make_parser().parse_args(["serve", "--dhcp-option", "26=huge"])
+    assert exit_info.value.code == 2
+    assert "option 26 (interface-mtu) wants a number 0-65535, not 'huge'" in (
+        capsys.readouterr().err
+    )
+    conf = tmp_path / "site.toml"
+    conf.write_text('[dhcp-options]\nntp-servers = "not an address"\n')
+    with pytest.raises(ConfigError, match=r"site\.toml: dhcp-options: option 42 \(ntp-servers\)"):
+        parse("--no-dhcp", "--root", str(tmp_path), "--config", str(conf))

@@ -8,6 +8,7 @@ in a DISCOVER.
 from __future__ import annotations
 
 import dataclasses
+import re
 from ipaddress import IPv4Address
 
 import pytest
@@ -33,9 +34,11 @@ from netbootd.proto.dhcp import (
     decode_u32,
     describe,
     encode,
+    encode_option_value,
     encode_suboptions,
     ip_option,
     ips_option,
+    option_code,
     option_name,
     parameter_list,
     pxe_vendor_options,
@@ -777,3 +780,47 @@ def test_mutated_encodings(packet: DhcpPacket, data: st.DataObject) -> None:
         wire[where] = data.draw(st.integers(0, 255))
     _check_junk(bytes(wire))
     _check_junk(bytes(wire[: data.draw(st.integers(0, len(wire)))]))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "wire"),
+    [
+        ("42", "10.0.0.1, 10.0.0.2", bytes([10, 0, 0, 1, 10, 0, 0, 2])),
+        ("ntp-servers", ["10.0.0.1"], bytes([10, 0, 0, 1])),
+        ("mtu", 1400, (1400).to_bytes(2, "big")),
+        ("interface-mtu", "1400", (1400).to_bytes(2, "big")),
+        ("root-path", "10.0.0.5:/srv/nfsroot", b"10.0.0.5:/srv/nfsroot"),
+        ("ip-forwarding", False, b"\x00"),
+        ("lease-time", 7200, (7200).to_bytes(4, "big")),
+        ("vendor-encapsulated-options", "hex:01:04:de:ad:be:ef", bytes.fromhex("0104deadbeef")),
+        ("224", "hex:", b""),
+        ("subnet-mask", "hex:ff:ff:ff:00", bytes([255, 255, 255, 0])),
+    ],
+)
+def test_configured_option_values(name: str, value: object, wire: bytes) -> None:
+    assert encode_option_value(option_code(name), value) == wire
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("42", "10.0.0.300", "option 42 (ntp-servers) wants IPv4 addresses"),
+        ("26", 70000, "option 26 (interface-mtu) wants a number 0-65535"),
+        ("26", True, "wants a number"),
+        ("224", "plain text", "option 224 (option-224) wants hex octets"),
+        ("43", "hex:zz", "is not hex octets"),
+        ("15", "", "needs a value"),
+    ],
+)
+def test_configured_option_errors(name: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        encode_option_value(option_code(name), value)
+
+
+def test_option_names_and_codes() -> None:
+    assert option_code("routers") == option_code("router") == 3
+    assert option_code(" 150 ") == 150
+    with pytest.raises(ValueError, match="outside 1-254"):
+        option_code("255")
+    with pytest.raises(ValueError, match="unknown option name 'nope'"):
+        option_code("nope")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -380,3 +381,35 @@ async def test_firmware_and_ipxe_share_the_reservation_despite_client_ids() -> N
         service, request(MessageType.REQUEST, mac="52:54:00:00:00:01", requested=str(RESERVED))
     )
     assert mtype(other) == MessageType.NAK
+
+
+async def test_parameter_request_list_and_the_operators_options() -> None:
+    service, _, _ = make_service(bios="pxelinux.0")
+    service.settings = dataclasses.replace(
+        service.settings,
+        dns_servers=(SERVER,),
+        options=((42, SERVER.packed), (Opt.VENDOR_SPECIFIC, b"\x06\x01\x03")),
+    )
+    asks = bytes([Opt.DNS, Opt.SUBNET_MASK, 42, Opt.VENDOR_SPECIFIC])
+    offer = await ask(
+        service,
+        request(
+            MessageType.DISCOVER,
+            vendor_class=BIOS_PXE,
+            arch=0,
+            extra=((Opt.PARAMETER_LIST, asks),),
+        ),
+    )
+    assert offer is not None
+    codes = [code for code, _ in offer.packet.options]
+    assert Opt.ROUTER not in codes and Opt.BROADCAST not in codes  # not asked for
+    assert codes.index(Opt.DNS) < codes.index(42)  # in the client's order of preference
+    assert offer.packet.get(42) == SERVER.packed
+    # The operator's option 43 replaces the built-in PXE one, in its place.
+    assert offer.packet.get(Opt.VENDOR_SPECIFIC) == b"\x06\x01\x03"
+    assert codes.count(Opt.VENDOR_SPECIFIC) == 1
+    assert offer.packet.get(Opt.BOOTFILE) == b"pxelinux.0"  # what makes it boot is always sent
+
+    plain = await ask(service, request(MessageType.DISCOVER, mac="52:54:00:00:00:09"))
+    assert plain is not None  # no list: everything
+    assert {Opt.ROUTER, Opt.DNS, Opt.BROADCAST, 42} <= {code for code, _ in plain.packet.options}

@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "services": {"proto", "boot", "store", "services", "config", "logfmt"},
     "transport": {"proto", "boot", "store", "services", "transport", "config", "logfmt"},
     "api": {"proto", "boot", "store", "services", "api", "config", "logfmt"},
-    "config": {"boot", "config"},
+    "config": {"proto", "boot", "config"},
     "logfmt": {"logfmt"},
 }
 FORBIDDEN_IN_PURE = {"socket", "asyncio", "logging", "sqlite3", "aiohttp", "time", "os"}

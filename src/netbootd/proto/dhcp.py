@@ -16,7 +16,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from ipaddress import IPv4Address
 
 __all__ = [
@@ -256,6 +256,122 @@ _NAMES: dict[int, str] = {
 def option_name(code: int) -> str:
     """Return a short kebab-case name for an option code, ``option-<n>`` when unknown."""
     return _NAMES.get(code, f"option-{code}")
+
+
+# Names an operator may also use: dhcpd's and dnsmasq's spellings of a few common options.
+_ALIASES: dict[str, int] = {
+    "routers": 3,
+    "domain-name-servers": 6,
+    "dns-server": 6,
+    "ntp-server": 42,
+    "vendor-encapsulated-options": 43,
+    "mtu": 26,
+}
+
+
+class OptionKind(StrEnum):
+    """How an option's value is written in the configuration (RFC 2132 types)."""
+
+    IP = "ip"  # one IPv4 address
+    IPS = "ips"  # a list of IPv4 addresses
+    U8 = "u8"
+    U16 = "u16"
+    U32 = "u32"
+    FLAG = "flag"  # 0 or 1
+    TEXT = "text"
+    HEX = "hex"  # raw octets, written hex:01:02:ff
+
+
+_KINDS: dict[int, OptionKind] = {
+    **dict.fromkeys((1, 16, 28, 32, 54, 118), OptionKind.IP),
+    **dict.fromkeys(
+        (3, 4, 5, 6, 7, 8, 9, 10, 11, 41, 42, 44, 45, 48, 49, 65, *range(68, 77), 150),
+        OptionKind.IPS,
+    ),
+    **dict.fromkeys((23, 37, 46), OptionKind.U8),
+    **dict.fromkeys((13, 22, 26, 57), OptionKind.U16),
+    **dict.fromkeys((24, 35, 38, 51, 58, 59, 211), OptionKind.U32),
+    **dict.fromkeys((19, 20, 27, 29, 30, 31, 34, 36, 39), OptionKind.FLAG),
+    **dict.fromkeys((12, 14, 15, 17, 18, 40, 47, 56, 62, 64, 66, 67, 209, 210), OptionKind.TEXT),
+}
+
+
+def option_code(name: str | int) -> int:
+    """The code of an option written as a number (``42``) or a name (``ntp-servers``)."""
+    if isinstance(name, int) or name.strip().isdigit():
+        code = int(name)
+        if not 1 <= code <= 254:
+            raise ValueError(f"option code {code} is outside 1-254")
+        return code
+    wanted = name.strip().lower()
+    for code, known in _NAMES.items():
+        if known == wanted and 1 <= code <= 254:
+            return code
+    if wanted in _ALIASES:
+        return _ALIASES[wanted]
+    raise ValueError(f"unknown option name {name!r} (use its code, like 42)")
+
+
+def option_kind(code: int) -> OptionKind:
+    """How option ``code`` is written; HEX for codes without a known type."""
+    return _KINDS.get(code, OptionKind.HEX)
+
+
+def encode_option_value(code: int, value: object) -> bytes:
+    """An option's wire value from a configured value, typed by the option's kind.
+
+    Any option may be given raw as ``hex:01:02:ff``; an option of no known type must be.
+    Raises ValueError saying what was expected.
+    """
+    if isinstance(value, str) and value.startswith("hex:"):
+        try:
+            return bytes.fromhex(value[4:].replace(":", "").replace(" ", ""))
+        except ValueError:
+            raise ValueError(f"{value!r} is not hex octets like hex:01:02:ff") from None
+    kind = option_kind(code)
+    try:
+        encoded = _encode_kind(kind, value)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(
+            f"option {code} ({option_name(code)}) wants {_EXPECTED[kind]}, not {value!r}"
+        ) from None
+    if not encoded and kind is not OptionKind.HEX:
+        raise ValueError(f"option {code} ({option_name(code)}) needs a value")
+    return encoded
+
+
+_EXPECTED = {
+    OptionKind.IP: "an IPv4 address",
+    OptionKind.IPS: "IPv4 addresses (a list, or comma-separated)",
+    OptionKind.U8: "a number 0-255",
+    OptionKind.U16: "a number 0-65535",
+    OptionKind.U32: "a number 0-4294967295",
+    OptionKind.FLAG: "true or false",
+    OptionKind.TEXT: "text",
+    OptionKind.HEX: "hex octets like hex:01:02:ff",
+}
+
+
+def _encode_kind(kind: OptionKind, value: object) -> bytes:
+    if kind is OptionKind.IP:
+        return IPv4Address(str(value).strip()).packed
+    if kind is OptionKind.IPS:
+        items = value if isinstance(value, list | tuple) else str(value).split(",")
+        return b"".join(IPv4Address(str(item).strip()).packed for item in items)
+    if kind in (OptionKind.U8, OptionKind.U16, OptionKind.U32):
+        if isinstance(value, bool):
+            raise TypeError("a number, not a flag")
+        size = {OptionKind.U8: 1, OptionKind.U16: 2, OptionKind.U32: 4}[kind]
+        return int(str(value).strip()).to_bytes(size, "big")
+    if kind is OptionKind.FLAG:
+        if isinstance(value, bool) or value in (0, 1):
+            return bytes([int(bool(value))])
+        raise ValueError("not a flag")
+    if kind is OptionKind.TEXT:
+        if not isinstance(value, str):
+            raise TypeError("not text")
+        return value.encode()
+    raise ValueError("raw octets must be written hex:...")
 
 
 # --------------------------------------------------------------------------------------------

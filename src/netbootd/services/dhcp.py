@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -71,6 +71,9 @@ class DhcpSettings:
     routers: tuple[IPv4Address, ...] = ()
     dns_servers: tuple[IPv4Address, ...] = ()
     domain_name: str | None = None
+    # More options for every client (NTP, MTU, root path, the operator's own), wire-encoded;
+    # each replaces a built-in option of its code.
+    options: tuple[tuple[int, bytes], ...] = ()
     log_dhcp: bool = False
 
 
@@ -406,19 +409,7 @@ class DhcpService:
             ]
         if settings.mode is DhcpMode.AUTHORITATIVE:
             options.append((Opt.SUBNET_MASK, ip_option(settings.network.netmask)))
-            options.append((Opt.BROADCAST, ip_option(settings.network.broadcast_address)))
-            if settings.routers:
-                options.append((Opt.ROUTER, ips_option(settings.routers)))
-            if settings.dns_servers:
-                options.append((Opt.DNS, ips_option(settings.dns_servers)))
-            if settings.domain_name:
-                options.append((Opt.DOMAIN_NAME, settings.domain_name.encode()))
-            machine = None
-            if self.machines is not None:
-                machine = self.machines.setup.inventory.machine_by_mac(request.mac)
-            if machine is not None and machine.hostname:
-                # The inventory's name for the machine, as dhcpd's use-host-decl-names.
-                options.append((Opt.HOST_NAME, machine.hostname.encode()))
+            options += self._network_options(request)
         if client.is_http_boot:
             # UEFI HTTP Boot (UEFI 2.x §24.7) only takes offers that say HTTPClient.
             options.append((Opt.VENDOR_CLASS, b"HTTPClient"))
@@ -437,6 +428,11 @@ class DhcpService:
             options.append((Opt.BOOTFILE, name))
             # The file field holds 127 bytes and a NUL; longer names travel in option 67 only.
             file_field = name if len(name) < 128 else b""
+        if settings.mode is DhcpMode.AUTHORITATIVE and settings.options:
+            # The operator's own options replace built-in ones of the same code, in place.
+            mine = dict(settings.options)
+            options = [(code, mine.pop(code, value)) for code, value in options]
+            options += _requested(request, mine.items())
         packet = DhcpPacket(
             op=Op.BOOTREPLY,
             xid=request.xid,
@@ -452,6 +448,26 @@ class DhcpService:
         )
         address, port = reply_destination(request, mtype)
         return Reply(packet, address, port, _max_size(request))
+
+    def _network_options(self, request: DhcpPacket) -> list[tuple[int, bytes]]:
+        """The network's options the client asked for (all of them if it sent no list)."""
+        settings = self.settings
+        found: list[tuple[int, bytes]] = [
+            (Opt.BROADCAST, ip_option(settings.network.broadcast_address))
+        ]
+        if settings.routers:
+            found.append((Opt.ROUTER, ips_option(settings.routers)))
+        if settings.dns_servers:
+            found.append((Opt.DNS, ips_option(settings.dns_servers)))
+        if settings.domain_name:
+            found.append((Opt.DOMAIN_NAME, settings.domain_name.encode()))
+        machine = None
+        if self.machines is not None:
+            machine = self.machines.setup.inventory.machine_by_mac(request.mac)
+        if machine is not None and machine.hostname:
+            # The inventory's name for the machine, as dhcpd's use-host-decl-names.
+            found.append((Opt.HOST_NAME, machine.hostname.encode()))
+        return _requested(request, found)
 
     # -- logging -------------------------------------------------------------------------------
 
@@ -509,6 +525,19 @@ def _client_kind(client: ClientInfo) -> str:
     if client.is_pxe:
         return "pxe"
     return "plain"
+
+
+def _requested(
+    request: DhcpPacket, options: Iterable[tuple[int, bytes]]
+) -> list[tuple[int, bytes]]:
+    """The options the client's parameter request list (option 55) names, in its order of
+    preference (RFC 2132 §9.8); all of them, as they come, when it sent no list."""
+    wanted = request.get(Opt.PARAMETER_LIST)
+    offered = list(options)
+    if wanted is None:
+        return offered
+    by_code = dict(offered)
+    return [(code, by_code[code]) for code in dict.fromkeys(wanted) if code in by_code]
 
 
 def _opt_ip(request: DhcpPacket, code: Opt) -> IPv4Address | None:
