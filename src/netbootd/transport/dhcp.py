@@ -127,7 +127,8 @@ class DhcpServer:
             self._send(endpoint, reply)
 
     def _send(self, endpoint: _Endpoint, reply: Reply) -> None:
-        if endpoint.transport is None:
+        if endpoint.transport is None or endpoint.transport.is_closing():
+            self.counters["unsent-closing"] += 1  # answered while the server shuts down
             return
         try:
             data = encode(reply.packet, max_size=reply.max_size)
