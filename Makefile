@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean bench-tftp bench-http
+.PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean bench-tftp bench-http bench-dhcp
 
 setup: system venv
 
@@ -48,6 +48,10 @@ bench-tftp: venv
 bench-http: venv
 	@EXTRA_PACKAGES=nginx tools/setup-system.sh
 	PYTHONPATH=lab $(BIN)/python bench/http_bench.py
+
+bench-dhcp: venv
+	@EXTRA_PACKAGES="kea-dhcp4-server kea-admin" tools/setup-system.sh
+	PYTHONPATH=lab $(BIN)/python bench/dhcp_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

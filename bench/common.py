@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -28,6 +28,7 @@ console = Console(width=120)  # wide enough for a run line when the output is a 
 class Server:
     name: str
     argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to the bench's own environment
 
 
 def have_root(bench: str) -> bool:
@@ -112,7 +113,9 @@ def start(
     tcp_ports: Collection[int] = (),
 ) -> Process:
     """Start ``server`` in the lab, log to ``logdir/<name>.log``, and wait for its ports."""
-    proc = lab.spawn(server.argv, logdir / f"{server.name}.log", name=server.name)
+    proc = lab.spawn(
+        server.argv, logdir / f"{server.name}.log", name=server.name, env=server.env or None
+    )
     if udp_ports:
         lab.wait_udp_ports(sorted(udp_ports), timeout=30, watch=proc)
     if tcp_ports:
@@ -123,7 +126,10 @@ def start(
 def comparison_table(
     title: str, first: str, peer: str, rows: dict[str, dict[str, tuple[float, str]]]
 ) -> Table:
-    """A row per label, a column per server (cells are rate and text), and netbootd / peer."""
+    """A row per label, a column per server (cells are rate and text), and netbootd / peer.
+
+    The ratio is left as "-" where the peer's rate is zero.
+    """
     names = list(dict.fromkeys(name for cells in rows.values() for name in cells))
     table = Table(title=title)
     table.add_column(first)
@@ -135,6 +141,7 @@ def comparison_table(
     for label, cells in rows.items():
         row = [label, *(cells[name][1] for name in names)]
         if both:
-            row.append(f"{cells['netbootd'][0] / cells[peer][0]:.2f}")
+            ours, theirs = cells["netbootd"][0], cells[peer][0]
+            row.append(f"{ours / theirs:.2f}" if theirs else "-")
         table.add_row(*row)
     return table

@@ -1,0 +1,353 @@
+"""DHCP rate: netbootd against Kea (kea-dhcp4, memfile leases persisted), in the same run.
+
+perfdhcp runs in a second namespace (joined to the server's bridge by a veth pair) as a relay
+agent: its address is the giaddr, on the lab network, so both servers answer it from their
+pool. Each step holds one rate of 4-way exchanges (DISCOVER-OFFER, REQUEST-ACK) for a few
+seconds, against a server started afresh with an empty lease state, so that earlier steps do
+not fill the pool; the servers take turns at each rate and never run at the same time.
+netbootd keeps its durable SQLite leases and logs each transaction, as it does in service;
+Kea writes its leases to a CSV file and logs at INFO, as it does by default. Both keep their
+state and logs in the work directory (tmpfs).
+
+A step is clean when perfdhcp sent what the rate asks for and under 2.5 % of the DISCOVERs and
+of the REQUESTs went unanswered; each server's figure is its highest clean rate. The target,
+netbootd at least Kea, is printed as pass or miss; only a broken run (a server that does not
+start or dies, perfdhcp failing) exits non-zero. Run as root: ``make bench-dhcp``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import Server, comparison_table, console, have_root, make_workdir, start
+from netbootd_lab.netns import Host, Lab, LabError
+from netbootd_lab.servers import DHCP_PORT, netbootd_executable
+
+SUBNET = "10.96.0.0/16"
+POOL = ("10.96.1.0", "10.96.254.254")
+CLIENT_ADDRESS = "10.96.0.2"  # perfdhcp's address, the giaddr of everything it sends
+DEFAULT_RATES = "250,500,1000,2000,3000,4000,5000,6000,7000,8000,10000"
+MAX_DROPS = 2.5  # percent, for DISCOVER-OFFER and for REQUEST-ACK
+MIN_SENT = 0.975  # of rate x seconds: perfdhcp really offered the rate
+SERVERS = ("netbootd", "kea")
+PEER = "kea"
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One half of the 4-way exchange as perfdhcp counts it."""
+
+    sent: int
+    received: int
+    drops: int
+
+    @property
+    def drop_percent(self) -> float:
+        return 100.0 * self.drops / self.sent if self.sent else 0.0
+
+
+@dataclass(frozen=True)
+class Step:
+    server: str
+    rate: int
+    seconds: int
+    completed: float  # 4-way exchanges per second, perfdhcp's "Rate:"
+    offer: Exchange  # DISCOVER-OFFER
+    ack: Exchange  # REQUEST-ACK
+
+    @property
+    def held(self) -> bool:
+        return self.offer.sent >= MIN_SENT * self.rate * self.seconds
+
+    @property
+    def worst(self) -> float:
+        if self.offer.sent and not self.offer.received:
+            return 100.0
+        return max(self.offer.drop_percent, self.ack.drop_percent)
+
+    @property
+    def clean(self) -> bool:
+        return self.held and self.worst < MAX_DROPS
+
+
+_RATE = re.compile(r"^Rate: ([\d.]+) 4-way exchanges/second", re.MULTILINE)
+_SECTION = re.compile(r"\*\*\*Statistics for: ([A-Z-]+)\*\*\*(.*?)(?=\*\*\*|\Z)", re.DOTALL)
+
+
+def _count(body: str, label: str) -> int:
+    match = re.search(rf"^{label}: (\d+)$", body, re.MULTILINE)
+    if match is None:
+        raise ValueError(f"no '{label}' in perfdhcp's statistics")
+    return int(match[1])
+
+
+def parse_perfdhcp(output: str, server: str, rate: int, seconds: int) -> Step:
+    """The step as perfdhcp's final report tells it; ValueError if the report is not there."""
+    sections = {
+        name: Exchange(
+            _count(body, "sent packets"), _count(body, "received packets"), _count(body, "drops")
+        )
+        for name, body in _SECTION.findall(output)
+    }
+    if "DISCOVER-OFFER" not in sections:
+        raise ValueError("no DISCOVER-OFFER statistics in perfdhcp's output")
+    completed = _RATE.search(output)
+    return Step(
+        server,
+        rate,
+        seconds,
+        float(completed[1]) if completed else 0.0,
+        sections["DISCOVER-OFFER"],
+        sections.get("REQUEST-ACK", Exchange(0, 0, 0)),
+    )
+
+
+def kea_outside_lab() -> list[int]:
+    """Pids of kea-dhcp4 processes in this machine's own network namespace."""
+    here = os.readlink("/proc/self/ns/net")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "kea-dhcp4":
+                continue
+            if os.readlink(entry / "ns" / "net") == here:
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def netbootd_server(lab: Lab, root: Path, state: Path) -> Server:
+    argv = [
+        str(netbootd_executable()),
+        "serve",
+        "--interface", lab.bridge,
+        "--root", str(root),
+        "--dhcp-range", "-".join(POOL),
+        "--state-dir", str(state),
+        "--no-tftp", "--no-http",
+    ]  # fmt: skip
+    return Server("netbootd", argv, {"PYTHONUNBUFFERED": "1"})
+
+
+def kea_server(lab: Lab, work: Path, state: Path) -> Server:
+    config = {
+        "Dhcp4": {
+            # Relayed requests arrive as unicast UDP to port 67: no raw socket needed.
+            "interfaces-config": {"interfaces": [lab.bridge], "dhcp-socket-type": "udp"},
+            "authoritative": True,
+            "lease-database": {
+                "type": "memfile",
+                "persist": True,
+                "name": str(state / "kea-leases4.csv"),
+                "lfc-interval": 0,
+            },
+            "valid-lifetime": 3600,
+            "subnet4": [{"subnet": SUBNET, "pools": [{"pool": " - ".join(POOL)}]}],
+            "loggers": [
+                {
+                    "name": "kea-dhcp4",
+                    "output_options": [{"output": str(work / "kea-dhcp4.log")}],
+                    "severity": "INFO",
+                }
+            ],
+        }
+    }
+    conf = state / "kea-dhcp4.json"
+    conf.write_text(json.dumps(config, indent=2))
+    argv = [shutil.which("kea-dhcp4") or "/usr/sbin/kea-dhcp4", "-c", str(conf)]
+    env = {"KEA_PIDFILE_DIR": str(state), "KEA_LOCKFILE_DIR": str(state)}
+    return Server("kea", argv, env)
+
+
+def leases_on_disk(server: str, state: Path) -> int | None:
+    """Distinct leased addresses in the server's lease file once it has stopped."""
+    try:
+        if server == "netbootd":
+            db = sqlite3.connect(state / "leases.sqlite3")
+            try:
+                (count,) = db.execute("SELECT count(*) FROM leases").fetchone()
+            finally:
+                db.close()
+            return int(count)
+        lines = (state / "kea-leases4.csv").read_text().splitlines()[1:]
+        return len({line.split(",", 1)[0] for line in lines if line})
+    except (OSError, sqlite3.Error):
+        return None
+
+
+def netbootd_counters(log: Path) -> str:
+    """The DHCP counters netbootd logs when it stops."""
+    match = re.search(r'netbootd counters service=dhcp counts="?([^"\n]*)', log.read_text())
+    return match[1] if match else "-"
+
+
+def perfdhcp(client: Host, server_ip: str, *, rate: int, seconds: int, clients: int) -> str:
+    """Run perfdhcp as a relay at ``rate``; its output, or RuntimeError if it failed to run."""
+    argv = [
+        "perfdhcp", "-4",
+        "-l", str(client.address.ip),
+        "-R", str(clients),
+        "-r", str(rate),
+        "-p", str(seconds),
+        server_ip,
+    ]  # fmt: skip
+    proc = client.ns_exec(argv, check=False, timeout=seconds + 60)
+    if proc.returncode not in (0, 3):  # 3: it ran, and some exchanges did not complete
+        raise RuntimeError(f"perfdhcp exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return proc.stdout
+
+
+def step(
+    lab: Lab, client: Host, server: Server, work: Path, *, rate: int, seconds: int, clients: int
+) -> Step:
+    """One rate against a freshly started server; raise if the server fails or dies."""
+    proc = start(lab, server, work, udp_ports={DHCP_PORT})
+    try:
+        output = perfdhcp(client, lab.server_ip, rate=rate, seconds=seconds, clients=clients)
+        if not proc.alive():
+            raise LabError(f"{server.name} exited ({proc.returncode}) during the step")
+    finally:
+        proc.stop()
+    try:
+        return parse_perfdhcp(output, server.name, rate, seconds)
+    except ValueError as exc:
+        raise RuntimeError(f"{exc}:\n{output[-1500:]}") from None
+
+
+def report_step(result: Step, extra: str) -> None:
+    verdict = "clean" if result.clean else ("short" if not result.held else "drops")
+    offer, ack = result.offer, result.ack
+    console.print(
+        f"{result.server:8} {result.rate:>6}/s  "
+        f"DO {offer.sent:>5}/{offer.received:<5} {offer.drop_percent:5.1f} %  "
+        f"RA {ack.sent:>5}/{ack.received:<5} {ack.drop_percent:5.1f} %  "
+        f"{result.completed:7.1f}/s {verdict}  {extra}",
+        markup=False,
+    )
+
+
+def highest_clean(steps: Sequence[Step]) -> int:
+    return max((s.rate for s in steps if s.clean), default=0)
+
+
+def parse_rates(text: str) -> list[int]:
+    rates = sorted({int(part) for part in text.split(",") if part.strip()})
+    if not rates or rates[0] <= 0:
+        raise argparse.ArgumentTypeError("rates must be positive integers, comma-separated")
+    return rates
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--rates",
+        type=parse_rates,
+        default=parse_rates(DEFAULT_RATES),
+        help=f"4-way exchanges per second, one step each (default {DEFAULT_RATES})",
+    )
+    parser.add_argument("--seconds", type=int, default=5, help="length of each step")
+    parser.add_argument("--clients", type=int, default=60000, help="distinct MACs (perfdhcp -R)")
+    parser.add_argument("--only", choices=SERVERS, default=None)
+    args = parser.parse_args(argv)
+    pool_size = int(ipaddress.IPv4Address(POOL[1])) - int(ipaddress.IPv4Address(POOL[0])) + 1
+    if not 0 < args.clients < pool_size:
+        parser.error(f"--clients must be below the pool size ({pool_size})")
+    if not have_root("dhcp_bench"):
+        return 2
+    if pids := kea_outside_lab():
+        console.print(
+            f"bench/dhcp_bench: kea-dhcp4 is running outside the lab (pid {pids[0]}); "
+            "stop it first (systemctl stop kea-dhcp4-server)"
+        )
+        return 1
+
+    names = [name for name in SERVERS if not args.only or name == args.only]
+    work, root = make_workdir("netbootd-bench-dhcp-")
+    results: dict[str, list[Step]] = {name: [] for name in names}
+    current = ""
+    try:
+        with Lab(work / "lab", subnet=SUBNET) as lab:
+            client = lab.add_host("perf", f"{CLIENT_ADDRESS}/{lab.network.prefixlen}")
+            for rate in args.rates:
+                for name in names:
+                    current = name
+                    state = work / "state" / f"{name}-{rate}"
+                    state.mkdir(parents=True)
+                    if name == "netbootd":
+                        server = netbootd_server(lab, root, state)
+                    else:
+                        server = kea_server(lab, work, state)
+                    result = step(
+                        lab,
+                        client,
+                        server,
+                        work,
+                        rate=rate,
+                        seconds=args.seconds,
+                        clients=args.clients,
+                    )
+                    results[name].append(result)
+                    leases = leases_on_disk(name, state)
+                    report_step(result, f"leases {leases if leases is not None else '-'}")
+                    if name == "netbootd":
+                        counters = netbootd_counters(work / "netbootd.log")
+                        console.print(f"{'':18}counters {counters}", markup=False)
+                    shutil.rmtree(state, ignore_errors=True)
+    except (LabError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        console.print(f"bench/dhcp_bench: {current or 'lab'}: {exc}", markup=False)
+        log = work / f"{current}.log"
+        if current and log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            console.print("\n".join(tail), markup=False)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    rows: dict[str, dict[str, tuple[float, str]]] = {}
+    for index, rate in enumerate(args.rates):
+        cells = {}
+        for name, steps in results.items():
+            s = steps[index]
+            text = f"{s.completed:,.0f} ({s.worst:.1f} %)" + ("" if s.held else " short")
+            cells[name] = (s.completed, text)
+        rows[f"{rate:,}/s"] = cells
+    top = {name: highest_clean(steps) for name, steps in results.items()}
+    rows["highest clean rate"] = {
+        name: (float(rate), f"{rate:,}" if rate else "none") for name, rate in top.items()
+    }
+    title = f"DHCP with perfdhcp, {args.seconds} s per rate"
+    console.print(comparison_table(title, "offered", PEER, rows))
+    console.print(
+        "cells: 4-way exchanges/s completed (worst drop %); clean: the rate was sent "
+        f"and under {MAX_DROPS} % dropped"
+    )
+    for name, rate in top.items():
+        if rate and rate == args.rates[-1]:
+            console.print(f"{name} was clean at the top of the ladder: its limit is higher")
+    if "netbootd" in top and PEER in top:
+        ours, theirs = top["netbootd"], top[PEER]
+        ratio = f"{ours / theirs:.2f}" if theirs else "-"
+        verdict = "pass" if ours >= theirs else "miss"
+        console.print(
+            f"target: netbootd >= Kea on the highest clean rate: "
+            f"{ours:,} vs {theirs:,} ({ratio}), {verdict}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
