@@ -23,13 +23,7 @@ from netbootd.proto.dhcp import Opt, ips_option
 from netbootd.services.dhcp import DHCP_SERVER_PORT, PXE_PORT, DhcpService, DhcpSettings
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.inventory import InventoryError
-from netbootd.services.machines import (
-    BootFiles,
-    InstalledStore,
-    Machines,
-    ServerAddress,
-    load_setup,
-)
+from netbootd.services.machines import BootFiles, LiveInventory, Machines, ServerAddress
 from netbootd.store.leases import SqliteLeaseStore, StoreError
 from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpServer
@@ -47,10 +41,6 @@ LOADER_PACKAGE_FILES = {
     "ldlinux.c32": Path("/usr/lib/syslinux/modules/bios/ldlinux.c32"),
     GRUB_LOADER: Path("/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"),
 }
-# How often the inventory directory is looked at for changes, in seconds.
-INVENTORY_POLL = 1.0
-# Boot-once state, in the state directory.
-INSTALLED_FILE = "installed.json"
 
 # IPv4 (20) + UDP (8) + TFTP DATA header (4): what a block may use of the MTU.
 _TFTP_OVERHEAD = 32
@@ -67,19 +57,6 @@ def system_boot_files(ipxe_dir: Path) -> dict[str, Path]:
     return {name: path for name, path in found.items() if path.is_file()}
 
 
-def _tree_signature(directory: Path, extra: Path) -> tuple[tuple[str, int, int], ...]:
-    """What changes when any file below ``directory``, or ``extra``, is written or replaced."""
-    entries = []
-    for path in [*sorted(directory.rglob("*")), extra]:
-        try:
-            info = path.stat()
-        except OSError:
-            continue
-        if path.is_file():
-            entries.append((str(path), info.st_mtime_ns, info.st_size))
-    return tuple(entries)
-
-
 def _more_options(config: Config) -> dict[int, bytes]:
     """NTP, MTU, root path, then the operator's own options, which win."""
     found: dict[int, bytes] = {}
@@ -92,18 +69,6 @@ def _more_options(config: Config) -> dict[int, bytes]:
     return found | config.dhcp_options
 
 
-def load_machines(config: Config, address: ServerAddress) -> tuple[Machines, InstalledStore]:
-    """The inventory of ``config`` loaded and checked, or a ConfigError listing every problem."""
-    assert config.inventory is not None
-    store = InstalledStore(config.state_dir / INSTALLED_FILE)
-    try:
-        setup = load_setup(config.inventory)
-        installed = store.load()
-    except InventoryError as exc:
-        raise ConfigError(f"inventory {config.inventory}:\n{exc}") from exc
-    return Machines(setup, address, installed), store
-
-
 @dataclass
 class App:
     config: Config
@@ -113,11 +78,13 @@ class App:
     tftp: TftpServer | None = None
     http: HttpServer | None = None
     store: SqliteLeaseStore | None = None
-    machines: Machines | None = None
-    installed: InstalledStore | None = None
+    inventory: LiveInventory | None = None
     source: FileSource | None = None
     _watcher: asyncio.Task[None] | None = None
-    _inventory_seen: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def machines(self) -> Machines | None:
+        return self.inventory.machines if self.inventory is not None else None
 
     def server_ip(self) -> IPv4Address:
         """The address replies and scripts name: the interface's, else next-server."""
@@ -143,13 +110,14 @@ class App:
             self.tree = FileTree(config.root, system_boot_files(config.ipxe_dir))
             self.source = self.tree
         if config.inventory is not None:
-            # Taken before loading: an edit made while loading is seen as a change later.
-            self._inventory_seen = _tree_signature(
-                config.inventory, config.state_dir / INSTALLED_FILE
-            )
-            self.machines, self.installed = load_machines(config, self.server_address())
+            try:
+                self.inventory = LiveInventory(
+                    config.inventory, config.state_dir, self.server_address()
+                )
+            except InventoryError as exc:
+                raise ConfigError(f"inventory {config.inventory}:\n{exc}") from exc
             if self.tree is not None:
-                self.source = BootFiles(self.tree, self.machines)
+                self.source = BootFiles(self.tree, self.inventory.machines)
         if self.tree is not None:
             self._check_boot_files(self.tree)
         if config.tftp_upload_dir is not None:
@@ -227,7 +195,7 @@ class App:
                 self.tftp = TftpServer(self.source, self._tftp_settings())
                 await self.tftp.start(host, config.tftp_port)
             if config.http and self.source is not None:
-                hook = self.mark_installed if self.machines is not None else None
+                hook = self.inventory.mark_installed if self.inventory is not None else None
                 self.http = HttpServer(self.source, installed=hook)
                 await self.http.start(host, config.http_port)
         except OSError as exc:
@@ -236,9 +204,9 @@ class App:
         except StoreError as exc:
             await self.stop()
             raise StartError(str(exc)) from exc
-        if self.machines is not None:
-            self._log_inventory("inventory-loaded")
-            self._watcher = asyncio.get_running_loop().create_task(self._watch_inventory())
+        if self.inventory is not None:
+            self.inventory.log_state("inventory-loaded")
+            self._watcher = asyncio.get_running_loop().create_task(self.inventory.watch())
         log.info(
             format_event(
                 "ready",
@@ -251,61 +219,6 @@ class App:
                 root=str(config.root) if config.root else "-",
             )
         )
-
-    def mark_installed(self, mac: str) -> str | None:
-        """Boot-once: the machine with ``mac`` is installed. Its name, or None if unknown."""
-        assert self.machines is not None and self.installed is not None
-        machine = self.machines.setup.inventory.machine_by_mac(mac)
-        if machine is None:
-            return None
-        self.machines.installed = self.installed.mark(machine.name)
-        return machine.name
-
-    def _log_inventory(self, event: str) -> None:
-        assert self.machines is not None
-        inventory = self.machines.setup.inventory
-        log.info(
-            format_event(
-                event,
-                directory=str(self.machines.setup.directory),
-                machines=len(inventory.machines),
-                profiles=len(inventory.profiles),
-                groups=len(inventory.groups),
-                default=inventory.default_profile or "-",
-                installed=len(self.machines.installed),
-            )
-        )
-
-    async def _watch_inventory(self) -> None:
-        """Reload the inventory when a file in it changes; a bad edit keeps the last good one."""
-        assert self.machines is not None and self.installed is not None
-        assert self.config.inventory is not None
-        directory, loop = self.config.inventory, asyncio.get_running_loop()
-        marks, seen = self.installed.path, self._inventory_seen
-        while True:
-            await asyncio.sleep(INVENTORY_POLL)
-            now = await loop.run_in_executor(None, _tree_signature, directory, marks)
-            if now == seen:
-                continue
-            seen = now
-            try:
-                setup = await loop.run_in_executor(None, load_setup, directory)
-                installed = await loop.run_in_executor(None, self.installed.load)
-            except InventoryError as exc:
-                for problem in exc.problems:
-                    log.warning(format_event("inventory-error", problem=str(problem)))
-                log.warning(
-                    format_event(
-                        "inventory-kept",
-                        directory=str(directory),
-                        problems=len(exc.problems),
-                        hint="the last good inventory goes on serving",
-                    )
-                )
-                continue
-            self.machines.replace(setup)
-            self.machines.installed = installed
-            self._log_inventory("inventory-reloaded")
 
     def _tftp_settings(self) -> TftpSettings:
         config = self.config

@@ -301,10 +301,10 @@ def _installed(config: Config, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"netbootd: config error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE
-    if machine is None or app.installed is None:
+    if machine is None or app.inventory is None:
         print(f"netbootd: no machine with MAC {args.mac} in the inventory", file=sys.stderr)
         return EXIT_BAD_USAGE
-    app.installed.mark(machine.name, installed=not args.again)
+    app.inventory.installed.mark(machine.name, installed=not args.again)
     state = "boots its boot-once profile again" if args.again else "is installed"
     print(f"{machine.name} {state}")
     return 0

@@ -17,8 +17,10 @@ whose profile has no such form, every name falls through to the boot root.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -49,6 +51,7 @@ from netbootd.boot.render import (
     render_boot,
     render_text,
 )
+from netbootd.logfmt import format_event
 from netbootd.services.files import (
     FileLookupError,
     FileNotFound,
@@ -375,3 +378,91 @@ def _names_address(hex_prefix: str | None, peer: str | None) -> bool:
 
 def _mac(match: re.Match[str]) -> str:
     return match["mac"].lower().replace("-", ":")
+
+
+# Boot-once state, in the state directory.
+INSTALLED_FILE = "installed.json"
+# How often the inventory directory is looked at for changes, in seconds.
+INVENTORY_POLL = 1.0
+
+log = logging.getLogger("netbootd")
+
+
+def _tree_signature(directory: Path, extra: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when any file below ``directory``, or ``extra``, is written or replaced."""
+    entries = []
+    for path in [*sorted(directory.rglob("*")), extra]:
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            entries.append((str(path), info.st_mtime_ns, info.st_size))
+    return tuple(entries)
+
+
+class LiveInventory:
+    """The inventory directory as it is on disk: loaded now, reloaded when it changes.
+
+    A bad edit is refused: every problem is logged with its file, line and key, and the last
+    good inventory goes on serving. Raises :class:`InventoryError` if the first load fails.
+    """
+
+    def __init__(self, directory: Path, state_dir: Path, address: ServerAddress) -> None:
+        self.directory = directory
+        self.installed = InstalledStore(state_dir / INSTALLED_FILE)
+        # Taken before loading: an edit made while loading is seen as a change later.
+        self._seen = _tree_signature(directory, self.installed.path)
+        self.machines = Machines(load_setup(directory), address, self.installed.load())
+
+    def mark_installed(self, mac: str) -> str | None:
+        """Boot-once: the machine with ``mac`` is installed. Its name, or None if unknown."""
+        machine = self.machines.setup.inventory.machine_by_mac(mac)
+        if machine is None:
+            return None
+        self.machines.installed = self.installed.mark(machine.name)
+        return machine.name
+
+    def log_state(self, event: str) -> None:
+        inventory = self.machines.setup.inventory
+        log.info(
+            format_event(
+                event,
+                directory=str(self.directory),
+                machines=len(inventory.machines),
+                profiles=len(inventory.profiles),
+                groups=len(inventory.groups),
+                default=inventory.default_profile or "-",
+                installed=len(self.machines.installed),
+            )
+        )
+
+    async def watch(self, poll: float = INVENTORY_POLL) -> None:
+        """Look at the directory every ``poll`` seconds, for ever; reload what changed."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(poll)
+            now = await loop.run_in_executor(
+                None, _tree_signature, self.directory, self.installed.path
+            )
+            if now == self._seen:
+                continue
+            self._seen = now
+            try:
+                setup = await loop.run_in_executor(None, load_setup, self.directory)
+                installed = await loop.run_in_executor(None, self.installed.load)
+            except InventoryError as exc:
+                for problem in exc.problems:
+                    log.warning(format_event("inventory-error", problem=str(problem)))
+                log.warning(
+                    format_event(
+                        "inventory-kept",
+                        directory=str(self.directory),
+                        problems=len(exc.problems),
+                        hint="the last good inventory goes on serving",
+                    )
+                )
+                continue
+            self.machines.replace(setup)
+            self.machines.installed = installed
+            self.log_state("inventory-reloaded")
