@@ -204,3 +204,23 @@ def test_installed_command(tmp_path: Path) -> None:
     unknown = run("--mac", "52:54:00:00:00:00")
     assert unknown.returncode == 2
     assert "no machine with MAC 52:54:00:00:00:00" in unknown.stderr
+
+
+def test_templates_are_checked_at_load(tmp_path: Path) -> None:
+    (tmp_path / "root").mkdir()
+    inventory = tmp_path / "inventory"
+    (inventory / "t").mkdir(parents=True)
+    (inventory / "t" / "broken.ipxe").write_text("#!ipxe\n{% if %}\n")
+    (inventory / "t" / "local.ipxe").write_text("#!ipxe\nexit\n")
+    (inventory / "site.toml").write_text(
+        '[profiles.a]\nmethod = "ipxe"\ntemplate = "t/broken.ipxe"\n'
+        '[profiles.b]\nmethod = "local"\ntemplate = "t/local.ipxe"\n'
+        '[profiles.c]\nmethod = "ipxe"\nkernel = "k"\ncmdline = "{{ oops"\n'
+    )
+    app = App(build({}, _config(tmp_path, _free_port())))
+    with pytest.raises(ConfigError) as raised:
+        app.prepare()
+    lines = str(raised.value).splitlines()[1:]
+    assert lines[0].startswith("profiles.a.template: t/broken.ipxe:2: ")
+    assert lines[1].startswith("site.toml:4: profiles.b.template: method local uses its built-in")
+    assert lines[2].startswith("site.toml:7: profiles.c.cmdline: cmdline:1: ")

@@ -93,6 +93,15 @@ def load_setup(directory: Path) -> BootSetup:
     problems: list[InventoryProblem] = []
     templates: dict[str, str] = {}
     for profile in inventory.profiles.values():
+        if profile.template and method_flavour(profile.method) is None:
+            problems.append(
+                InventoryProblem(
+                    profile.source,
+                    f"profiles.{profile.name}.template",
+                    f"method {profile.method} uses its built-in forms (iPXE, pxelinux, GRUB); "
+                    "a template would never be used",
+                )
+            )
         named = [("template", profile.template)] if profile.template else []
         named += [(f"files.{name}", path) for name, path in profile.files.items()]
         for key, relative in named:
