@@ -219,6 +219,12 @@ def make_parser() -> argparse.ArgumentParser:
         help="option 60 (default: PXEClient:Arch:N, or HTTPClient:Arch:N for HTTP Boot types)",
     )
     explain_cmd.add_argument("--uuid", metavar="UUID", help="option 97, the machine UUID")
+    explain_cmd.add_argument(
+        "--parameter-list",
+        metavar="CODES",
+        help="option 55 as the client sends it, such as 1,3,6,12,15,43,60,66,67 (the network "
+        "options it gets depend on it)",
+    )
     installed_cmd = commands.add_parser(
         "installed",
         help="mark a machine's boot-once profile done (or not, with --again)",
@@ -280,6 +286,7 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
         user_class=args.user_class,
         vendor_class=args.vendor_class,
         uuid=args.uuid,
+        parameter_list=args.parameter_list,
     )
     try:
         report = uvloop.run(explain(config, client))

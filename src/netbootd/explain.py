@@ -32,6 +32,20 @@ class ClientDescription:
     user_class: str | None = None
     vendor_class: str | None = None
     uuid: str | None = None
+    parameter_list: str | None = None  # option 55, "1,3,6,..." as the client sends it
+
+    def requested_codes(self) -> bytes | None:
+        if self.parameter_list is None:
+            return None
+        try:
+            codes = bytes(int(code) for code in self.parameter_list.split(",") if code.strip())
+        except ValueError:
+            raise ConfigError(
+                f"--parameter-list {self.parameter_list}: option codes 1-254, comma-separated"
+            ) from None
+        if not all(1 <= code <= 254 for code in codes):
+            raise ConfigError(f"--parameter-list {self.parameter_list}: codes are 1-254")
+        return codes
 
     def discover(self) -> DhcpPacket:
         """The DISCOVER such a client sends."""
@@ -60,6 +74,9 @@ class ClientDescription:
             except ValueError:
                 raise ConfigError(f"--uuid {self.uuid}: not a UUID") from None
             options.append((Opt.CLIENT_UUID, b"\x00" + machine_uuid.bytes_le))
+        codes = self.requested_codes()
+        if codes is not None:
+            options.append((Opt.PARAMETER_LIST, codes))
         return DhcpPacket(op=Op.BOOTREQUEST, xid=0x6E627464, chaddr=chaddr, options=tuple(options))
 
 
@@ -82,6 +99,10 @@ async def explain(config: Config, client: ClientDescription) -> str:
             + (",".join(info.user_classes) or "-")
             + (" (runs iPXE)" if info.is_ipxe else ""),
             f"uuid {info.uuid or '-'}",
+            f"parameter request list {client.parameter_list}"
+            if client.parameter_list is not None
+            else "no parameter request list (--parameter-list): every network option is shown; "
+            "a real client gets only those it asks for",
         ],
     )
 

@@ -105,9 +105,24 @@ def test_machines_profiles_reload_and_explain(
     assert "netbootd.profile=beta" in second and "netbootd.host=" in second
 
     # explain, run beside the server, says what the VM got: the same options, the same script.
+    offer = next(
+        ev
+        for ev in server.events()
+        if ev.svc == "dhcp"
+        and ev.event == "DISCOVER"
+        and ev.get("mac") == one.mac
+        and ev.get("client") == "ipxe"
+    )
+    asked = re.search(
+        rf"netbootd\.dhcp received xid={offer.get('xid')} +55 parameter-list: (\S+)$",
+        server.log_text(),
+        re.M,
+    )
+    assert asked is not None
     client = ["--mac", one.mac, "--arch", "0", "--user-class", "iPXE"]
     client += ["--vendor-class", "PXEClient:Arch:00000:UNDI:002001"]
     client += ["--uuid", "00000000-0000-0000-0000-000000000000"]
+    client += ["--parameter-list", asked.group(1)]
     explain = [str(netbootd_executable()), "explain", *server.argv()[2:], *client]
     explained = lab.ns_exec(explain).stdout
     assert re.search(r"^  machine one \(machines/one\.toml:1\)$", explained, re.M), explained
@@ -118,14 +133,6 @@ def test_machines_profiles_reload_and_explain(
     shown = explained.split(f"then m/{one.mac.replace(':', '-')}/boot.ipxe\n", 1)[1]
     assert [line.removeprefix("  ") for line in shown.splitlines()] == served.splitlines()
     assert "kernel http://10.99.0.1/vmlinuz initrd=initrd.img" in served
-    offer = next(
-        ev
-        for ev in server.events()
-        if ev.svc == "dhcp"
-        and ev.event == "DISCOVER"
-        and ev.get("mac") == one.mac
-        and ev.get("client") == "ipxe"
-    )
     sent = re.findall(
         rf"netbootd\.dhcp sent xid={offer.get('xid')} +(\d+ [\w-]+: .*)$",
         server.log_text(),
