@@ -12,13 +12,14 @@ template, rendered first, and is available as ``cmdline``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from netbootd.boot.inventory import Method, Profile
@@ -176,10 +177,16 @@ def machine_prefix(mac: str) -> str:
     return "m/" + mac.lower().replace(":", "-")
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(text: str) -> Template:
+    # Every request for a rendered file renders one of a few texts: compile each once.
+    return _ENVIRONMENT.from_string(text)
+
+
 def compile_template(text: str, name: str) -> None:
     """Raise :class:`RenderError` (with the line) if ``text`` is not a valid template."""
     try:
-        _ENVIRONMENT.parse(text, name=name)
+        _compiled(text)
     except TemplateSyntaxError as exc:
         raise RenderError(f"{name}:{exc.lineno}: {exc.message}") from None
 
@@ -187,7 +194,7 @@ def compile_template(text: str, name: str) -> None:
 def render_text(text: str, name: str, variables: Mapping[str, Any]) -> str:
     """Render one template; errors name the template and, when known, the line."""
     try:
-        return _ENVIRONMENT.from_string(text).render(variables)
+        return _compiled(text).render(variables)
     except TemplateSyntaxError as exc:
         raise RenderError(f"{name}:{exc.lineno}: {exc.message}") from None
     except TemplateError as exc:
