@@ -20,7 +20,7 @@ from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, describe
 from netbootd.services.dhcp import DHCP_SERVER_PORT
 from netbootd.services.files import FileLookupError, FileSource
-from netbootd.services.machines import IPXE_SCRIPT, RenderFailed
+from netbootd.services.machines import IPXE_SCRIPT, RenderFailed, pxelinux_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,7 @@ def _fetches(app: App, mac: str, path: str | None, *, is_ipxe: bool) -> list[str
     wanted = path
     name = path.rsplit("/", 1)[-1]
     if name == "pxelinux.0":
-        wanted = f"pxelinux.cfg/01-{mac.lower().replace(':', '-')}"
+        wanted = pxelinux_name(mac)
     elif not is_ipxe and not path.startswith("m/"):
         # The firmware loads iPXE first, which asks again and gets its script.
         wanted = f"{machine_prefix(mac)}/{IPXE_SCRIPT}"

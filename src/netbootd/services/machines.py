@@ -70,6 +70,12 @@ _GRUB_BY_ADDRESS = re.compile(r"^/?(?:.*/)?grub\.cfg(?:-(?P<hex>[0-9A-F]{1,8}))?
 _MACHINE_NAME = re.compile(rf"^/?m/{_MAC}/(?P<file>[^/]+)$")
 IPXE_SCRIPT = "boot.ipxe"
 
+
+def pxelinux_name(mac: str) -> str:
+    """pxelinux's first lookup for a machine: ``pxelinux.cfg/01-<mac with dashes>``."""
+    return "pxelinux.cfg/01-" + mac.lower().replace(":", "-")
+
+
 # DHCP facts remembered per MAC; the oldest are forgotten past this many machines.
 _MEMORY_LIMIT = 65536
 
@@ -263,6 +269,11 @@ class Machines:
     def resolve_client(self, client: ClientInfo) -> Resolution | None:
         return self.resolve(client.mac, arch=client.arch, uuid=client.uuid)
 
+    def _resolve_seen(self, mac: str) -> Resolution | None:
+        """For a TFTP or HTTP request: with what DHCP last learnt about the MAC."""
+        seen = self.seen(mac)
+        return self.resolve(mac, arch=seen.arch, uuid=seen.uuid)
+
     def context(self, mac: str, resolution: Resolution, *, peer: str | None = None) -> BootContext:
         seen = self.seen(mac)
         machine = resolution.machine
@@ -286,8 +297,7 @@ class Machines:
 
     def render(self, mac: str, flavour: Flavour, *, peer: str | None = None) -> str | None:
         """The boot script or config for ``mac``, or None when the inventory has no say."""
-        seen = self.seen(mac)
-        resolution = self.resolve(mac, arch=seen.arch, uuid=seen.uuid)
+        resolution = self._resolve_seen(mac)
         if resolution is None:
             return None
         profile = resolution.profile
@@ -301,8 +311,7 @@ class Machines:
 
     def render_file(self, mac: str, name: str, *, peer: str | None = None) -> str | None:
         """A profile's own file for ``mac`` (``preseed.cfg``, ``user-data``), or None."""
-        seen = self.seen(mac)
-        resolution = self.resolve(mac, arch=seen.arch, uuid=seen.uuid)
+        resolution = self._resolve_seen(mac)
         if resolution is None or name not in resolution.profile.files:
             return None
         relative = resolution.profile.files[name]
