@@ -233,6 +233,8 @@ class App:
             max_sessions=config.tftp_max_sessions,
             max_sessions_per_client=config.tftp_max_sessions_per_client,
             single_port=config.tftp_single_port,
+            transfer_threads=config.tftp_threads,
+            busy_poll=config.tftp_busy_poll_us / 1e6,
             gso_max_blksize=unfragmented,
             upload_dir=config.tftp_upload_dir,
             upload_max_size=config.tftp_upload_max_size,

@@ -81,6 +81,10 @@ class Config(BaseModel):
     tftp_max_sessions: int = Field(default=1024, ge=1, le=65536)
     tftp_max_sessions_per_client: int = Field(default=32, ge=1, le=65536)
     tftp_single_port: bool = False
+    # Microseconds a transfer may poll for the next ACK before sleeping; 0 never polls.
+    tftp_busy_poll_us: int = Field(default=200, ge=0, le=10_000)
+    # Read transfers at once in threads of their own; the rest share the event loop.
+    tftp_threads: int = Field(default=4, ge=0, le=1024)
     tftp_upload_dir: Path | None = None
     tftp_upload_max_size: int = Field(default=1024**3, ge=0)
 
@@ -169,6 +173,8 @@ _FILE_KEYS = {
     "tftp-max-sessions",
     "tftp-max-sessions-per-client",
     "tftp-single-port",
+    "tftp-busy-poll-us",
+    "tftp-threads",
     "tftp-upload-dir",
     "tftp-upload-max-size",
 }

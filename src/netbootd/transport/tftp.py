@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
-import struct
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -72,6 +72,15 @@ from netbootd.services.files import (
     OpenedFile,
 )
 from netbootd.services.uploads import FileExists, UploadDir, UploadFile
+from netbootd.transport.tftp_pump import (
+    READ_CHUNK,
+    SESSION_DATAGRAM,
+    UDP_SEGMENT,
+    PollSlots,
+    PumpHooks,
+    ReadPump,
+    block_datagrams,
+)
 
 __all__ = ["NETASCII_LIMIT", "TftpServer", "TftpSettings"]
 
@@ -83,21 +92,12 @@ NETASCII_LIMIT = 16 * 1024 * 1024
 # while this much is waiting for the disk.
 UPLOAD_CHUNK = 256 * 1024
 UPLOAD_BACKLOG = 4 * 1024 * 1024
-# Reads ahead of the transfer are about this large, rounded to whole blocks.
-READ_CHUNK = 256 * 1024
-# Linux: setsockopt level SOL_UDP, UDP_SEGMENT (since 4.18). At most 64 segments per send.
-_UDP_SEGMENT = 103
-_GSO_MAX_SEGMENTS = 64
-_GSO_MAX_BYTES = 65000
 # Socket buffers large enough for a whole window of big blocks from many transfers.
 _SOCKET_BUFFER = 4 * 1024 * 1024
-_DATA = int(Opcode.DATA)
 _ACK = int(Opcode.ACK)
-_DATA_HEADER = struct.Struct("!HH")  # opcode, block number
 _MAX_DATAGRAM = 65536
-# What a reader sends to a transfer's own port: ACKs and ERRORs. Anything longer is not one
-# of those, and is still seen as too long when cut here.
-_SESSION_DATAGRAM = 2048
+# How long shutdown waits for transfer threads to send their ERROR and end.
+_THREAD_STOP_WAIT = 2.0
 
 Address = tuple[Any, ...]
 Buffer = bytes | bytearray | memoryview
@@ -123,6 +123,16 @@ class TftpSettings:
     # segmentation offload); None means "do not use offload".
     gso_max_blksize: int | None = 1468
     workers: int = 4
+    # How many read transfers at once may run in threads of their own (see
+    # netbootd.transport.tftp_pump); the rest share the event loop. Threads answer each ACK
+    # sooner, but beyond a few busy ones they spend their time handing the interpreter lock
+    # back and forth, while the event loop serves many transfers in one thread.
+    transfer_threads: int = 4
+    # A transfer in a thread may poll its socket this long (seconds) for the next ACK before
+    # sleeping in the kernel; 0 never polls.
+    busy_poll: float = 200e-6
+    # How many transfers may poll at once; None is one fewer than the CPUs this process has.
+    busy_pollers: int | None = None
     # Where write requests may create new files; None refuses every write.
     upload_dir: Path | None = None
     upload_max_size: int = 1024 * 1024 * 1024
@@ -231,6 +241,21 @@ def _create_for(uploads: UploadDir, request: WriteRequest) -> UploadFile:
 # Sockets
 
 
+def _udp_socket(family: int, address: Address, *, blocking: bool) -> socket.socket:
+    """A UDP socket bound to ``address``, with buffers for whole windows of big blocks."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(blocking)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class _Endpoint:
     """A non-blocking UDP socket on the event loop: every datagram to ``on_datagram``, and
     sends that the kernel cannot take at once queued until it can, in order."""
@@ -265,13 +290,8 @@ class _Endpoint:
         on_no_offload: Callable[[], None],
         bufsize: int = _MAX_DATAGRAM,
     ) -> _Endpoint:
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = _udp_socket(family, address, blocking=False)
         try:
-            sock.setblocking(False)
-            for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
-            sock.bind(address)
             return cls(sock, on_datagram, counters, bufsize, on_no_offload)
         except BaseException:
             sock.close()
@@ -308,7 +328,7 @@ class _Endpoint:
             if segment:
                 self.sock.sendmsg(
                     [datagram],
-                    [(socket.SOL_UDP, _UDP_SEGMENT, segment.to_bytes(2, "little"))],
+                    [(socket.SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, "little"))],
                     0,
                     addr,
                 )
@@ -708,41 +728,12 @@ class _Transfer(_Exchange):
         self._arm()
 
     def _send_blocks(self, action: SendBlocks) -> None:
-        """Put blocks on the wire: laid out back to back as DATA datagrams in one buffer, and
-        sent with segmentation offload when there are several and they fit the MTU."""
         endpoint = self._endpoint
         if endpoint is None:
             return
-        first, last, blksize, _ = action
-        offset, end = action.offset, action.end
-        if first == last:
-            # Lock-step: one datagram.
-            header = _DATA_HEADER.pack(_DATA, first & 0xFFFF)
-            endpoint.send(header + self._reader.view(offset, end - offset), self.client)
-            return
-        step = blksize + 4
-        count = last - first + 1
-        buffer = bytearray(count * step)
-        view = self._reader.view
-        position = 0
-        for seq in range(first, last + 1):
-            length = min(blksize, end - offset)
-            _DATA_HEADER.pack_into(buffer, position, _DATA, seq & 0xFFFF)
-            buffer[position + 4 : position + 4 + length] = view(offset, length)
-            position += 4 + length
-            offset += length
-        if position != len(buffer):
-            del buffer[position:]  # the last block was short
         gso = self.server.settings.gso_max_blksize
-        data = memoryview(buffer)
-        if gso is not None and blksize <= gso:
-            per_send = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // step) * step
-            for start in range(0, position, per_send):
-                part = data[start : start + per_send]
-                endpoint.send(part, self.client, step if len(part) > step else 0)
-        else:
-            for start in range(0, position, step):
-                endpoint.send(data[start : start + step], self.client)
+        for datagram, segment in block_datagrams(action, self._reader.view, gso):
+            endpoint.send(datagram, self.client, segment)
 
     def _finish(self, finish: Finish) -> None:
         if self.finished:
@@ -760,6 +751,82 @@ class _Transfer(_Exchange):
             session.bytes_acknowledged,
             retransmits=session.retransmissions,
         )
+
+
+class _PumpedTransfer(_Exchange):
+    """An accepted read on its own port, carried out by a :class:`ReadPump` thread. This is
+    its event-loop side: launching it, stopping it, the server's bookkeeping and the log line."""
+
+    def __init__(
+        self,
+        server: TftpServer,
+        client: Address,
+        *,
+        request: ReadRequest,
+        opened: OpenedFile,
+        session: ReadSession,
+        started: float,
+    ) -> None:
+        super().__init__(server, client, started)
+        self.request = request
+        self.session = session
+        self._opened = opened
+        self._pump: ReadPump | None = None
+        # Done once the thread has finished and the transfer is logged.
+        self.ended: asyncio.Future[None] = self._loop.create_future()
+
+    def launch(self, sock: socket.socket) -> None:
+        server, settings = self.server, self.server.settings
+        hooks = PumpHooks(
+            finished=self._finished,
+            count=server.count,
+            malformed=server.malformed,
+            offload_failed=server.offload_failed,
+        )
+        self._pump = ReadPump(
+            sock,
+            self.client,
+            self.session,
+            self._opened,
+            hooks=hooks,
+            loop=self._loop,
+            gso_max_blksize=settings.gso_max_blksize,
+            poll_seconds=settings.busy_poll,
+            poll_slots=server.poll_slots,
+        )
+        try:
+            self._pump.start()
+        except RuntimeError as exc:  # no thread to be had: out of memory or a process limit
+            self._pump = None
+            sock.close()
+            log.warning("tftp: cannot start a transfer thread: %s", exc)
+            self.abort(ErrorCode.NOT_DEFINED, "server cannot start the transfer")
+
+    def abort(self, code: int, message: str) -> None:
+        if self._pump is not None:
+            self._pump.abort(code, message)
+            return
+        # Never launched (no socket to be had): answer from the listener and end here.
+        for action in self.session.abort(code, message):
+            if isinstance(action, SendError):
+                self.server.reply(encode(Error(action.code, action.message)), self.client)
+            elif isinstance(action, Finish):
+                self._opened.close()
+                self._finished(action)
+
+    def _finished(self, finish: Finish) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.server.transfer_done(self, finish.outcome)
+        session = self.session
+        self._log_end(
+            finish,
+            session.negotiated,
+            session.bytes_acknowledged,
+            retransmits=session.retransmissions,
+        )
+        self.ended.set_result(None)
 
 
 class _Upload(_Exchange):
@@ -924,7 +991,7 @@ class _Upload(_Exchange):
         self._log_end(finish, self.session.negotiated, self.session.bytes_received, event="upload")
 
 
-_Live = _Transfer | _Upload
+_Live = _Transfer | _PumpedTransfer | _Upload
 
 
 # --------------------------------------------------------------------------------------------
@@ -980,6 +1047,11 @@ class TftpServer:
         self._per_client: Counter[Any] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._counters: Counter[str] = Counter()
+        pollers = settings.busy_pollers
+        if pollers is None:
+            pollers = len(os.sched_getaffinity(0)) - 1
+        self.poll_slots = PollSlots(pollers)
+        self._threads = 0  # transfers running in threads of their own
 
     # -- public -------------------------------------------------------------------------------
 
@@ -994,7 +1066,7 @@ class TftpServer:
             address,
             self._on_request_datagram,
             self._counters,
-            on_no_offload=self._offload_failed,
+            on_no_offload=self.offload_failed,
         )
         self._family = family
         # Session sockets bind to the address actually bound, so a name like "localhost"
@@ -1019,12 +1091,16 @@ class TftpServer:
         return dict(self._counters)
 
     async def close(self) -> None:
+        threads = [t.ended for t in self._transfers if isinstance(t, _PumpedTransfer)]
         for transfer in list(self._transfers):
             transfer.abort(ErrorCode.NOT_DEFINED, "server shutting down")
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if threads:
+            # A read stuck on a dead disk must not hold up shutdown for long.
+            await asyncio.wait(threads, timeout=_THREAD_STOP_WAIT)
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -1206,6 +1282,15 @@ class TftpServer:
         addr = key[0]
         self._by_request[key] = transfer
         self._transfers.add(transfer)
+        if isinstance(transfer, _PumpedTransfer):
+            self._threads += 1
+            try:
+                sock = _udp_socket(self._family, (self._host, 0), blocking=True)
+            except OSError as exc:
+                self._no_socket(transfer, exc)
+                return
+            transfer.launch(sock)
+            return
         if self.settings.single_port:
             assert self._listener is not None
             self._by_client[addr] = transfer
@@ -1217,18 +1302,22 @@ class TftpServer:
                 (self._host, 0),
                 transfer.on_datagram,
                 self._counters,
-                on_no_offload=self._offload_failed,
-                bufsize=_SESSION_DATAGRAM,
+                on_no_offload=self.offload_failed,
+                bufsize=SESSION_DATAGRAM,
             )
         except OSError as exc:
-            log.warning("tftp: cannot open a transfer socket: %s", exc.strerror or exc)
-            transfer.abort(ErrorCode.NOT_DEFINED, "server cannot open a socket")
+            self._no_socket(transfer, exc)
             return
         transfer.attach(endpoint)
 
+    @staticmethod
+    def _no_socket(transfer: _Live, exc: OSError) -> None:
+        log.warning("tftp: cannot open a transfer socket: %s", exc.strerror or exc)
+        transfer.abort(ErrorCode.NOT_DEFINED, "server cannot open a socket")
+
     def _new_transfer(
         self, request: ReadRequest, addr: Address, opened: OpenedFile, started: float
-    ) -> _Transfer:
+    ) -> _Transfer | _PumpedTransfer:
         settings = self.settings
         negotiated = negotiate(
             request.options,
@@ -1244,9 +1333,11 @@ class TftpServer:
             ),
             max_retries=settings.retries,
         )
-        return _Transfer(
-            self, addr, request=request, opened=opened, session=session, started=started
-        )
+        # A few transfers on their own ports run in threads of their own; the others, and
+        # every transfer in single-port mode, run on the event loop.
+        threaded = not self.settings.single_port and self._threads < self.settings.transfer_threads
+        kind = _PumpedTransfer if threaded else _Transfer
+        return kind(self, addr, request=request, opened=opened, session=session, started=started)
 
     # -- bookkeeping used by transfers --------------------------------------------------------
 
@@ -1261,13 +1352,15 @@ class TftpServer:
         if transfer not in self._transfers:
             return
         self._transfers.discard(transfer)
+        if isinstance(transfer, _PumpedTransfer):
+            self._threads -= 1
         self._release((transfer.client, transfer.request))
         if self._by_client.get(transfer.client) is transfer:
             del self._by_client[transfer.client]
         transfer.close_endpoint()
         self.count(outcome.name.lower())
 
-    def _offload_failed(self) -> None:
+    def offload_failed(self) -> None:
         if self.settings.gso_max_blksize is not None:
             log.info("tftp: the kernel refused UDP segmentation offload; sending one by one")
             self.settings = replace(self.settings, gso_max_blksize=None)

@@ -1,0 +1,410 @@
+"""Read transfers carried out by a thread of their own, on the transfer's own socket.
+
+Lock-step TFTP is bound by latency: every block waits for the client's ACK of the one before,
+so the time from an ACK arriving to the next DATA leaving sets the transfer's speed. On the event
+loop each block costs an epoll wake-up, a callback dispatch and timer bookkeeping. A thread
+blocked in ``recvfrom`` on the transfer's socket is woken by the kernel straight into the code
+that answers, and its file reads never touch the event loop. The
+:class:`~netbootd.proto.tftp.ReadSession` still decides everything (blocks, windows,
+retransmissions, the end); this module only carries out its actions.
+
+A transfer whose client answers within microseconds may wait for the next ACK by polling its
+socket for a short while before sleeping in the kernel (busy polling), saving a sleep and a
+wake-up on every block. Only a few transfers poll at once (one fewer than the CPUs by default),
+and a transfer whose client keeps missing the poll gives its place up.
+
+The thread must not touch the event loop's state: counters, the log line and the server's
+bookkeeping reach the loop through ``call_soon_threadsafe``. It must not decide anything the
+session decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from netbootd.proto.tftp import (
+    Error,
+    ErrorCode,
+    Finish,
+    Opcode,
+    OptionAck,
+    Outcome,
+    ReadSession,
+    SendBlocks,
+    SendError,
+    SendOack,
+    TftpDecodeError,
+    decode,
+    encode,
+)
+from netbootd.services.files import OpenedFile
+
+__all__ = [
+    "READ_CHUNK",
+    "UDP_SEGMENT",
+    "PollSlots",
+    "PumpHooks",
+    "ReadPump",
+    "block_datagrams",
+]
+
+log = logging.getLogger("netbootd.tftp")
+
+# File octets are read about this much at a time, rounded to whole blocks.
+READ_CHUNK = 256 * 1024
+# Linux: setsockopt level SOL_UDP, UDP_SEGMENT (since 4.18). At most 64 segments per send.
+UDP_SEGMENT = 103
+_GSO_MAX_SEGMENTS = 64
+_GSO_MAX_BYTES = 65000
+
+_DATA = int(Opcode.DATA)
+_ACK = int(Opcode.ACK)
+_DATA_HEADER = struct.Struct("!HH")  # opcode, block number
+# What a reader sends to a transfer's own port: ACKs and ERRORs. Anything longer is not one
+# of those, and is still seen as too long when cut here.
+SESSION_DATAGRAM = 2048
+# A busy-polling transfer whose client misses the poll this many times running stops polling.
+_POLL_MISSES = 8
+# SO_RCVTIMEO is only changed when the wait it should have differs by more than this.
+_TIMEOUT_SLACK = 0.005
+
+Address = tuple[Any, ...]
+Buffer = bytes | bytearray | memoryview
+
+
+def block_datagrams(
+    action: SendBlocks, view: Callable[[int, int], memoryview], gso_max_blksize: int | None
+) -> Iterator[tuple[Buffer, int]]:
+    """The DATA datagrams of a window, as (buffer, segment size) pairs.
+
+    The blocks are laid out back to back in one buffer. With a segment size, the buffer leaves
+    in one send as several datagrams (UDP segmentation offload); that is used when the blocks
+    fit the path MTU (``blksize <= gso_max_blksize``). Segment size 0 means one datagram.
+    """
+    first, last, blksize, _ = action
+    offset, end = action.offset, action.end
+    if first == last:
+        yield _DATA_HEADER.pack(_DATA, first & 0xFFFF) + view(offset, end - offset), 0
+        return
+    step = blksize + 4
+    buffer = bytearray((last - first + 1) * step)
+    position = 0
+    for seq in range(first, last + 1):
+        length = min(blksize, end - offset)
+        _DATA_HEADER.pack_into(buffer, position, _DATA, seq & 0xFFFF)
+        buffer[position + 4 : position + 4 + length] = view(offset, length)
+        position += 4 + length
+        offset += length
+    if position != len(buffer):
+        del buffer[position:]  # the last block was short
+    data = memoryview(buffer)
+    if gso_max_blksize is not None and blksize <= gso_max_blksize:
+        per_send = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // step) * step
+        for start in range(0, position, per_send):
+            part = data[start : start + per_send]
+            yield part, (step if len(part) > step else 0)
+    else:
+        for start in range(0, position, step):
+            yield data[start : start + step], 0
+
+
+class PollSlots:
+    """How many transfers may busy-poll at once."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._free <= 0:
+                return False
+            self._free -= 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._free += 1
+
+
+@dataclass(frozen=True, slots=True)
+class PumpHooks:
+    """What a pump reports; each is called on the event loop."""
+
+    finished: Callable[[Finish], None]
+    count: Callable[[str], None]
+    malformed: Callable[[Address, bytes, TftpDecodeError], None]
+    offload_failed: Callable[[], None]
+
+
+class _ReadFailed(Exception):  # noqa: N818 - the file failed us; the transfer ends with ERROR
+    pass
+
+
+class _FileBlocks:
+    """The file's octets, read in chunks of whole blocks as the transfer reaches them.
+
+    A block never straddles two chunks, since chunks start on block boundaries. The chunk
+    before the current one is kept, for a window that goes back across the boundary.
+    """
+
+    def __init__(self, opened: OpenedFile, blksize: int) -> None:
+        self._opened = opened
+        self._size = opened.size
+        self._chunk = blksize * max(1, READ_CHUNK // blksize)
+        self._chunks: dict[int, memoryview] = {}
+
+    def view(self, offset: int, length: int) -> memoryview:
+        index = offset // self._chunk
+        data = self._chunks.get(index)
+        if data is None:
+            data = self._load(index)
+        start = offset - index * self._chunk
+        return data[start : start + length]
+
+    def _load(self, index: int) -> memoryview:
+        offset = index * self._chunk
+        length = max(0, min(self._chunk, self._size - offset))
+        try:
+            data = self._opened.read(offset, length) if length else b""
+        except OSError as exc:
+            raise _ReadFailed(f"read error: {exc.strerror or exc}") from exc
+        if len(data) != length:
+            # The file shrank under us; a short block would end the transfer early with the
+            # client none the wiser.
+            raise _ReadFailed("file changed during transfer")
+        for old in [i for i in self._chunks if i < index - 1 or i > index]:
+            del self._chunks[old]
+        view = self._chunks[index] = memoryview(data)
+        return view
+
+
+class ReadPump:
+    """One read transfer, carried out by its own thread on its own blocking socket."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        client: Address,
+        session: ReadSession,
+        opened: OpenedFile,
+        *,
+        hooks: PumpHooks,
+        loop: asyncio.AbstractEventLoop,
+        gso_max_blksize: int | None,
+        poll_seconds: float,
+        poll_slots: PollSlots | None,
+    ) -> None:
+        self._sock = sock
+        self.client = client
+        self.session = session
+        self._opened = opened
+        self._blocks = _FileBlocks(opened, session.negotiated.blksize)
+        self._hooks = hooks
+        self._loop = loop
+        self._gso = gso_max_blksize
+        self._poll_seconds = poll_seconds
+        self._poll_slots = poll_slots
+        self._polling = False
+        self._misses = 0
+        self._wait = 0.0  # the socket's current SO_RCVTIMEO
+        self._abort: tuple[int, str] | None = None
+        # Held while the socket is closed, so an abort never shuts down a reused descriptor.
+        self._sock_lock = threading.Lock()
+        self._sock_open = True
+        self._thread = threading.Thread(
+            target=self._run, name=f"netbootd-tftp {client[0]}:{client[1]}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def abort(self, code: int, message: str) -> None:
+        """End the transfer from the server's side; safe from any thread."""
+        self._abort = (code, message)
+        with self._sock_lock:
+            if self._sock_open:
+                # Wakes the thread from recvfrom; sending still works.
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RD)
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        finish: Finish | None = None
+        try:
+            if self._poll_seconds > 0 and self._poll_slots is not None:
+                self._polling = self._poll_slots.take()
+            finish = self._carry_out(self.session.start(time.monotonic()))
+            while finish is None:
+                finish = self._step()
+        except _ReadFailed as exc:
+            finish = self._carry_out(self.session.abort(ErrorCode.NOT_DEFINED, str(exc)))
+        except Exception:
+            log.exception("tftp: unexpected error in transfer for %s:%s", *self.client[:2])
+            self._report(self._hooks.count, "internal_error")
+            with contextlib.suppress(Exception):
+                finish = self._carry_out(
+                    self.session.abort(ErrorCode.NOT_DEFINED, "internal server error")
+                )
+        finally:
+            self._stop_polling()
+            with self._sock_lock:
+                self._sock_open = False
+                self._sock.close()
+            self._opened.close()
+            if finish is None:
+                finish = Finish(Outcome.ERROR_SENT, "internal server error")
+            self._report(self._hooks.finished, finish)
+
+    def _step(self) -> Finish | None:
+        """Wait for the next datagram or the deadline, and carry out what the session says."""
+        session = self.session
+        received = self._receive()
+        now = time.monotonic()
+        if self._abort is not None:
+            code, message = self._abort
+            return self._carry_out(session.abort(code, message))
+        if received is None or received[1] is None:
+            return self._carry_out(session.timeout(now))
+        data, addr = received
+        client = self.client
+        if addr != client and addr[:2] != client[:2]:
+            # RFC 1350 §4: a packet from another TID gets ERROR 5 and the transfer goes on.
+            self._report(self._hooks.count, "unknown_tid")
+            self._send_to(encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")), addr)
+            actions = []
+        elif len(data) == 4 and data[1] == _ACK and data[0] == 0:
+            # The hot path: an ACK, decoded without the general decoder.
+            actions = session.ack((data[2] << 8) | data[3], now)
+        else:
+            try:
+                packet = decode(data)
+            except TftpDecodeError as exc:
+                # A damaged packet from the peer is dropped; the retransmission recovers.
+                self._report(self._hooks.malformed, addr, data, exc)
+                actions = []
+            else:
+                actions = session.receive(packet, now)
+        if not actions:
+            # Strays and duplicates must not hold off a retransmission that is due.
+            actions = session.timeout(now)
+        return self._carry_out(actions)
+
+    def _receive(self) -> tuple[bytes, Address] | None:
+        """The next datagram, or None once the session's deadline has passed."""
+        sock = self._sock
+        if self._polling:
+            until = time.monotonic() + self._poll_seconds
+            while True:
+                try:
+                    received = sock.recvfrom(SESSION_DATAGRAM, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if time.monotonic() >= until:
+                        break
+                    continue
+                except OSError as exc:
+                    log.debug("tftp socket error: %s", exc)
+                    return None
+                self._misses = 0
+                return received
+            self._misses += 1
+            if self._misses >= _POLL_MISSES:
+                self._stop_polling()
+        deadline = self.session.deadline
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                return None
+            if abs(wait - self._wait) > _TIMEOUT_SLACK:
+                # Never 0, which would mean "wait for ever".
+                self._set_wait(max(wait, 0.001))
+        elif self._wait != 1.0:
+            self._set_wait(1.0)  # nothing due: wake now and then to look for an abort
+        try:
+            return sock.recvfrom(SESSION_DATAGRAM)
+        except BlockingIOError:
+            return None  # SO_RCVTIMEO ran out
+        except OSError as exc:
+            # An ICMP error for an earlier datagram (port unreachable): nothing to do.
+            log.debug("tftp socket error: %s", exc)
+            return None
+
+    def _set_wait(self, seconds: float) -> None:
+        whole = int(seconds)
+        self._sock.setsockopt(
+            socket.SOL_SOCKET,
+            socket.SO_RCVTIMEO,
+            struct.pack("ll", whole, int((seconds - whole) * 1_000_000)),
+        )
+        self._wait = seconds
+
+    def _stop_polling(self) -> None:
+        if self._polling:
+            self._polling = False
+            assert self._poll_slots is not None
+            self._poll_slots.give()
+
+    # -- carrying out actions -----------------------------------------------------------------
+
+    def _carry_out(self, actions: list[Any]) -> Finish | None:
+        for action in actions:
+            kind = type(action)
+            if kind is SendBlocks:
+                for datagram, segment in block_datagrams(action, self._blocks.view, self._gso):
+                    self._send(datagram, segment)
+            elif kind is SendOack:
+                self._send_to(encode(OptionAck(action.options)), self.client)
+            elif kind is SendError:
+                self._send_to(encode(Error(action.code, action.message)), self.client)
+            elif kind is Finish:
+                finish: Finish = action
+                return finish
+        return None
+
+    def _send(self, datagram: Buffer, segment: int) -> None:
+        if not segment:
+            self._send_to(datagram, self.client)
+            return
+        try:
+            self._sock.sendmsg(
+                [datagram],
+                [(socket.SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, "little"))],
+                0,
+                self.client,
+            )
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT):
+                self._send_failed(self.client, exc)
+                return
+            # No segmentation offload here after all: the same datagrams one by one.
+            self._gso = None
+            self._report(self._hooks.offload_failed)
+            view = memoryview(datagram)
+            for start in range(0, len(view), segment):
+                self._send_to(view[start : start + segment], self.client)
+
+    def _send_to(self, datagram: Buffer, addr: Address) -> None:
+        try:
+            self._sock.sendto(datagram, addr)
+        except OSError as exc:
+            self._send_failed(addr, exc)
+
+    def _send_failed(self, addr: Address, exc: OSError) -> None:
+        # Unreachable, no route, too big: the datagram is lost; retransmission recovers.
+        self._report(self._hooks.count, "send_error")
+        log.debug("tftp: send to %s:%s failed: %s", addr[0], addr[1], exc)
+
+    def _report(self, hook: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            self._loop.call_soon_threadsafe(hook, *args)
