@@ -75,11 +75,15 @@ from netbootd.services.uploads import FileExists, UploadDir, UploadFile
 from netbootd.transport.tftp_pump import (
     READ_CHUNK,
     SESSION_DATAGRAM,
-    UDP_SEGMENT,
+    Datagram,
     PollSlots,
     PumpHooks,
     ReadPump,
+    across_chunks,
     block_datagrams,
+    offload_refused,
+    segments,
+    send_datagram,
 )
 
 __all__ = ["NETASCII_LIMIT", "TftpServer", "TftpSettings"]
@@ -100,7 +104,6 @@ _MAX_DATAGRAM = 65536
 _THREAD_STOP_WAIT = 2.0
 
 Address = tuple[Any, ...]
-Buffer = bytes | bytearray | memoryview
 
 
 def _client_text(addr: Address) -> str:
@@ -274,7 +277,7 @@ class _Endpoint:
         self._on_datagram = on_datagram
         self._counters = counters
         self._loop = asyncio.get_running_loop()
-        self._outbox: deque[tuple[Buffer, Address, int]] = deque()
+        self._outbox: deque[tuple[Datagram, Address, int]] = deque()
         self._writing = False
         self.closed = False
         self._loop.add_reader(sock.fileno(), self._readable)
@@ -312,7 +315,7 @@ class _Endpoint:
             return
         self._on_datagram(data, addr)
 
-    def send(self, datagram: Buffer, addr: Address, segment: int = 0) -> None:
+    def send(self, datagram: Datagram, addr: Address, segment: int = 0) -> None:
         """Send ``datagram``; with ``segment``, as datagrams of that size (UDP GSO)."""
         if self.closed:
             return
@@ -322,25 +325,17 @@ class _Endpoint:
             self._outbox.append((datagram, addr, segment))
             self._want_writable()
 
-    def _try_send(self, datagram: Buffer, addr: Address, segment: int) -> bool:
+    def _try_send(self, datagram: Datagram, addr: Address, segment: int) -> bool:
         """Whether the datagram is done with (sent, or lost for good); False to retry later."""
         try:
-            if segment:
-                self.sock.sendmsg(
-                    [datagram],
-                    [(socket.SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, "little"))],
-                    0,
-                    addr,
-                )
-            else:
-                self.sock.sendto(datagram, addr)
+            send_datagram(self.sock, datagram, addr, segment)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            if segment and exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT):
+            if segment and offload_refused(exc):
                 # No segmentation offload here after all: the same datagrams one by one.
                 self._on_no_offload()
-                pieces = [datagram[i : i + segment] for i in range(0, len(datagram), segment)]
+                pieces = segments(datagram, segment)
                 for number, piece in enumerate(pieces):
                     if not self._try_send(piece, addr, 0):
                         rest = [(p, addr, 0) for p in pieces[number:]]
@@ -435,10 +430,14 @@ class _ReadAhead:
         return not missing
 
     def view(self, offset: int, length: int) -> memoryview:
-        """The octets at ``offset`` (which must be :meth:`ready`), without copying."""
-        index = offset // self.chunk
-        start = offset - index * self.chunk
-        return self._chunks[index][start : start + length]
+        """The octets at ``offset`` (which must be :meth:`ready`): without copying unless
+        they span two chunks."""
+        chunk = self.chunk
+        index = offset // chunk
+        start = offset - index * chunk
+        if start + length <= chunk:
+            return self._chunks[index][start : start + length]
+        return across_chunks(self.view, chunk, offset, length)
 
     def advance(self, offset: int) -> None:
         """Everything before ``offset`` is acknowledged: drop it, and read ahead of it."""

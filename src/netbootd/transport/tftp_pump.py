@@ -52,10 +52,15 @@ from netbootd.services.files import OpenedFile
 __all__ = [
     "READ_CHUNK",
     "UDP_SEGMENT",
+    "Datagram",
     "PollSlots",
     "PumpHooks",
     "ReadPump",
+    "across_chunks",
     "block_datagrams",
+    "offload_refused",
+    "segments",
+    "send_datagram",
 ]
 
 log = logging.getLogger("netbootd.tftp")
@@ -80,42 +85,81 @@ _TIMEOUT_SLACK = 0.005
 
 Address = tuple[Any, ...]
 Buffer = bytes | bytearray | memoryview
+# One buffer, or pieces that one send gathers into a datagram.
+Datagram = Buffer | list[Buffer]
 
 
 def block_datagrams(
     action: SendBlocks, view: Callable[[int, int], memoryview], gso_max_blksize: int | None
-) -> Iterator[tuple[Buffer, int]]:
-    """The DATA datagrams of a window, as (buffer, segment size) pairs.
+) -> Iterator[tuple[Datagram, int]]:
+    """The DATA datagrams of a window, as (datagram, segment size) pairs.
 
-    The blocks are laid out back to back in one buffer. With a segment size, the buffer leaves
-    in one send as several datagrams (UDP segmentation offload); that is used when the blocks
-    fit the path MTU (``blksize <= gso_max_blksize``). Segment size 0 means one datagram.
+    A datagram is one buffer, or a list of pieces the kernel gathers into one send (no copy
+    here). With a segment size, that send leaves as several datagrams of that size (UDP
+    segmentation offload); it is used when the blocks fit the path MTU
+    (``blksize <= gso_max_blksize``). Segment size 0 means one datagram.
     """
     first, last, blksize, _ = action
     offset, end = action.offset, action.end
     if first == last:
         yield _DATA_HEADER.pack(_DATA, first & 0xFFFF) + view(offset, end - offset), 0
         return
-    step = blksize + 4
-    buffer = bytearray((last - first + 1) * step)
+    data = view(offset, end - offset)
+    pack = _DATA_HEADER.pack
+    parts: list[Buffer] = []
     position = 0
     for seq in range(first, last + 1):
-        length = min(blksize, end - offset)
-        _DATA_HEADER.pack_into(buffer, position, _DATA, seq & 0xFFFF)
-        buffer[position + 4 : position + 4 + length] = view(offset, length)
-        position += 4 + length
-        offset += length
-    if position != len(buffer):
-        del buffer[position:]  # the last block was short
-    data = memoryview(buffer)
+        parts.append(pack(_DATA, seq & 0xFFFF))
+        parts.append(data[position : position + blksize])
+        position += blksize
+    step = blksize + 4
     if gso_max_blksize is not None and blksize <= gso_max_blksize:
-        per_send = min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // step) * step
-        for start in range(0, position, per_send):
-            part = data[start : start + per_send]
-            yield part, (step if len(part) > step else 0)
+        per_send = 2 * min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // step)
+        for start in range(0, len(parts), per_send):
+            group = parts[start : start + per_send]
+            yield group, (step if len(group) > 2 else 0)
     else:
-        for start in range(0, position, step):
-            yield data[start : start + step], 0
+        for start in range(0, len(parts), 2):
+            yield parts[start : start + 2], 0
+
+
+def send_datagram(sock: socket.socket, datagram: Datagram, addr: Address, segment: int) -> None:
+    """Send one datagram, or with ``segment`` several of that size in one call; raises OSError."""
+    if segment:
+        sock.sendmsg(
+            datagram if isinstance(datagram, list) else [datagram],
+            [(socket.SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, "little"))],
+            0,
+            addr,
+        )
+    elif isinstance(datagram, list):
+        sock.sendmsg(datagram, (), 0, addr)
+    else:
+        sock.sendto(datagram, addr)
+
+
+def offload_refused(exc: OSError) -> bool:
+    """Whether a send with a segment size failed because the kernel has no offload for it."""
+    return exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT)
+
+
+def segments(datagram: Datagram, segment: int) -> list[memoryview]:
+    """The datagrams a segmented send would have made, one by one."""
+    whole = memoryview(b"".join(datagram) if isinstance(datagram, list) else datagram)
+    return [whole[start : start + segment] for start in range(0, len(whole), segment)]
+
+
+def across_chunks(
+    view: Callable[[int, int], memoryview], chunk: int, offset: int, length: int
+) -> memoryview:
+    """Octets that span chunks of ``chunk`` octets: each chunk's part, copied together."""
+    pieces = []
+    while length > 0:
+        take = min(length, chunk - offset % chunk)
+        pieces.append(view(offset, take))
+        offset += take
+        length -= take
+    return memoryview(b"".join(pieces))
 
 
 class PollSlots:
@@ -165,12 +209,16 @@ class _FileBlocks:
         self._chunks: dict[int, memoryview] = {}
 
     def view(self, offset: int, length: int) -> memoryview:
-        index = offset // self._chunk
-        data = self._chunks.get(index)
-        if data is None:
-            data = self._load(index)
-        start = offset - index * self._chunk
-        return data[start : start + length]
+        """The octets at ``offset``: without copying unless they span two chunks."""
+        chunk = self._chunk
+        index = offset // chunk
+        start = offset - index * chunk
+        if start + length <= chunk:
+            data = self._chunks.get(index)
+            if data is None:
+                data = self._load(index)
+            return data[start : start + length]
+        return across_chunks(self.view, chunk, offset, length)
 
     def _load(self, index: int) -> memoryview:
         offset = index * self._chunk
@@ -372,27 +420,18 @@ class ReadPump:
                 return finish
         return None
 
-    def _send(self, datagram: Buffer, segment: int) -> None:
-        if not segment:
-            self._send_to(datagram, self.client)
-            return
+    def _send(self, datagram: Datagram, segment: int) -> None:
         try:
-            self._sock.sendmsg(
-                [datagram],
-                [(socket.SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, "little"))],
-                0,
-                self.client,
-            )
+            send_datagram(self._sock, datagram, self.client, segment)
         except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT):
+            if not (segment and offload_refused(exc)):
                 self._send_failed(self.client, exc)
                 return
             # No segmentation offload here after all: the same datagrams one by one.
             self._gso = None
             self._report(self._hooks.offload_failed)
-            view = memoryview(datagram)
-            for start in range(0, len(view), segment):
-                self._send_to(view[start : start + segment], self.client)
+            for piece in segments(datagram, segment):
+                self._send(piece, 0)
 
     def _send_to(self, datagram: Buffer, addr: Address) -> None:
         try:
