@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import os
@@ -31,6 +32,7 @@ from netbootd.proto.tftp import (
 )
 from netbootd.services.files import FileTree, OpenedFile
 from netbootd.transport import tftp as tftp_transport
+from netbootd.transport import tftp_pump
 from netbootd.transport.tftp import TftpServer
 
 HOST = "127.0.0.1"
@@ -56,11 +58,20 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(params=[4, 0], ids=["threads", "event-loop"])
+def transfer_threads(request: pytest.FixtureRequest) -> int:
+    """Read transfers run in threads of their own (a few at once) or on the event loop; both
+    ways must behave the same."""
+    threads: int = request.param
+    return threads
+
+
 @pytest.fixture
-async def make_server(root: Path) -> AsyncIterator[ServerFactory]:
+async def make_server(root: Path, transfer_threads: int) -> AsyncIterator[ServerFactory]:
     servers: list[TftpServer] = []
 
     async def make(**kwargs: object) -> TftpServer:
+        kwargs.setdefault("transfer_threads", transfer_threads)
         server = TftpServer(FileTree(root), **kwargs)  # type: ignore[arg-type]
         await server.start(HOST, 0)
         servers.append(server)
@@ -287,13 +298,13 @@ async def test_path_escape_refused(
     assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == LOGGER)
 
 
-async def test_40mib_past_rollover_curl(tmp_path: Path) -> None:
+async def test_40mib_past_rollover_curl(tmp_path: Path, transfer_threads: int) -> None:
     """blksize 512 rolls the block number over at 32 MiB; the file must come back intact."""
     curl = need("curl")
     root = tmp_path / "bigroot"
     root.mkdir()
     (root / "huge.bin").write_bytes(os.urandom(40 * 1024 * 1024))
-    server = TftpServer(FileTree(root))
+    server = TftpServer(FileTree(root), transfer_threads=transfer_threads)
     await server.start(HOST, 0)
     try:
         out = tmp_path / "out"
@@ -546,6 +557,7 @@ async def fetch_raw(
 async def test_hundreds_of_simultaneous_transfers(make_server: ServerFactory, root: Path) -> None:
     (root / "medium.bin").write_bytes(os.urandom(200_000))
     server = await make_server(max_sessions_per_client=400)
+    pollers = server.poll_slots.free
     fetches = [
         fetch_raw(server.port, "medium.bin", (("blksize", "1468"),) if i % 2 else ())
         for i in range(300)
@@ -555,6 +567,7 @@ async def test_hundreds_of_simultaneous_transfers(make_server: ServerFactory, ro
     assert all(content == expected for content, _ in results)
     await settle(server)
     assert server.counters["ok"] == 300
+    assert server.poll_slots.free == pollers  # every busy-poll place given back
 
 
 async def test_overall_session_cap(make_server: ServerFactory, root: Path) -> None:
@@ -640,10 +653,10 @@ class _GatedSource:
         return Slow()
 
 
-async def test_file_reads_do_not_block_other_transfers(root: Path) -> None:
+async def test_file_reads_do_not_block_other_transfers(root: Path, transfer_threads: int) -> None:
     (root / "slow.bin").write_bytes(b"slow" * 100)
     source = _GatedSource(FileTree(root))
-    server = TftpServer(source)
+    server = TftpServer(source, transfer_threads=transfer_threads)
     await server.start(HOST, 0)
     try:
         slow = asyncio.ensure_future(fetch_raw(server.port, "slow.bin"))
@@ -790,3 +803,125 @@ async def test_refused_offload_falls_back_to_single_datagrams(peer: RawPeer) -> 
         assert refused == [True]
     finally:
         endpoint.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Files that fail under a transfer, and the threaded path's own limits
+
+
+class _FailingSource:
+    """``shrinks.bin`` has nothing past its first read chunk although its size said more;
+    reading ``broken.bin`` past its first chunk fails as a dead disk does."""
+
+    def __init__(self, tree: FileTree) -> None:
+        self.tree = tree
+
+    def open(self, name: str, peer: str | None = None) -> OpenedFile:
+        opened = self.tree.open(name)
+
+        class Failing:
+            size = opened.size
+
+            def read(self, offset: int, length: int) -> bytes:
+                if offset >= tftp_transport.READ_CHUNK:
+                    if name == "broken.bin":
+                        raise OSError(errno.EIO, "Input/output error")
+                    return b""
+                return opened.read(offset, length)
+
+            def close(self) -> None:
+                opened.close()
+
+        return Failing()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("shrinks.bin", "file changed during transfer"),
+        ("broken.bin", "read error: Input/output error"),
+    ],
+    ids=["shrinks", "broken"],
+)
+async def test_a_file_failing_mid_transfer_ends_it_with_an_error(
+    root: Path,
+    transfer_threads: int,
+    peer: RawPeer,
+    caplog: pytest.LogCaptureFixture,
+    case: tuple[str, str],
+) -> None:
+    name, message = case
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    (root / name).write_bytes(os.urandom(3 * tftp_transport.READ_CHUNK))
+    server = TftpServer(_FailingSource(FileTree(root)), transfer_threads=transfer_threads)
+    await server.start(HOST, 0)
+    try:
+        options = (("blksize", "1024"), ("windowsize", "16"))
+        await peer.send(ReadRequest(name, "octet", options), (HOST, server.port))
+        oack, session_addr = await peer.recv()
+        assert isinstance(oack, OptionAck)
+        await peer.send(Ack(0), session_addr)
+        received = 0
+        while True:
+            packet, _ = await peer.recv()
+            if isinstance(packet, Error):
+                break
+            assert isinstance(packet, Data)
+            received += len(packet.payload)
+            if packet.block % 16 == 0:
+                await peer.send(Ack(packet.block), session_addr)
+        assert packet == Error(ErrorCode.NOT_DEFINED, message)
+        # Nothing from past the failure (the event loop reads ahead, and may stop sooner).
+        assert received <= tftp_transport.READ_CHUNK
+        await settle(server)
+        [line] = transfer_lines(caplog)
+        assert line["result"] == f"error: {message}"
+        assert server.counters["error_sent"] == 1
+    finally:
+        await server.close()
+
+
+async def test_no_thread_to_be_had_refuses_the_transfer(
+    make_server: ServerFactory,
+    peer: RawPeer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def no_thread(self: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(tftp_pump.ReadPump, "start", no_thread)
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    server = await make_server(transfer_threads=1)
+    await peer.send(ReadRequest("small.txt", "octet"), (HOST, server.port))
+    reply, _ = await peer.recv()
+    assert reply == Error(ErrorCode.NOT_DEFINED, "server cannot start the transfer")
+    await settle(server)
+    [line] = transfer_lines(caplog)
+    assert line["result"] == "error: server cannot start the transfer"
+    assert server.active_sessions == 0
+
+
+async def test_a_slow_client_gives_its_busy_poll_place_up(
+    make_server: ServerFactory, peer: RawPeer, root: Path
+) -> None:
+    server = await make_server(transfer_threads=1, busy_poll=200e-6, busy_pollers=1)
+    await peer.send(ReadRequest("exact.bin", "octet"), (HOST, server.port))
+    packet, session_addr = await peer.recv()
+    assert server.poll_slots.free == 0  # the transfer polls for its client's ACKs
+    received = bytearray()
+    while True:
+        assert isinstance(packet, Data)
+        received += packet.payload
+        await asyncio.sleep(0.005)  # far slower than the poll
+        await peer.send(Ack(packet.block), session_addr)
+        if len(packet.payload) < 512:
+            break
+        if packet.block == 12:
+            # Eight misses running, and the place is free for another transfer.
+            assert server.poll_slots.free == 1
+        packet, _ = await peer.recv()
+    assert bytes(received) == (root / "exact.bin").read_bytes()
+    await settle(server)
+    assert server.poll_slots.free == 1
+    assert server.counters["ok"] == 1

@@ -180,6 +180,10 @@ class PollSlots:
         with self._lock:
             self._free += 1
 
+    @property
+    def free(self) -> int:
+        return self._free
+
 
 @dataclass(frozen=True, slots=True)
 class PumpHooks:
