@@ -275,3 +275,19 @@ def test_bad_dhcp_options_name_their_source(
     conf.write_text('[dhcp-options]\nntp-servers = "not an address"\n')
     with pytest.raises(ConfigError, match=r"site\.toml: dhcp-options: option 42 \(ntp-servers\)"):
         parse("--no-dhcp", "--root", str(tmp_path), "--config", str(conf))
+
+
+def test_tftp_threads_and_busy_poll_from_the_file(tmp_path: Path) -> None:
+    from netbootd.app import App
+
+    site = tmp_path / "site.toml"
+    base = ("--no-dhcp", "--root", str(tmp_path), "--config", str(site))
+    site.write_text("tftp-threads = 0\ntftp-busy-poll-us = 0\n")
+    settings = App(parse(*base))._tftp_settings()
+    assert (settings.transfer_threads, settings.busy_poll) == (0, 0)
+    site.write_text("")
+    settings = App(parse(*base))._tftp_settings()
+    assert (settings.transfer_threads, settings.busy_poll) == (4, 200e-6)
+    site.write_text("tftp-busy-poll-us = 20000\n")
+    with pytest.raises(ConfigError, match=r"tftp-busy-poll-us: .*less than or equal to 10000"):
+        parse(*base)
