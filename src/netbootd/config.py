@@ -84,7 +84,7 @@ class Config(BaseModel):
     # Microseconds a transfer may poll for the next ACK before sleeping; 0 never polls.
     tftp_busy_poll_us: int = Field(default=200, ge=0, le=10_000)
     # Read transfers at once in threads of their own; the rest share the event loop.
-    tftp_threads: int = Field(default=4, ge=0, le=1024)
+    tftp_threads: int = Field(default=2, ge=0, le=1024)
     tftp_upload_dir: Path | None = None
     tftp_upload_max_size: int = Field(default=1024**3, ge=0)
 

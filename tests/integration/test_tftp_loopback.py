@@ -925,3 +925,23 @@ async def test_a_slow_client_gives_its_busy_poll_place_up(
     await settle(server)
     assert server.poll_slots.free == 1
     assert server.counters["ok"] == 1
+
+
+async def test_under_load_new_transfers_share_the_event_loop(
+    make_server: ServerFactory, peer: RawPeer, stranger: RawPeer
+) -> None:
+    server = await make_server(transfer_threads=1)
+    await peer.send(ReadRequest("exact.bin", "octet"), (HOST, server.port))
+    _, first = await peer.recv()
+    assert server.transfers_in_threads == 1
+    assert not server.poll_slots.paused
+    await stranger.send(ReadRequest("exact.bin", "octet"), (HOST, server.port))
+    _, second = await stranger.recv()
+    assert server.transfers_in_threads == 1  # the second one is on the event loop
+    assert server.poll_slots.paused  # and no thread polls while it waits there
+    await peer.send(Error(ErrorCode.NOT_DEFINED, "enough"), first)
+    await stranger.send(Error(ErrorCode.NOT_DEFINED, "enough"), second)
+    await settle(server)
+    assert server.transfers_in_threads == 0
+    assert not server.poll_slots.paused
+    assert server.counters["client_error"] == 2

@@ -287,7 +287,7 @@ def test_tftp_threads_and_busy_poll_from_the_file(tmp_path: Path) -> None:
     assert (settings.transfer_threads, settings.busy_poll) == (0, 0)
     site.write_text("")
     settings = App(parse(*base))._tftp_settings()
-    assert (settings.transfer_threads, settings.busy_poll) == (4, 200e-6)
+    assert (settings.transfer_threads, settings.busy_poll) == (2, 200e-6)
     site.write_text("tftp-busy-poll-us = 20000\n")
     with pytest.raises(ConfigError, match=r"tftp-busy-poll-us: .*less than or equal to 10000"):
         parse(*base)

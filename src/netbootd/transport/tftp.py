@@ -130,7 +130,7 @@ class TftpSettings:
     # netbootd.transport.tftp_pump); the rest share the event loop. Threads answer each ACK
     # sooner, but beyond a few busy ones they spend their time handing the interpreter lock
     # back and forth, while the event loop serves many transfers in one thread.
-    transfer_threads: int = 4
+    transfer_threads: int = 2
     # A transfer in a thread may poll its socket this long (seconds) for the next ACK before
     # sleeping in the kernel; 0 never polls.
     busy_poll: float = 200e-6
@@ -1085,6 +1085,11 @@ class TftpServer:
         return len(self._by_request)
 
     @property
+    def transfers_in_threads(self) -> int:
+        """Read transfers running in threads of their own."""
+        return self._threads
+
+    @property
     def counters(self) -> dict[str, int]:
         """Counts of transfer outcomes and of dropped or refused datagrams, by name."""
         return dict(self._counters)
@@ -1192,6 +1197,7 @@ class TftpServer:
             )
             return
         self._by_request[key] = None
+        self._load_changed()
         self._per_client[addr[0]] += 1
         starting = (
             self._start_read(request, addr, started)
@@ -1314,6 +1320,11 @@ class TftpServer:
         log.warning("tftp: cannot open a transfer socket: %s", exc.strerror or exc)
         transfer.abort(ErrorCode.NOT_DEFINED, "server cannot open a socket")
 
+    def _load_changed(self) -> None:
+        # More transfers than threads: the event loop serves some, and a polling thread would
+        # take the processor from it.
+        self.poll_slots.paused = len(self._by_request) > self.settings.transfer_threads
+
     def _new_transfer(
         self, request: ReadRequest, addr: Address, opened: OpenedFile, started: float
     ) -> _Transfer | _PumpedTransfer:
@@ -1332,9 +1343,15 @@ class TftpServer:
             ),
             max_retries=settings.retries,
         )
-        # A few transfers on their own ports run in threads of their own; the others, and
-        # every transfer in single-port mode, run on the event loop.
-        threaded = not self.settings.single_port and self._threads < self.settings.transfer_threads
+        # While only a few transfers run, those on their own ports run in threads of their own.
+        # Under load new ones share the event loop, which serves many in one thread far better
+        # than many threads taking the interpreter lock in turn; so does single-port mode.
+        limit = self.settings.transfer_threads
+        threaded = (
+            not self.settings.single_port
+            and len(self._by_request) <= limit
+            and self._threads < limit
+        )
         kind = _PumpedTransfer if threaded else _Transfer
         return kind(self, addr, request=request, opened=opened, session=session, started=started)
 
@@ -1342,6 +1359,7 @@ class TftpServer:
 
     def _release(self, key: tuple[Address, ReadRequest | WriteRequest]) -> None:
         self._by_request.pop(key, None)
+        self._load_changed()
         host = key[0][0]
         self._per_client[host] -= 1
         if self._per_client[host] <= 0:

@@ -163,11 +163,13 @@ def across_chunks(
 
 
 class PollSlots:
-    """How many transfers may busy-poll at once."""
+    """How many transfers may busy-poll at once, and whether any may poll just now."""
 
     def __init__(self, slots: int) -> None:
         self._free = slots
         self._lock = threading.Lock()
+        # Set by the server while the event loop has transfers of its own to serve.
+        self.paused = False
 
     def take(self) -> bool:
         with self._lock:
@@ -255,7 +257,7 @@ class ReadPump:
         loop: asyncio.AbstractEventLoop,
         gso_max_blksize: int | None,
         poll_seconds: float,
-        poll_slots: PollSlots | None,
+        poll_slots: PollSlots,
     ) -> None:
         self._sock = sock
         self.client = client
@@ -295,7 +297,7 @@ class ReadPump:
     def _run(self) -> None:
         finish: Finish | None = None
         try:
-            if self._poll_seconds > 0 and self._poll_slots is not None:
+            if self._poll_seconds > 0:
                 self._polling = self._poll_slots.take()
             finish = self._carry_out(self.session.start(time.monotonic()))
             while finish is None:
@@ -356,7 +358,7 @@ class ReadPump:
     def _receive(self) -> tuple[bytes, Address] | None:
         """The next datagram, or None once the session's deadline has passed."""
         sock = self._sock
-        if self._polling:
+        if self._polling and not self._poll_slots.paused:
             until = time.monotonic() + self._poll_seconds
             while True:
                 try:
@@ -404,7 +406,6 @@ class ReadPump:
     def _stop_polling(self) -> None:
         if self._polling:
             self._polling = False
-            assert self._poll_slots is not None
             self._poll_slots.give()
 
     # -- carrying out actions -----------------------------------------------------------------
