@@ -21,6 +21,7 @@ from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import Opt, ips_option
 from netbootd.services.dhcp import DHCP_SERVER_PORT, PXE_PORT, DhcpService, DhcpSettings
+from netbootd.services.dhcp_watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.inventory import InventoryError
 from netbootd.services.machines import BootFiles, LiveInventory, Machines, ServerAddress
@@ -277,7 +278,12 @@ class App:
         ports: tuple[int, ...] = (DHCP_SERVER_PORT,)
         if config.dhcp_mode is DhcpMode.PROXY:
             ports = (DHCP_SERVER_PORT, PXE_PORT)
-        self.dhcp = DhcpServer(service, self.interface.name, ports)
+        # Another server handing out addresses beside ours is worth a warning; beside a proxy
+        # it is the normal case.
+        watch = None
+        if config.dhcp_mode is DhcpMode.AUTHORITATIVE:
+            watch = ServerWatch(self.server_ip())
+        self.dhcp = DhcpServer(service, self.interface.name, ports, watch=watch)
         await self.dhcp.start()
 
     def counters(self) -> dict[str, dict[str, int]]:

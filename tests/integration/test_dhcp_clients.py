@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netbootd_lab import Host, Lab, LogEvent, NetbootdServer
+from netbootd_lab import DnsmasqServer, Host, Lab, LogEvent, NetbootdServer
 
 pytestmark = [
     pytest.mark.netns,
@@ -229,3 +229,42 @@ def test_malformed_datagrams_do_not_stop_the_service(
     assert "obtained" in got.stdout + got.stderr
     assert "Traceback" not in netbootd.log_text()
     assert netbootd.alive()
+
+
+@pytest.mark.skipif(
+    shutil.which("busybox") is None or shutil.which("dnsmasq") is None,
+    reason="busybox or dnsmasq is not installed",
+)
+def test_another_dhcp_server_on_the_segment_is_named(
+    lab: Lab, netbootd: NetbootdServer, tmp_path: Path
+) -> None:
+    rogue_host = lab.add_host("rogue")
+    rogue = DnsmasqServer(
+        lab,
+        tmp_path / "root",
+        state_dir=tmp_path / "rogue-state",
+        log_path=lab.workdir / "rogue.log",
+        boot_file=None,
+        host=rogue_host,
+        dhcp_range=lab.dhcp_range(150, 160),
+    ).start()
+    host = client_host(lab, "udhcpc")
+    # Several DISCOVERs and REQUESTs, asking for broadcast replies (-B) as PXE firmware does:
+    # both servers answer each one, and the other server's answers reach netbootd's host.
+    for _ in range(3):
+        client = host.spawn(
+            ["busybox", "udhcpc", "-f", "-q", "-n", "-B", "-i", host.interface, "-t", "3",
+             "-T", "1", "-s", "/bin/true"],
+            lab.workdir / "udhcpc.log",
+        )  # fmt: skip
+        client.wait(timeout=15)
+    deadline = time.monotonic() + 10
+    named: list[LogEvent] = []
+    while not named and time.monotonic() < deadline:
+        named = [ev for ev in netbootd.events() if ev.event == "other-dhcp-server"]
+        time.sleep(0.1)
+    rogue_ip = str(rogue_host.address.ip)
+    assert [ev.get("server") for ev in named] == [rogue_ip]  # named once, never ourselves
+    assert named[0].get("client") == host.mac()
+    assert named[0].get("sent") in {"OFFER", "ACK"}
+    assert rogue.alive() and netbootd.alive()

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections import Counter
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import cast
 
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, decode, encode
-from netbootd.services.dhcp import BROADCAST, DhcpService, Reply
+from netbootd.services.dhcp import BROADCAST, DHCP_CLIENT_PORT, DhcpService, Reply
+from netbootd.services.dhcp_watch import ServerWatch
 
 log = logging.getLogger("netbootd.dhcp")
 
@@ -24,9 +27,11 @@ MAX_PENDING = 1024  # requests being answered at once; past it, new ones are dro
 
 
 class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, server: DhcpServer, port: int) -> None:
-        self._server = server
+    def __init__(
+        self, port: int, on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None]
+    ) -> None:
         self._port = port
+        self._on_datagram = on_datagram
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -34,7 +39,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
-        self._server.received(self, data, (str(addr[0]), int(addr[1])))
+        self._on_datagram(self, data, (str(addr[0]), int(addr[1])))
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier sends (a relay that went away, say): nothing to undo.
@@ -62,12 +67,26 @@ def _udp_socket(interface: str, port: int) -> socket.socket:
 
 
 class DhcpServer:
-    """DHCP endpoints on one interface, answering through a :class:`DhcpService`."""
+    """DHCP endpoints on one interface, answering through a :class:`DhcpService`.
 
-    def __init__(self, service: DhcpService, interface: str, ports: tuple[int, ...]) -> None:
+    With a :class:`ServerWatch`, it also listens on the client port for other servers' replies
+    and names each other server it hears in a warning.
+    """
+
+    def __init__(
+        self,
+        service: DhcpService,
+        interface: str,
+        ports: tuple[int, ...],
+        *,
+        watch: ServerWatch | None = None,
+        watch_port: int = DHCP_CLIENT_PORT,
+    ) -> None:
         self._service = service
         self._interface = interface
         self._ports = ports
+        self._watch = watch
+        self._watch_port = watch_port
         self._endpoints: list[_Endpoint] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
@@ -77,14 +96,57 @@ class DhcpServer:
         return {**self.counters, **self._service.counters}
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         for port in self._ports:
-            sock = _udp_socket(self._interface, port)
-            _, endpoint = await loop.create_datagram_endpoint(
-                lambda port=port: _Endpoint(self, port),  # type: ignore[misc]
-                sock=sock,
+            await self._listen(port, self.received)
+        if self._watch is not None:
+            try:
+                await self._listen(self._watch_port, self._watched)
+            except OSError as exc:
+                # A DHCP client on this host may hold the port; serving matters more.
+                log.warning(
+                    format_event(
+                        "no-server-watch",
+                        port=self._watch_port,
+                        error=exc.strerror or str(exc),
+                        effect="other DHCP servers on the segment go unnoticed",
+                    )
+                )
+
+    async def _listen(
+        self, port: int, on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None]
+    ) -> None:
+        sock = _udp_socket(self._interface, port)
+        _, endpoint = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Endpoint(port, on_datagram), sock=sock
+        )
+        self._endpoints.append(endpoint)
+
+    def _watched(self, endpoint: _Endpoint, data: bytes, source: tuple[str, int]) -> None:
+        """A datagram on the client port: another server's reply, or nothing of ours."""
+        assert self._watch is not None
+        try:
+            packet = decode(data)
+        except DhcpDecodeError:
+            self.counters["watch-undecodable"] += 1
+            return
+        other = self._watch.reply(packet, source[0], time.monotonic())
+        if other is None:
+            return
+        self.counters["other-server-reply"] += 1
+        if not other.name:
+            return  # named lately
+        log.warning(
+            format_event(
+                "other-dhcp-server",
+                server=str(other.server),
+                source=other.source,
+                sent=other.message,
+                client=other.client,
+                address=str(other.address),
+                replies=other.times,
+                effect="clients may take its offers instead of ours",
             )
-            self._endpoints.append(endpoint)
+        )
 
     async def close(self) -> None:
         for endpoint in self._endpoints:

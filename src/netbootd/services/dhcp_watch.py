@@ -1,0 +1,102 @@
+"""Noticing another DHCP server on the segment.
+
+Two servers handing out addresses on one network is the classic network-boot failure: a client
+takes whichever offer comes first, and may boot from the wrong place or not at all. In
+authoritative mode netbootd also listens on the client port (68), where other servers'
+broadcast replies arrive, and says so for each other server it hears: its address, what it
+sent and to whom, once per quiet period, counted every time.
+
+This module judges replies; it owns no socket and writes no log line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, Opt, decode_ip
+
+__all__ = ["REPEAT_AFTER", "OtherServer", "ServerWatch"]
+
+BOOTREPLY = 2
+# A server still answering is named again after this many seconds of not being named.
+REPEAT_AFTER = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class OtherServer:
+    """A reply heard from a server that is not this one."""
+
+    server: IPv4Address  # its server identifier (option 54), else the packet's source
+    source: str  # where the datagram came from (a relay, or the server itself)
+    message: str  # OFFER, ACK, NAK, or BOOTREPLY for BOOTP
+    client: str  # the client's hardware address
+    address: IPv4Address  # what it gave the client (yiaddr)
+    times: int  # replies heard from that server so far
+    name: bool  # whether to name it now: first heard, or not named for a while
+
+
+@dataclass(slots=True)
+class _Heard:
+    times: int = 0
+    named_at: float | None = None
+
+
+class ServerWatch:
+    """Other servers' replies, by server: which to name, and when."""
+
+    def __init__(self, own: IPv4Address, *, repeat_after: float = REPEAT_AFTER) -> None:
+        self._own = own
+        self._repeat_after = repeat_after
+        self._heard: dict[IPv4Address, _Heard] = {}
+
+    @property
+    def servers(self) -> dict[IPv4Address, int]:
+        """Every other server heard, with the number of its replies."""
+        return {server: heard.times for server, heard in self._heard.items()}
+
+    def reply(self, packet: DhcpPacket, source: str, now: float) -> OtherServer | None:
+        """The other server this reply came from, if another server sent it.
+
+        Replies of this server (its own broadcasts come back to it) and anything that is not a
+        reply are not another server's.
+        """
+        if packet.op != BOOTREPLY:
+            return None
+        server = _server_id(packet)
+        if server is None:
+            try:
+                server = IPv4Address(source)
+            except ValueError:
+                return None
+        if server == self._own or source == str(self._own):
+            return None
+        heard = self._heard.setdefault(server, _Heard())
+        heard.times += 1
+        name = heard.named_at is None or now - heard.named_at >= self._repeat_after
+        if name:
+            heard.named_at = now
+        kind = packet.message_type
+        if isinstance(kind, MessageType):
+            message = kind.name
+        else:
+            message = "BOOTREPLY" if kind is None else f"type {kind}"
+        return OtherServer(
+            server=server,
+            source=source,
+            message=message,
+            client=packet.chaddr.hex(":"),
+            address=packet.yiaddr,
+            times=heard.times,
+            name=name,
+        )
+
+
+def _server_id(packet: DhcpPacket) -> IPv4Address | None:
+    raw = packet.get(Opt.SERVER_ID)
+    if raw is None:
+        return None
+    try:
+        return decode_ip(raw)
+    except DhcpDecodeError:
+        return None
