@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import socket
@@ -626,8 +627,9 @@ class _Exchange:
         return f"error: {finish.message}", logging.WARNING
 
 
-class _Transfer(_Exchange):
-    """One accepted read: its socket, its timer, its file, and the session that decides."""
+class _Read(_Exchange):
+    """What an accepted read has wherever it runs: its request, file and session, and the end
+    it reports."""
 
     def __init__(
         self,
@@ -643,6 +645,35 @@ class _Transfer(_Exchange):
         self.request = request
         self.session = session
         self._opened = opened
+
+    def _report_end(self, finish: Finish) -> None:
+        """Hand the transfer back to the server and write its one log line."""
+        self.server.transfer_done(self, finish.outcome)
+        session = self.session
+        self._log_end(
+            finish,
+            session.negotiated,
+            session.bytes_acknowledged,
+            retransmits=session.retransmissions,
+        )
+
+
+class _Transfer(_Read):
+    """One accepted read on the event loop: its socket, its timer, its read-ahead."""
+
+    def __init__(
+        self,
+        server: TftpServer,
+        client: Address,
+        *,
+        request: ReadRequest,
+        opened: OpenedFile,
+        session: ReadSession,
+        started: float,
+    ) -> None:
+        super().__init__(
+            server, client, request=request, opened=opened, session=session, started=started
+        )
         self._reader = _ReadAhead(
             opened,
             session.negotiated.blksize,
@@ -742,37 +773,19 @@ class _Transfer(_Exchange):
         self._cancel_timer()
         self._reader.close()
         self._opened.close()
-        self.server.transfer_done(self, finish.outcome)
-        session = self.session
-        self._log_end(
-            finish,
-            session.negotiated,
-            session.bytes_acknowledged,
-            retransmits=session.retransmissions,
-        )
+        self._report_end(finish)
 
 
-class _PumpedTransfer(_Exchange):
+class _PumpedTransfer(_Read):
     """An accepted read on its own port, carried out by a :class:`ReadPump` thread. This is
     its event-loop side: launching it, stopping it, the server's bookkeeping and the log line."""
 
-    def __init__(
-        self,
-        server: TftpServer,
-        client: Address,
-        *,
-        request: ReadRequest,
-        opened: OpenedFile,
-        session: ReadSession,
-        started: float,
-    ) -> None:
-        super().__init__(server, client, started)
-        self.request = request
-        self.session = session
-        self._opened = opened
-        self._pump: ReadPump | None = None
-        # Done once the thread has finished and the transfer is logged.
-        self.ended: asyncio.Future[None] = self._loop.create_future()
+    _pump: ReadPump | None = None
+
+    @functools.cached_property
+    def ended(self) -> asyncio.Future[None]:
+        """Done once the thread has finished and the transfer is logged."""
+        return self._loop.create_future()
 
     def launch(self, sock: socket.socket) -> None:
         server, settings = self.server, self.server.settings
@@ -817,14 +830,7 @@ class _PumpedTransfer(_Exchange):
         if self.finished:
             return
         self.finished = True
-        self.server.transfer_done(self, finish.outcome)
-        session = self.session
-        self._log_end(
-            finish,
-            session.negotiated,
-            session.bytes_acknowledged,
-            retransmits=session.retransmissions,
-        )
+        self._report_end(finish)
         self.ended.set_result(None)
 
 
