@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import logging
 import os
 import socket
@@ -645,6 +644,10 @@ class _Read(_Exchange):
         self.request = request
         self.session = session
         self._opened = opened
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """What a kind of read sets up for itself once the common parts are in place."""
 
     def _report_end(self, finish: Finish) -> None:
         """Hand the transfer back to the server and write its one log line."""
@@ -661,24 +664,13 @@ class _Read(_Exchange):
 class _Transfer(_Read):
     """One accepted read on the event loop: its socket, its timer, its read-ahead."""
 
-    def __init__(
-        self,
-        server: TftpServer,
-        client: Address,
-        *,
-        request: ReadRequest,
-        opened: OpenedFile,
-        session: ReadSession,
-        started: float,
-    ) -> None:
-        super().__init__(
-            server, client, request=request, opened=opened, session=session, started=started
-        )
+    def _prepare(self) -> None:
+        session = self.session
         self._reader = _ReadAhead(
-            opened,
+            self._opened,
             session.negotiated.blksize,
             session.negotiated.windowsize,
-            server.executor,
+            self.server.executor,
             on_ready=self._on_read,
             on_error=self._on_read_error,
         )
@@ -780,12 +772,10 @@ class _PumpedTransfer(_Read):
     """An accepted read on its own port, carried out by a :class:`ReadPump` thread. This is
     its event-loop side: launching it, stopping it, the server's bookkeeping and the log line."""
 
-    _pump: ReadPump | None = None
-
-    @functools.cached_property
-    def ended(self) -> asyncio.Future[None]:
-        """Done once the thread has finished and the transfer is logged."""
-        return self._loop.create_future()
+    def _prepare(self) -> None:
+        self._pump: ReadPump | None = None
+        # Done once the thread has finished and the transfer is logged.
+        self.ended: asyncio.Future[None] = self._loop.create_future()
 
     def launch(self, sock: socket.socket) -> None:
         server, settings = self.server, self.server.settings
