@@ -8,11 +8,17 @@ transfer; this module only carries out its actions. It must not decide block num
 retransmissions or option values, and one bad datagram or one failing transfer must never stop
 the listener.
 
-File system calls (open, read, write, fsync) run in a small pool of worker threads, so a slow
-disk delays only the transfer that waits for it, never the event loop or the DHCP service that
-shares it. Reads go ahead of the transfer in chunks of whole blocks. The hot path (an ACK in,
-the next DATA out) avoids the general decoder, and a window of blocks that fit the path MTU
-leaves in one ``sendmsg`` with UDP segmentation offload (``UDP_SEGMENT``) where the kernel has it.
+While the server is not busy, a read on its own port is carried out by a thread of its own
+(:mod:`netbootd.transport.tftp_pump`), which answers each ACK as soon as the kernel wakes it;
+under load, and in single-port mode, reads share the event loop, which serves many in one
+thread. Either way the same session decides.
+
+On the event loop, file system calls (open, read, write, fsync) run in a small pool of worker
+threads, so a slow disk delays only the transfer that waits for it, never the event loop or the
+DHCP service that shares it. Reads go ahead of the transfer in chunks of whole blocks. The hot
+path (an ACK in, the next DATA out) avoids the general decoder, and a window of blocks that fit
+the path MTU leaves in one ``sendmsg`` with UDP segmentation offload (``UDP_SEGMENT``) where the
+kernel has it.
 """
 
 from __future__ import annotations
