@@ -81,13 +81,16 @@ from netbootd.services.uploads import FileExists, UploadDir, UploadFile
 from netbootd.transport.tftp_pump import (
     READ_CHUNK,
     SESSION_DATAGRAM,
+    UNKNOWN_TID,
     Datagram,
     PollSlots,
     PumpHooks,
     ReadPump,
     across_chunks,
     block_datagrams,
+    from_stranger,
     offload_refused,
+    read_actions,
     segments,
     send_datagram,
 )
@@ -104,7 +107,6 @@ UPLOAD_CHUNK = 256 * 1024
 UPLOAD_BACKLOG = 4 * 1024 * 1024
 # Socket buffers large enough for a whole window of big blocks from many transfers.
 _SOCKET_BUFFER = 4 * 1024 * 1024
-_ACK = int(Opcode.ACK)
 _MAX_DATAGRAM = 65536
 # How long shutdown waits for transfer threads to send their ERROR and end.
 _THREAD_STOP_WAIT = 2.0
@@ -535,10 +537,9 @@ class _Exchange:
         try:
             if self.finished:
                 return
-            if addr != self.client and addr[:2] != self.client[:2]:
-                # RFC 1350 §4: a packet from another TID gets ERROR 5 and the transfer goes on.
+            if from_stranger(addr, self.client):
                 self.server.count("unknown_tid")
-                self._send(encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")), addr)
+                self._send(UNKNOWN_TID, addr)
                 return
             self._datagram(data, addr)
         except Exception:
@@ -703,14 +704,12 @@ class _Transfer(_Read):
     # -- events -------------------------------------------------------------------------------
 
     def _datagram(self, data: bytes, addr: Address) -> None:
-        if len(data) == 4 and data[1] == _ACK and data[0] == 0:
-            # The hot path: an ACK, decoded without the general decoder.
-            actions = self.session.ack((data[2] << 8) | data[3], self._loop.time())
-        else:
-            packet = self._decode(data, addr)
-            if packet is None:
-                return
-            actions = self.session.receive(packet, self._loop.time())
+        try:
+            actions = read_actions(self.session, data, self._loop.time())
+        except TftpDecodeError as exc:
+            # A damaged packet from the peer is dropped; the retransmit timer recovers.
+            self.server.malformed(addr, data, exc)
+            return
         if actions:
             self._apply(actions)
 

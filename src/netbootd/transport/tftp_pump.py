@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netbootd.proto.tftp import (
+    Action,
     Error,
     ErrorCode,
     Finish,
@@ -52,13 +53,16 @@ from netbootd.services.files import OpenedFile
 __all__ = [
     "READ_CHUNK",
     "UDP_SEGMENT",
+    "UNKNOWN_TID",
     "Datagram",
     "PollSlots",
     "PumpHooks",
     "ReadPump",
     "across_chunks",
     "block_datagrams",
+    "from_stranger",
     "offload_refused",
+    "read_actions",
     "segments",
     "send_datagram",
 ]
@@ -121,6 +125,26 @@ def block_datagrams(
     else:
         for start in range(0, len(parts), 2):
             yield parts[start : start + 2], 0
+
+
+# RFC 1350 §4: what a packet from another transfer ID gets; the transfer goes on.
+UNKNOWN_TID = encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"))
+
+
+def from_stranger(addr: Address, client: Address) -> bool:
+    """Whether a datagram at a transfer's port came from someone other than its client."""
+    return addr != client and addr[:2] != client[:2]
+
+
+def read_actions(session: ReadSession, data: bytes, now: float) -> list[Action]:
+    """What a read session does with a datagram from its client.
+
+    Raises :class:`TftpDecodeError` for a damaged one. The hot path, an ACK, skips the general
+    decoder.
+    """
+    if len(data) == 4 and data[1] == _ACK and data[0] == 0:
+        return session.ack((data[2] << 8) | data[3], now)
+    return session.receive(decode(data), now)
 
 
 def send_datagram(sock: socket.socket, datagram: Datagram, addr: Address, segment: int) -> None:
@@ -332,24 +356,16 @@ class ReadPump:
         if received is None or received[1] is None:
             return self._carry_out(session.timeout(now))
         data, addr = received
-        client = self.client
-        if addr != client and addr[:2] != client[:2]:
-            # RFC 1350 §4: a packet from another TID gets ERROR 5 and the transfer goes on.
+        actions: list[Action] = []
+        if from_stranger(addr, self.client):
             self._report(self._hooks.count, "unknown_tid")
-            self._send_to(encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID")), addr)
-            actions = []
-        elif len(data) == 4 and data[1] == _ACK and data[0] == 0:
-            # The hot path: an ACK, decoded without the general decoder.
-            actions = session.ack((data[2] << 8) | data[3], now)
+            self._send_to(UNKNOWN_TID, addr)
         else:
             try:
-                packet = decode(data)
+                actions = read_actions(session, data, now)
             except TftpDecodeError as exc:
                 # A damaged packet from the peer is dropped; the retransmission recovers.
                 self._report(self._hooks.malformed, addr, data, exc)
-                actions = []
-            else:
-                actions = session.receive(packet, now)
         if not actions:
             # Strays and duplicates must not hold off a retransmission that is due.
             actions = session.timeout(now)
@@ -410,19 +426,17 @@ class ReadPump:
 
     # -- carrying out actions -----------------------------------------------------------------
 
-    def _carry_out(self, actions: list[Any]) -> Finish | None:
+    def _carry_out(self, actions: list[Action]) -> Finish | None:
         for action in actions:
-            kind = type(action)
-            if kind is SendBlocks:
+            if isinstance(action, SendBlocks):
                 for datagram, segment in block_datagrams(action, self._blocks.view, self._gso):
                     self._send(datagram, segment)
-            elif kind is SendOack:
+            elif isinstance(action, SendOack):
                 self._send_to(encode(OptionAck(action.options)), self.client)
-            elif kind is SendError:
+            elif isinstance(action, SendError):
                 self._send_to(encode(Error(action.code, action.message)), self.client)
-            elif kind is Finish:
-                finish: Finish = action
-                return finish
+            else:
+                return action
         return None
 
     def _send(self, datagram: Datagram, segment: int) -> None:
