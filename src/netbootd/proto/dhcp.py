@@ -145,6 +145,7 @@ _CHADDR_SIZE = 16
 _MAX_VALUE = 255
 _BROADCAST_FLAG = 0x8000
 _ZERO = IPv4Address(0)
+_ZERO_OCTETS = bytes(4)
 
 # RFC 2132 §9.3 values of option 52.
 _OVERLOAD_FILE = 1
@@ -510,14 +511,19 @@ def decode(data: bytes) -> DhcpPacket:
         hops=hops,
         secs=secs,
         flags=flags,
-        ciaddr=IPv4Address(ciaddr),
-        yiaddr=IPv4Address(yiaddr),
-        siaddr=IPv4Address(siaddr),
-        giaddr=IPv4Address(giaddr),
+        ciaddr=_address(ciaddr),
+        yiaddr=_address(yiaddr),
+        siaddr=_address(siaddr),
+        giaddr=_address(giaddr),
         sname=_cstring(sname),
         file=_cstring(file),
         options=tuple((code, b"".join(parts)) for code, parts in joined.items()),
     )
+
+
+def _address(raw: bytes) -> IPv4Address:
+    # Most of a request's address fields are zero: one shared object serves them all.
+    return _ZERO if raw == _ZERO_OCTETS else IPv4Address(raw)
 
 
 def _parse_region(
@@ -566,6 +572,9 @@ def encode(packet: DhcpPacket, *, max_size: int = MIN_MAX_MESSAGE_SIZE) -> bytes
     """
     _check_header(packet)
     budget = max(max_size, MIN_MAX_MESSAGE_SIZE) - _IP_UDP_HEADERS - _OPTIONS_START
+    options_field = _serialise_simple(packet.options, budget)
+    if options_field is not None:
+        return _wire(packet, packet.sname, packet.file, options_field)
     message_type, rest = _split_message_type(_checked_options(packet.options))
     pieces = [*message_type, *rest]
 
@@ -606,6 +615,10 @@ def encode(packet: DhcpPacket, *, max_size: int = MIN_MAX_MESSAGE_SIZE) -> bytes
         head = [*message_type, (int(Opt.OVERLOAD), bytes((overload,)))]
         options_field = _serialise([*head, *regions[0]])
 
+    return _wire(packet, sname, file, options_field)
+
+
+def _wire(packet: DhcpPacket, sname: bytes, file: bytes, options_field: bytes) -> bytes:
     header = _HEADER.pack(
         packet.op,
         packet.htype,
@@ -624,6 +637,30 @@ def encode(packet: DhcpPacket, *, max_size: int = MIN_MAX_MESSAGE_SIZE) -> bytes
     )
     wire = header + MAGIC_COOKIE + options_field
     return wire.ljust(BOOTP_MIN_SIZE, b"\x00")
+
+
+def _serialise_simple(options: Sequence[tuple[int, bytes]], budget: int) -> bytes | None:
+    """The options field for the usual case, in one pass: every value under 256 octets, the
+    whole within ``budget``, option 53 (if any) first. None when the general path is needed
+    (long values, overload) or when the options are invalid, which that path reports."""
+    out = bytearray()
+    seen: set[int] = set()
+    head = b""
+    for code, value in options:
+        size = len(value)
+        if size > _MAX_VALUE or not 1 <= code <= 254 or code == Opt.OVERLOAD or code in seen:
+            return None
+        seen.add(code)
+        if code == Opt.MESSAGE_TYPE:
+            head = bytes((code, size)) + value
+            continue
+        out.append(code)
+        out.append(size)
+        out += value
+    if len(head) + len(out) + 1 > budget:
+        return None
+    out.append(Opt.END)
+    return head + out
 
 
 def _check_header(packet: DhcpPacket) -> None:
@@ -732,6 +769,8 @@ def _serialise(pieces: Iterable[tuple[int, bytes]]) -> bytes:
 
 def ip_option(addr: IPv4Address | str) -> bytes:
     """One IPv4 address as an option value."""
+    if isinstance(addr, IPv4Address):
+        return addr.packed
     return IPv4Address(addr).packed
 
 
@@ -867,7 +906,7 @@ def describe(packet: DhcpPacket) -> list[str]:
 
 
 def _hex(value: bytes) -> str:
-    return ":".join(f"{octet:02x}" for octet in value)
+    return value.hex(":")
 
 
 def _render_text(value: bytes) -> str:
