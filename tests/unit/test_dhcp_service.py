@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from ipaddress import IPv4Address, IPv4Network
@@ -36,13 +37,17 @@ class MemoryStore:
     async def load(self) -> list[Lease]:
         return list(self.rows.values())
 
-    async def save(self, lease: Lease) -> None:
+    def submit(self, change: Lease | IPv4Address) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fail:
-            raise StoreError("disk full")
-        self.rows[lease.address] = lease
-
-    async def delete(self, address: IPv4Address) -> None:
-        self.rows.pop(address, None)
+            done.set_exception(StoreError("disk full"))
+        elif isinstance(change, Lease):
+            self.rows[change.address] = change
+            done.set_result(None)
+        else:
+            self.rows.pop(change, None)
+            done.set_result(None)
+        return done
 
     async def close(self) -> None:
         pass

@@ -2,11 +2,17 @@
 
 It applies RFC 2131 to the lease book, asks the boot policy what the client boots, persists
 bound leases before acknowledging them, and logs one line per transaction. It owns no socket:
-the transport decodes, calls :meth:`DhcpService.handle`, and sends what comes back.
+the transport decodes, calls :meth:`DhcpService.answer`, and sends what comes back.
+
+Answering is synchronous. A transaction whose outcome must be on disk first (an ACK, a release,
+a decline) comes back as a :class:`Pending`: the change is queued to the lease store, and the
+reply exists only once the store says the change is durable. No task is made per packet, and
+the store writes every change queued meanwhile in one transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -85,6 +91,32 @@ class Reply:
     max_size: int
 
 
+class Pending:
+    """A transaction waiting for its change to reach the lease store.
+
+    When ``durable`` is done (its result, or the store's error), :meth:`finish` concludes the
+    transaction, logs it, and gives the reply to send, if any.
+    """
+
+    __slots__ = ("_finish", "durable")
+
+    def __init__(
+        self, durable: asyncio.Future[None], finish: Callable[[BaseException | None], Reply | None]
+    ) -> None:
+        self.durable = durable
+        self._finish = finish
+
+    def finish(self) -> Reply | None:
+        durable = self.durable
+        if not durable.done():
+            raise RuntimeError("Pending.finish() before the change is durable")
+        error = asyncio.CancelledError() if durable.cancelled() else durable.exception()
+        return self._finish(error)
+
+
+_Step = Reply | Pending | None
+
+
 @dataclass(slots=True)
 class _Outcome:
     """What happened in one transaction, for the log line."""
@@ -108,33 +140,93 @@ class DhcpService:
     async def handle(
         self, request: DhcpPacket, *, local_port: int, source: tuple[str, int]
     ) -> Reply | None:
-        """Answer one request received on ``local_port`` from ``source``; None means silence."""
+        """Answer one request and wait until it is concluded; None means silence."""
+        step = self.answer(request, local_port=local_port, source=source)
+        if isinstance(step, Pending):
+            await asyncio.wait([step.durable])
+            return step.finish()
+        return step
+
+    def answer(
+        self, request: DhcpPacket, *, local_port: int, source: tuple[str, int]
+    ) -> Reply | Pending | None:
+        """Answer one request received on ``local_port`` from ``source``; None means silence.
+
+        A :class:`Pending` means the reply waits for the lease store: send what its
+        :meth:`Pending.finish` gives once its ``durable`` future is done.
+        """
         if self.settings.log_dhcp:
             self._log_options("received", request)
         client = classify(request)
         outcome = _Outcome()
-        reply: Reply | None = None
+        step: _Step = None
         kind = _kind(request)
         try:
-            reply = await self._dispatch(request, client, outcome, local_port, source)
+            step = self._dispatch(request, client, outcome, local_port, source)
         except DhcpDecodeError as exc:
             # A well-framed packet whose option contents are broken (a 3-byte option 50, say).
             outcome.decision, outcome.reason = "ignored", f"malformed option: {exc}"
-            reply = None
+            step = None
+        if isinstance(step, Pending):
+            pending = step
+
+            def conclude(error: BaseException | None) -> Reply | None:
+                reply = pending._finish(error)
+                self._conclude(request, client, kind, outcome, local_port=local_port, reply=reply)
+                return reply
+
+            return Pending(pending.durable, conclude)
+        self._conclude(request, client, kind, outcome, local_port=local_port, reply=step)
+        return step
+
+    def _conclude(
+        self,
+        request: DhcpPacket,
+        client: ClientInfo,
+        kind: str,
+        outcome: _Outcome,
+        *,
+        local_port: int,
+        reply: Reply | None,
+    ) -> None:
         self.counters[f"{kind}:{outcome.decision}"] += 1
         self._log(request, client, kind, outcome, local_port)
         if self.settings.log_dhcp and reply is not None:
             self._log_options("sent", reply.packet)
-        return reply
 
-    async def _dispatch(
+    def _persist(
+        self,
+        change: Lease | IPv4Address,
+        outcome: _Outcome,
+        finish: Callable[[], Reply | None],
+        undo: Callable[[], None] = lambda: None,
+    ) -> Reply | Pending | None:
+        """Conclude with ``finish`` once ``change`` (a lease to keep, an address to forget) is
+        durable; without a store, at once. If the store fails, ``undo`` puts the book back and
+        the client gets no reply."""
+        if self.store is None:
+            return finish()
+
+        def done(error: BaseException | None) -> Reply | None:
+            if error is None:
+                return finish()
+            undo()
+            if isinstance(error, StoreError):
+                log.error(format_event("store-error", error=str(error)))
+            outcome.decision, outcome.address = "ignored", None
+            outcome.reason = "lease store did not take the change; no reply"
+            return None
+
+        return Pending(self.store.submit(change), done)
+
+    def _dispatch(
         self,
         request: DhcpPacket,
         client: ClientInfo,
         outcome: _Outcome,
         local_port: int,
         source: tuple[str, int],
-    ) -> Reply | None:
+    ) -> _Step:
         if request.op != Op.BOOTREQUEST:
             outcome.reason = "not a BOOTREQUEST"
             return None
@@ -153,13 +245,11 @@ class DhcpService:
         if mtype == MessageType.DISCOVER:
             return self._discover(request, client, outcome)
         if mtype == MessageType.REQUEST:
-            return await self._request(request, client, outcome)
+            return self._request(request, client, outcome)
         if mtype == MessageType.RELEASE:
-            await self._release(request, outcome)
-            return None
+            return self._release(request, outcome)
         if mtype == MessageType.DECLINE:
-            await self._decline(request, outcome)
-            return None
+            return self._decline(request, outcome)
         if mtype == MessageType.INFORM:
             return self._inform(request, client, outcome)
         outcome.reason = f"message type {mtype} is not for a server"
@@ -193,9 +283,7 @@ class DhcpService:
         outcome.decision, outcome.address = "OFFER", address
         return self._reply(request, client, MessageType.OFFER, outcome, yiaddr=address)
 
-    async def _request(
-        self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome
-    ) -> Reply | None:
+    def _request(self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome) -> _Step:
         now = self.clock()
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
         server_id = _opt_ip(request, Opt.SERVER_ID)
@@ -233,20 +321,21 @@ class DhcpService:
             return self._nak(request, client, outcome, f"{address} is held by another client")
         lease = Lease(address, key, request.mac, LeaseState.BOUND, now + self.settings.lease_time)
         previous = self.book.at(address)
-        self.book.put(lease)  # reserve before the await: no other client can take it meanwhile
-        if self.store is not None:
-            try:
-                await self.store.save(lease)  # durable before the ACK leaves
-            except StoreError as exc:
-                if previous is None:
-                    self.book.remove(address)
-                else:
-                    self.book.put(previous)
-                log.error(format_event("store-error", error=str(exc)))
-                outcome.reason = "lease could not be stored; no ACK"
-                return None
-        outcome.decision, outcome.address = "ACK", address
-        return self._reply(request, client, MessageType.ACK, outcome, yiaddr=address)
+        # Reserved in the book at once: no other client can take it while it is written.
+        self.book.put(lease)
+
+        def acknowledge() -> Reply | None:
+            outcome.decision, outcome.address = "ACK", address
+            return self._reply(request, client, MessageType.ACK, outcome, yiaddr=address)
+
+        def undo() -> None:
+            if previous is None:
+                self.book.remove(address)
+            else:
+                self.book.put(previous)
+
+        # Durable before the ACK leaves.
+        return self._persist(lease, outcome, acknowledge, undo)
 
     def _held_by_another_machine(
         self, address: IPv4Address, request: DhcpPacket, key: str, now: float
@@ -291,33 +380,38 @@ class DhcpService:
             return None
         return address
 
-    async def _release(self, request: DhcpPacket, outcome: _Outcome) -> None:
+    def _release(self, request: DhcpPacket, outcome: _Outcome) -> _Step:
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
-        lease = self.book.at(request.ciaddr)
+        address = request.ciaddr
+        lease = self.book.at(address)
         if lease is None or lease.client != key:
-            outcome.reason = f"{request.ciaddr} is not leased to this client"
-            return
-        self.book.remove(request.ciaddr)
-        if self.store is not None:
-            await self.store.delete(request.ciaddr)
-        outcome.decision, outcome.address = "released", request.ciaddr
+            outcome.reason = f"{address} is not leased to this client"
+            return None
+        self.book.remove(address)
 
-    async def _decline(self, request: DhcpPacket, outcome: _Outcome) -> None:
+        def released() -> None:
+            outcome.decision, outcome.address = "released", address
+
+        return self._persist(address, outcome, released, lambda: self.book.put(lease))
+
+    def _decline(self, request: DhcpPacket, outcome: _Outcome) -> _Step:
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
         address = _opt_ip(request, Opt.REQUESTED_IP)
         lease = self.book.at(address) if address is not None else None
         if address is None or lease is None or lease.client != key:
             outcome.reason = "DECLINE for an address this client does not hold"
-            return
+            return None
         # RFC 2131 §4.3.3: the address is in use by someone else; keep it out of the pool.
         quarantine = Lease(
             address, key, request.mac, LeaseState.DECLINED, self.clock() + self.settings.lease_time
         )
         self.book.put(quarantine)
-        if self.store is not None:
-            await self.store.save(quarantine)
-        outcome.decision, outcome.address = "quarantined", address
-        log.warning(format_event("declined", address=str(address), mac=request.mac))
+
+        def quarantined() -> None:
+            outcome.decision, outcome.address = "quarantined", address
+            log.warning(format_event("declined", address=str(address), mac=request.mac))
+
+        return self._persist(quarantine, outcome, quarantined, lambda: self.book.put(lease))
 
     def _inform(self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome) -> Reply | None:
         outcome.decision, outcome.address = "ACK", request.ciaddr

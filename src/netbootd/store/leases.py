@@ -40,10 +40,10 @@ CREATE INDEX IF NOT EXISTS leases_client ON leases (client);
 class LeaseStore(Protocol):
     async def load(self) -> list[Lease]: ...
 
-    async def save(self, lease: Lease) -> None:
-        """Persist ``lease`` durably before returning."""
-
-    async def delete(self, address: IPv4Address) -> None: ...
+    def submit(self, change: Lease | IPv4Address) -> asyncio.Future[None]:
+        """Queue a lease to keep, or an address to forget; the future is done once the change
+        is durable, or fails with :class:`StoreError`."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -103,18 +103,19 @@ class SqliteLeaseStore:
         return await self._run(work)
 
     async def save(self, lease: Lease) -> None:
-        await self._queue_write(lease)
+        """Persist ``lease`` durably before returning."""
+        await self.submit(lease)
 
     async def delete(self, address: IPv4Address) -> None:
-        await self._queue_write(address)
+        await self.submit(address)
 
-    async def _queue_write(self, change: Lease | IPv4Address) -> None:
+    def submit(self, change: Lease | IPv4Address) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._pending.append((change, done))
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write_batches())
-        await done
+        return done
 
     async def _write_batches(self) -> None:
         while self._pending:

@@ -3,6 +3,13 @@
 It decodes, hands the packet to the DHCP service, and encodes and sends what comes back. It holds
 no protocol logic. A datagram that does not decode is counted and logged in one line; nothing a
 peer sends can stop the listener.
+
+Under load it keeps finishing what it started. Datagrams are queued as they arrive, in two
+queues: requests that complete an exchange (REQUEST, RELEASE, DECLINE, INFORM) and new
+exchanges (DISCOVER, BOOTP). Each turn of the event loop answers every queued request first,
+then a bounded number of new exchanges, so a flood of new clients cannot starve the clients
+that are finishing theirs. When the queue of new exchanges is full, the oldest is dropped: its
+client has waited longest and is the likeliest to have given up or retransmitted.
 """
 
 from __future__ import annotations
@@ -11,19 +18,29 @@ import asyncio
 import logging
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import cast
 
 from netbootd.logfmt import format_event
-from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, decode, encode
-from netbootd.services.dhcp import BROADCAST, DHCP_CLIENT_PORT, DhcpService, Reply
+from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, decode, encode
+from netbootd.services.dhcp import BROADCAST, DHCP_CLIENT_PORT, DhcpService, Pending, Reply
 from netbootd.services.dhcp_watch import ServerWatch
 
 log = logging.getLogger("netbootd.dhcp")
 
-MAX_PENDING = 1024  # requests being answered at once; past it, new ones are dropped
+MAX_QUEUED = 1024  # new exchanges waiting to be answered; past it, the oldest is dropped
+MAX_WAITING = 4096  # replies waiting for the lease store; past it, requests are dropped
+NEW_PER_TURN = 32  # new exchanges answered per turn of the event loop, after every request
+BUSY_WARNING_INTERVAL = 10.0  # seconds between two "dropped" warnings
+
+# Messages that complete an exchange the server has already begun (or stand alone).
+_FINISHING = frozenset(
+    (MessageType.REQUEST, MessageType.RELEASE, MessageType.DECLINE, MessageType.INFORM)
+)
+
+_Queued = tuple["_Endpoint", DhcpPacket, tuple[str, int]]
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -88,7 +105,11 @@ class DhcpServer:
         self._watch = watch
         self._watch_port = watch_port
         self._endpoints: list[_Endpoint] = []
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._finishing: deque[_Queued] = deque()
+        self._new: deque[_Queued] = deque()
+        self._turn: asyncio.Handle | None = None
+        self._waiting: set[asyncio.Future[None]] = set()
+        self._last_busy_warning = -BUSY_WARNING_INTERVAL
         self.counters: Counter[str] = Counter()
 
     def all_counters(self) -> dict[str, int]:
@@ -153,8 +174,14 @@ class DhcpServer:
             if endpoint.transport is not None:
                 endpoint.transport.close()
         self._endpoints.clear()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._turn is not None:
+            self._turn.cancel()
+            self._turn = None
+        self._finishing.clear()
+        self._new.clear()
+        if self._waiting:
+            # What is being written lands, and its transactions are concluded (and logged).
+            await asyncio.wait(list(self._waiting))
 
     def received(self, endpoint: _Endpoint, data: bytes, source: tuple[str, int]) -> None:
         try:
@@ -167,26 +194,73 @@ class DhcpServer:
                 )
             )
             return
-        if len(self._tasks) >= MAX_PENDING:
-            self.counters["dropped-busy"] += 1
-            log.warning(format_event("dropped", source=source[0], reason="too many pending"))
-            return
-        task = asyncio.get_running_loop().create_task(self._answer(endpoint, packet, source))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if packet.message_type in _FINISHING:
+            if len(self._waiting) + len(self._finishing) >= MAX_WAITING:
+                self._busy(source, "too many replies waiting for the lease store")
+                return
+            self._finishing.append((endpoint, packet, source))
+        else:
+            if len(self._new) >= MAX_QUEUED:
+                _, _, dropped_from = self._new.popleft()
+                self._busy(dropped_from, "too many new exchanges queued; the oldest was dropped")
+            self._new.append((endpoint, packet, source))
+        if self._turn is None:
+            self._turn = asyncio.get_running_loop().call_soon(self._take_turn)
 
-    async def _answer(
-        self, endpoint: _Endpoint, packet: DhcpPacket, source: tuple[str, int]
-    ) -> None:
+    def _busy(self, source: tuple[str, int], reason: str) -> None:
+        self.counters["dropped-busy"] += 1
+        now = time.monotonic()
+        if now - self._last_busy_warning >= BUSY_WARNING_INTERVAL:
+            # One line per interval: a flood must not flood the log as well.
+            self._last_busy_warning = now
+            log.warning(
+                format_event(
+                    "dropped",
+                    source=source[0],
+                    reason=reason,
+                    dropped=self.counters["dropped-busy"],
+                )
+            )
+
+    def _take_turn(self) -> None:
+        """Answer every queued request, then a few new exchanges; come back for the rest."""
+        self._turn = None
+        finishing, new = self._finishing, self._new
+        while finishing:
+            self._answer(*finishing.popleft())
+        for _ in range(min(NEW_PER_TURN, len(new))):
+            self._answer(*new.popleft())
+        if finishing or new:
+            # Next turn, after the loop has read what arrived meanwhile.
+            self._turn = asyncio.get_running_loop().call_soon(self._take_turn)
+
+    def _answer(self, endpoint: _Endpoint, packet: DhcpPacket, source: tuple[str, int]) -> None:
         try:
-            reply = await self._service.handle(packet, local_port=endpoint.port, source=source)
+            step = self._service.answer(packet, local_port=endpoint.port, source=source)
         except Exception:
             # A bug of ours must cost one reply, not the listener.
-            self.counters["internal-error"] += 1
-            log.exception(format_event("internal-error", xid=f"0x{packet.xid:08x}"))
+            self._internal_error(packet)
+            return
+        if isinstance(step, Pending):
+            durable = step.durable
+            self._waiting.add(durable)
+            durable.add_done_callback(lambda _: self._concluded(endpoint, packet, step))
+        elif step is not None:
+            self._send(endpoint, step)
+
+    def _concluded(self, endpoint: _Endpoint, packet: DhcpPacket, pending: Pending) -> None:
+        self._waiting.discard(pending.durable)
+        try:
+            reply = pending.finish()
+        except Exception:
+            self._internal_error(packet)
             return
         if reply is not None:
             self._send(endpoint, reply)
+
+    def _internal_error(self, packet: DhcpPacket) -> None:
+        self.counters["internal-error"] += 1
+        log.exception(format_event("internal-error", xid=f"0x{packet.xid:08x}"))
 
     def _send(self, endpoint: _Endpoint, reply: Reply) -> None:
         if endpoint.transport is None or endpoint.transport.is_closing():

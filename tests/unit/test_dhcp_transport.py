@@ -1,0 +1,197 @@
+"""The DHCP socket edge under load: requests before new exchanges, a bounded queue, group commit.
+
+The edge is driven in process with a stand-in for the socket; the service behind it is the real
+one, with a lease store whose writes complete when the test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from netbootd.boot.leases import AddressRange, Lease, LeaseBook
+from netbootd.boot.policy import BootPolicy
+from netbootd.config import DhcpMode
+from netbootd.proto.dhcp import MessageType, decode, encode
+from netbootd.services.dhcp import DhcpService, DhcpSettings
+from netbootd.store.leases import StoreError
+from netbootd.transport import dhcp as edge
+from tests.dhcp_clients import request
+
+SERVER = IPv4Address("10.99.0.1")
+RELAY = ("10.99.0.2", 67)
+
+
+class SocketStandIn:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self.closing = False
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        self.sent.append((data, address))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class HeldStore:
+    """Writes stay queued until :meth:`land` (or :meth:`fail`) completes them, in one batch."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[Lease | IPv4Address, asyncio.Future[None]]] = []
+        self.batches: list[int] = []
+
+    def submit(self, change: Lease | IPv4Address) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queued.append((change, done))
+        return done
+
+    def land(self) -> None:
+        self.batches.append(len(self.queued))
+        for _, done in self.queued:
+            done.set_result(None)
+        self.queued = []
+
+    def fail(self) -> None:
+        for _, done in self.queued:
+            done.set_exception(StoreError("disk full"))
+        self.queued = []
+
+    async def load(self) -> list[Lease]:
+        return []
+
+    async def close(self) -> None:
+        pass
+
+
+def make_server() -> tuple[edge.DhcpServer, HeldStore, SocketStandIn, edge._Endpoint]:
+    store = HeldStore()
+    settings = DhcpSettings(
+        mode=DhcpMode.AUTHORITATIVE,
+        server=SERVER,
+        network=IPv4Network("10.99.0.0/16"),
+        pool=AddressRange.parse("10.99.1.0-10.99.250.255"),
+    )
+    service = DhcpService(settings, BootPolicy({}, SERVER, 80), LeaseBook(), store)
+    server = edge.DhcpServer(service, "lo", (67,))
+    endpoint = edge._Endpoint(67, server.received)
+    sock = SocketStandIn()
+    endpoint.transport = sock  # type: ignore[assignment]
+    return server, store, sock, endpoint
+
+
+def mac(n: int) -> str:
+    return "02:00:" + ":".join(f"{(n >> shift) & 0xFF:02x}" for shift in (24, 16, 8, 0))
+
+
+def discover(n: int) -> bytes:
+    return encode(request(MessageType.DISCOVER, mac=mac(n), xid=n, giaddr=RELAY[0]))
+
+
+def request_for(offer: bytes) -> bytes:
+    packet = decode(offer)
+    return encode(
+        request(
+            MessageType.REQUEST,
+            mac=packet.mac,
+            xid=packet.xid,
+            giaddr=RELAY[0],
+            requested=str(packet.yiaddr),
+            server_id=str(SERVER),
+        )
+    )
+
+
+def kinds(sock: SocketStandIn) -> list[MessageType | int | None]:
+    return [decode(data).message_type for data, _ in sock.sent]
+
+
+async def turns(count: int = 1) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_requests_are_answered_before_queued_discovers() -> None:
+    server, store, sock, endpoint = make_server()
+    for n in range(4):
+        endpoint.datagram_received(discover(n), RELAY)
+    await turns(2)
+    offers = [data for data, _ in sock.sent]
+    assert kinds(sock) == [MessageType.OFFER] * 4
+    sock.sent.clear()
+
+    # A flood of new clients arrives, then the four that were offered ask for their address.
+    for n in range(100, 100 + 3 * edge.NEW_PER_TURN):
+        endpoint.datagram_received(discover(n), RELAY)
+    for offer in offers:
+        endpoint.datagram_received(request_for(offer), RELAY)
+    await turns(1)
+    # One turn: every REQUEST went to the store, and only a turn's worth of new exchanges
+    # was answered.
+    assert len(store.queued) == 4
+    assert kinds(sock) == [MessageType.OFFER] * edge.NEW_PER_TURN
+    store.land()
+    await turns(1)
+    assert kinds(sock).count(MessageType.ACK) == 4
+    assert store.batches == [4]  # the four leases went to disk in one batch
+    await turns(4)
+    assert kinds(sock).count(MessageType.OFFER) == 3 * edge.NEW_PER_TURN  # the rest, later
+    await server.close()
+
+
+async def test_a_full_queue_drops_its_oldest_new_exchange(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(edge, "MAX_QUEUED", 10)
+    server, _, sock, endpoint = make_server()
+    caplog.set_level(logging.WARNING, logger="netbootd.dhcp")
+    for n in range(25):
+        endpoint.datagram_received(discover(n), RELAY)
+    await turns(3)
+    answered = sorted(decode(data).xid for data, _ in sock.sent)
+    assert answered == list(range(15, 25))  # the newest ten
+    assert server.counters["dropped-busy"] == 15
+    dropped_lines = [r for r in caplog.records if r.getMessage().startswith("dropped ")]
+    assert len(dropped_lines) == 1, "a flood gets one warning per interval, not one per packet"
+    await server.close()
+
+
+async def test_no_ack_leaves_before_the_lease_is_durable() -> None:
+    server, store, sock, endpoint = make_server()
+    endpoint.datagram_received(discover(1), RELAY)
+    await turns(2)
+    (offer,) = [data for data, _ in sock.sent]
+    sock.sent.clear()
+    endpoint.datagram_received(request_for(offer), RELAY)
+    await turns(3)
+    assert sock.sent == [] and len(store.queued) == 1
+    store.fail()
+    await turns(2)
+    assert sock.sent == []  # the store failed: no ACK at all
+    assert server.all_counters()["REQUEST:ignored"] == 1
+    endpoint.datagram_received(request_for(offer), RELAY)
+    await turns(2)
+    store.land()
+    await turns(2)
+    assert kinds(sock) == [MessageType.ACK]
+    await server.close()
+
+
+async def test_close_concludes_what_is_being_written() -> None:
+    server, store, sock, endpoint = make_server()
+    endpoint.datagram_received(discover(1), RELAY)
+    await turns(2)
+    (offer,) = [data for data, _ in sock.sent]
+    endpoint.datagram_received(request_for(offer), RELAY)
+    await turns(2)
+    sock.closing = True
+    closing = asyncio.ensure_future(server.close())
+    await turns(2)
+    assert not closing.done()  # waits for the write
+    store.land()
+    await closing
+    assert server.all_counters()["REQUEST:ACK"] == 1
+    assert server.counters["unsent-closing"] == 1
