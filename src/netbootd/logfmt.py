@@ -24,7 +24,10 @@ def _quote(value: object) -> str:
 def format_event(event: str, **fields: object) -> str:
     """Render ``event`` and its fields, in the order given, as one line."""
     parts = [event]
-    parts.extend(f"{key}={_quote(value)}" for key, value in fields.items())
+    bare = _BARE.match
+    for key, value in fields.items():
+        text = value if isinstance(value, str) else ("" if value is None else str(value))
+        parts.append(f"{key}={text}" if text and bare(text) else f"{key}={_quote(text)}")
     return " ".join(parts)
 
 

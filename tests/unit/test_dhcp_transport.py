@@ -28,13 +28,12 @@ RELAY = ("10.99.0.2", 67)
 class SocketStandIn:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
-        self.closing = False
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> None:
         self.sent.append((data, address))
 
-    def is_closing(self) -> bool:
-        return self.closing
+    def close(self) -> None:
+        pass
 
 
 class HeldStore:
@@ -77,9 +76,9 @@ def make_server() -> tuple[edge.DhcpServer, HeldStore, SocketStandIn, edge._Endp
     )
     service = DhcpService(settings, BootPolicy({}, SERVER, 80), LeaseBook(), store)
     server = edge.DhcpServer(service, "lo", (67,))
-    endpoint = edge._Endpoint(67, server.received)
     sock = SocketStandIn()
-    endpoint.transport = sock  # type: ignore[assignment]
+    endpoint = edge._Endpoint(67, sock, server.received)  # type: ignore[arg-type]
+    server._endpoints.append(endpoint)
     return server, store, sock, endpoint
 
 
@@ -117,7 +116,7 @@ async def turns(count: int = 1) -> None:
 async def test_requests_are_answered_before_queued_discovers() -> None:
     server, store, sock, endpoint = make_server()
     for n in range(4):
-        endpoint.datagram_received(discover(n), RELAY)
+        server.received(endpoint, discover(n), RELAY)
     await turns(2)
     offers = [data for data, _ in sock.sent]
     assert kinds(sock) == [MessageType.OFFER] * 4
@@ -125,9 +124,9 @@ async def test_requests_are_answered_before_queued_discovers() -> None:
 
     # A flood of new clients arrives, then the four that were offered ask for their address.
     for n in range(100, 100 + 3 * edge.NEW_PER_TURN):
-        endpoint.datagram_received(discover(n), RELAY)
+        server.received(endpoint, discover(n), RELAY)
     for offer in offers:
-        endpoint.datagram_received(request_for(offer), RELAY)
+        server.received(endpoint, request_for(offer), RELAY)
     await turns(1)
     # One turn: every REQUEST went to the store, and only a turn's worth of new exchanges
     # was answered.
@@ -149,7 +148,7 @@ async def test_a_full_queue_drops_its_oldest_new_exchange(
     server, _, sock, endpoint = make_server()
     caplog.set_level(logging.WARNING, logger="netbootd.dhcp")
     for n in range(25):
-        endpoint.datagram_received(discover(n), RELAY)
+        server.received(endpoint, discover(n), RELAY)
     await turns(3)
     answered = sorted(decode(data).xid for data, _ in sock.sent)
     assert answered == list(range(15, 25))  # the newest ten
@@ -161,18 +160,18 @@ async def test_a_full_queue_drops_its_oldest_new_exchange(
 
 async def test_no_ack_leaves_before_the_lease_is_durable() -> None:
     server, store, sock, endpoint = make_server()
-    endpoint.datagram_received(discover(1), RELAY)
+    server.received(endpoint, discover(1), RELAY)
     await turns(2)
     (offer,) = [data for data, _ in sock.sent]
     sock.sent.clear()
-    endpoint.datagram_received(request_for(offer), RELAY)
+    server.received(endpoint, request_for(offer), RELAY)
     await turns(3)
     assert sock.sent == [] and len(store.queued) == 1
     store.fail()
     await turns(2)
     assert sock.sent == []  # the store failed: no ACK at all
     assert server.all_counters()["REQUEST:ignored"] == 1
-    endpoint.datagram_received(request_for(offer), RELAY)
+    server.received(endpoint, request_for(offer), RELAY)
     await turns(2)
     store.land()
     await turns(2)
@@ -182,12 +181,11 @@ async def test_no_ack_leaves_before_the_lease_is_durable() -> None:
 
 async def test_close_concludes_what_is_being_written() -> None:
     server, store, sock, endpoint = make_server()
-    endpoint.datagram_received(discover(1), RELAY)
+    server.received(endpoint, discover(1), RELAY)
     await turns(2)
     (offer,) = [data for data, _ in sock.sent]
-    endpoint.datagram_received(request_for(offer), RELAY)
+    server.received(endpoint, request_for(offer), RELAY)
     await turns(2)
-    sock.closing = True
     closing = asyncio.ensure_future(server.close())
     await turns(2)
     assert not closing.done()  # waits for the write

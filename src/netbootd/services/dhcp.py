@@ -573,6 +573,11 @@ class DhcpService:
         outcome: _Outcome,
         local_port: int,
     ) -> None:
+        level = logging.INFO if outcome.decision != "ignored" else logging.DEBUG
+        if outcome.decision == "NAK":
+            level = logging.WARNING
+        if not log.isEnabledFor(level):
+            return
         fields: dict[str, object] = {
             "xid": f"0x{request.xid:08x}",
             "mac": request.mac,
@@ -592,9 +597,6 @@ class DhcpService:
             fields["port"] = local_port
         if outcome.reason:
             fields["reason"] = outcome.reason
-        level = logging.INFO if outcome.decision != "ignored" else logging.DEBUG
-        if outcome.decision == "NAK":
-            level = logging.WARNING
         log.log(level, format_event(kind, **fields))
 
     def _log_options(self, direction: str, packet: DhcpPacket) -> None:

@@ -21,7 +21,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import cast
 
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, decode, encode
@@ -42,34 +41,75 @@ _FINISHING = frozenset(
 
 _Queued = tuple["_Endpoint", DhcpPacket, tuple[str, int]]
 
+READ_BATCH = 512  # datagrams taken from a socket each time it is readable
+RECEIVE_SIZE = 65535
+RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes of kernel receive queue per socket
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
-class _Endpoint(asyncio.DatagramProtocol):
+
+class _Endpoint:
+    """One UDP socket, read by the event loop whenever it is readable.
+
+    Each time, it takes everything queued in the kernel (up to :data:`READ_BATCH` datagrams),
+    so that the server, not the kernel's arrival order, decides what is answered first.
+    """
+
     def __init__(
-        self, port: int, on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None]
+        self,
+        port: int,
+        sock: socket.socket,
+        on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None],
     ) -> None:
-        self._port = port
+        self.port = port
+        self._sock = sock
         self._on_datagram = on_datagram
-        self.transport: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's UDP transport implements the interface without subclassing it.
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self._sock.fileno(), self.readable)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, int]) -> None:
-        self._on_datagram(self, data, (str(addr[0]), int(addr[1])))
+    def readable(self) -> None:
+        recvfrom = self._sock.recvfrom
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = recvfrom(RECEIVE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP errors for earlier sends (a relay that went away, say): nothing to undo.
+                log.debug(format_event("socket-error", port=self.port, error=str(exc)))
+                continue
+            self._on_datagram(self, data, (addr[0], addr[1]))
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors for earlier sends (a relay that went away, say): nothing to undo.
-        log.debug(format_event("socket-error", port=self._port, error=str(exc)))
+    def sendto(self, data: bytes, address: tuple[str, int]) -> bool:
+        """Send one datagram; False (after a log line) if the kernel would not take it."""
+        try:
+            self._sock.sendto(data, address)
+        except OSError as exc:
+            # A full send buffer or an unreachable relay costs this reply, nothing more.
+            log.warning(
+                format_event(
+                    "send-failed", port=self.port, to=f"{address[0]}:{address[1]}", error=str(exc)
+                )
+            )
+            return False
+        return True
 
-    @property
-    def port(self) -> int:
-        return self._port
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
 
 
 def _udp_socket(interface: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     try:
+        _receive_buffer(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         # Bound to the device: we hear broadcasts from this segment only, and broadcast
@@ -81,6 +121,18 @@ def _udp_socket(interface: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _receive_buffer(sock: socket.socket) -> None:
+    """A kernel queue that rides out a pause of the process (a busy host, a slow disk) without
+    losing a burst; as root beyond the system's default limit."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        except OSError as exc:
+            log.debug(format_event("receive-buffer", error=str(exc)))
 
 
 class DhcpServer:
@@ -136,10 +188,8 @@ class DhcpServer:
     async def _listen(
         self, port: int, on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None]
     ) -> None:
-        sock = _udp_socket(self._interface, port)
-        _, endpoint = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: _Endpoint(port, on_datagram), sock=sock
-        )
+        endpoint = _Endpoint(port, _udp_socket(self._interface, port), on_datagram)
+        endpoint.start(asyncio.get_running_loop())
         self._endpoints.append(endpoint)
 
     def _watched(self, endpoint: _Endpoint, data: bytes, source: tuple[str, int]) -> None:
@@ -171,8 +221,7 @@ class DhcpServer:
 
     async def close(self) -> None:
         for endpoint in self._endpoints:
-            if endpoint.transport is not None:
-                endpoint.transport.close()
+            endpoint.close()
         self._endpoints.clear()
         if self._turn is not None:
             self._turn.cancel()
@@ -263,7 +312,7 @@ class DhcpServer:
         log.exception(format_event("internal-error", xid=f"0x{packet.xid:08x}"))
 
     def _send(self, endpoint: _Endpoint, reply: Reply) -> None:
-        if endpoint.transport is None or endpoint.transport.is_closing():
+        if endpoint.closed:
             self.counters["unsent-closing"] += 1  # answered while the server shuts down
             return
         try:
@@ -273,5 +322,7 @@ class DhcpServer:
             log.exception(format_event("encode-error", xid=f"0x{reply.packet.xid:08x}"))
             return
         destination = str(reply.address) if reply.address != IPv4Address(0) else str(BROADCAST)
-        endpoint.transport.sendto(data, (destination, reply.port))
-        self.counters["sent"] += 1
+        if endpoint.sendto(data, (destination, reply.port)):
+            self.counters["sent"] += 1
+        else:
+            self.counters["send-failed"] += 1
