@@ -316,6 +316,16 @@ class App:
             await self.store.open()
             book = LeaseBook(await self.store.load())
         service = self.dhcp_service(book, self.store)
+        served = service.settings.subnets
+        if served and not any(self.interface.ip in subnet.network for subnet in served):
+            log.info(
+                format_event(
+                    "interface-not-served",
+                    interface=self.interface.name,
+                    network=str(self.interface.address.network),
+                    effect="only relayed requests are answered",
+                )
+            )
         # PXE 2.1 §2.2.3: a proxyDHCP also answers the clients' requests at port 4011.
         ports: tuple[int, ...] = (DHCP_SERVER_PORT,)
         if config.dhcp_mode is DhcpMode.PROXY:

@@ -198,8 +198,9 @@ class DhcpService:
             return None
         subnet = subnet_for(self.subnets, request, self.settings.server)
         if subnet is None:
-            outcome.notable = True
             if request.giaddr != ZERO:
+                # A relay agent configured for a network we do not serve: the operator's to fix.
+                outcome.notable = True
                 self.counters["relay-unknown-subnet"] += 1
                 outcome.reason = f"relayed from {request.giaddr}, which is in no served subnet"
             else:
@@ -560,7 +561,7 @@ class DhcpService:
             file_field = name if len(name) < 128 else b""
         if subnet is not None:
             options = _override(options, self._options(subnet, host), request)
-            options = with_agent_info(request, options)
+        options = with_agent_info(request, options)
         packet = DhcpPacket(
             op=Op.BOOTREPLY,
             xid=request.xid,
