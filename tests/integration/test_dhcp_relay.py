@@ -383,5 +383,23 @@ def test_bootp_clients_from_reservations_and_dynamic_bootp(
         lambda ev: ev.event == "BOOTP" and ev.get("mac") == stranger.mac(), 10
     )
     assert "dynamic-bootp is off" in ignored.get("reason")
+
+    # A relay agent for a network netbootd does not serve: silence, a reason and a count.
+    lab.add_host("lost").ns_exec([sys.executable, "-c", LOST_RELAY, lab.server_ip])
+    lost = netbootd.wait_event(lambda ev: ev.get("relay") == "10.0.9.1", 10)
+    assert (lost.event, lost.get("decision")) == ("DISCOVER", "ignored")
+    assert lost.get("reason") == "relayed from 10.0.9.1, which is in no served subnet"
     netbootd.stop()
     assert "bootp-unanswered=1" in netbootd.log_text()
+    assert "relay-unknown-subnet=1" in netbootd.log_text()
+
+
+LOST_RELAY = """
+import socket, sys
+# A DISCOVER as a relay agent on 10.0.9.1 would forward it (RFC 2131 §4.1: giaddr set).
+packet = bytes([1, 1, 6, 1]) + (0x1057).to_bytes(4, "big") + bytes(16)
+packet += socket.inet_aton("10.0.9.1") + bytes.fromhex("525400000957") + bytes(10 + 64 + 128)
+packet += bytes([99, 130, 83, 99, 53, 1, 1, 255])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(packet, (sys.argv[1], 67))
+"""
