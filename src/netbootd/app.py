@@ -175,6 +175,16 @@ class App:
             self.config.hosts.check_addresses(subnets, self.interface.ip)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        if self.machines is None:
+            return
+        machines = self.machines.setup.inventory.machines
+        for host in self.config.hosts:
+            owner = None if host.address is None else self.machines.reserved_for(host.address)
+            if owner is not None and machines[owner].mac != host.mac:
+                raise ConfigError(
+                    f"[[hosts]] {host.label}: address {host.address} is reserved for inventory "
+                    f"machine {owner} too; an address of its own is wanted"
+                )
 
     @staticmethod
     def _check_upload_dir(upload_dir: Path, root: Path | None) -> None:

@@ -444,5 +444,26 @@ def test_what_needs_the_interface_is_checked_at_start(
     assert str(caught.value) == message
 
 
+def test_a_host_address_reserved_in_the_inventory_too_is_refused(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "machines.toml").write_text(
+        '[machines.m1]\nmac = "52:54:00:aa:00:09"\naddress = "127.0.0.50"\n'
+    )
+    conf = tmp_path / "netbootd.toml"
+    conf.write_text(
+        f'interface = "lo"\nroot = "{tmp_path}"\ninventory = "{inventory}"\n'
+        'dhcp-range = "127.0.0.10-127.0.0.20"\n'
+        '[[hosts]]\nname = "h1"\nmac = "52:54:00:aa:00:01"\naddress = "127.0.0.50"\n'
+    )
+    app = App(parse("--config", str(conf), "--state-dir", str(tmp_path)))
+    with pytest.raises(ConfigError) as caught:
+        app.prepare()
+    assert str(caught.value) == (
+        "[[hosts]] h1: address 127.0.0.50 is reserved for inventory machine m1 too; an address "
+        "of its own is wanted"
+    )
+
+
 def _literal(text: str) -> str:
     return re.escape(text)
