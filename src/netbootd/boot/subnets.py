@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from typing import TypeVar
 
 from netbootd.boot.leases import AddressRange, LeaseBook
 from netbootd.proto.dhcp import DhcpPacket, Opt, encode_option_value, option_code
 
 _ZERO = IPv4Address(0)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,21 +78,22 @@ class SubnetSpec:
 
     def settle(self, defaults: NetworkSettings) -> Subnet:
         """The subnet as served: its own settings, the server-wide ones where it has none."""
-        given: dict[str, object] = {
-            name: value
-            for name, value in (
-                ("routers", self.routers),
-                ("dns_servers", self.dns_servers),
-                ("domain_name", self.domain_name),
-                ("lease_time", self.lease_time),
-                ("dynamic_bootp", self.dynamic_bootp),
-                ("bootp_lease_time", self.bootp_lease_time),
-            )
-            if value is not None
-        }
-        options = tuple((dict(defaults.options) | dict(self.options)).items())
-        settings = replace(defaults, options=options, **given)  # type: ignore[arg-type]
+
+        settings = NetworkSettings(
+            routers=_own(self.routers, defaults.routers),
+            dns_servers=_own(self.dns_servers, defaults.dns_servers),
+            domain_name=_own(self.domain_name, defaults.domain_name),
+            lease_time=_own(self.lease_time, defaults.lease_time),
+            options=tuple((dict(defaults.options) | dict(self.options)).items()),
+            dynamic_bootp=_own(self.dynamic_bootp, defaults.dynamic_bootp),
+            bootp_lease_time=_own(self.bootp_lease_time, defaults.bootp_lease_time),
+        )
         return Subnet(self.network, self.pools, settings, self.label)
+
+
+def _own(mine: _T | None, theirs: _T) -> _T:
+    """``mine`` when it is set, else ``theirs``."""
+    return theirs if mine is None else mine
 
 
 # -- choosing -------------------------------------------------------------------------------
@@ -258,30 +261,18 @@ def _parse_subnet(table: object, index: int) -> SubnetSpec:
         ) from None
     where = f"{label} ({network})"
     pools = tuple(_parse_pool(item, network, where) for item in _list(table, "pools", where))
-    spec = SubnetSpec(network, pools, label)
-    changes: dict[str, object] = {}
-    if "routers" in table:
-        changes["routers"] = _addresses(table["routers"], f"{where}: routers")
-    if "dns-servers" in table:
-        changes["dns_servers"] = _addresses(table["dns-servers"], f"{where}: dns-servers")
-    if "domain-name" in table:
-        name = table["domain-name"]
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{where}: domain-name: a domain name as text is wanted")
-        changes["domain_name"] = name
-    if "lease-time" in table:
-        changes["lease_time"] = _seconds(table["lease-time"], f"{where}: lease-time")
-    if "bootp-lease-time" in table:
-        changes["bootp_lease_time"] = _seconds(
-            table["bootp-lease-time"], f"{where}: bootp-lease-time"
-        )
-    if "dynamic-bootp" in table:
-        if not isinstance(table["dynamic-bootp"], bool):
-            raise ValueError(f"{where}: dynamic-bootp: true or false is wanted")
-        changes["dynamic_bootp"] = table["dynamic-bootp"]
-    if "options" in table:
-        changes["options"] = encode_options(table["options"], f"{where}: options")
-    return replace(spec, **changes)  # type: ignore[arg-type]
+    return SubnetSpec(
+        network,
+        pools,
+        label,
+        routers=_addresses(table, "routers", where),
+        dns_servers=_addresses(table, "dns-servers", where),
+        domain_name=_domain(table, where),
+        lease_time=_seconds(table, "lease-time", where),
+        options=encode_options(table.get("options", {}), f"{where}: options"),
+        dynamic_bootp=_flag(table, "dynamic-bootp", where),
+        bootp_lease_time=_seconds(table, "bootp-lease-time", where),
+    )
 
 
 def _list(table: Mapping[str, object], key: str, where: str) -> list[object]:
@@ -312,19 +303,41 @@ def _parse_pool(item: object, network: IPv4Network, where: str) -> AddressRange:
     return pool
 
 
-def _addresses(value: object, where: str) -> tuple[IPv4Address, ...]:
+def _addresses(table: Mapping[str, object], key: str, where: str) -> tuple[IPv4Address, ...] | None:
+    if key not in table:
+        return None
+    value = table[key]
     items = value if isinstance(value, list) else [value]
     try:
         return tuple(IPv4Address(str(item).strip()) for item in items)
     except ValueError:
-        raise ValueError(f"{where}: IPv4 addresses are wanted, not {value!r}") from None
+        raise ValueError(f"{where}: {key}: IPv4 addresses are wanted, not {value!r}") from None
 
 
-def _seconds(value: object, where: str) -> int:
+def _domain(table: Mapping[str, object], where: str) -> str | None:
+    name = table.get("domain-name")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ValueError(f"{where}: domain-name: a domain name as text is wanted")
+    return name
+
+
+def _flag(table: Mapping[str, object], key: str, where: str) -> bool | None:
+    value = table.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{where}: {key}: true or false is wanted")
+    return value
+
+
+def _seconds(table: Mapping[str, object], key: str, where: str) -> int | None:
+    value = table.get(key)
+    if value is None:
+        return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{where}: a number of seconds is wanted, not {value!r}")
+        raise ValueError(f"{where}: {key}: a number of seconds is wanted, not {value!r}")
     if not MIN_LEASE_TIME <= value <= MAX_LEASE_TIME:
-        raise ValueError(f"{where}: {value} is outside {MIN_LEASE_TIME}-{MAX_LEASE_TIME} seconds")
+        raise ValueError(
+            f"{where}: {key}: {value} is outside {MIN_LEASE_TIME}-{MAX_LEASE_TIME} seconds"
+        )
     return value
 
 
