@@ -258,6 +258,10 @@ def test_local_and_relayed_clients_get_their_subnets_pools(
         assert packet.get(Opt.AGENT_INFO) == sent_82[packet.xid]
         assert _last_option(raw) == Opt.AGENT_INFO
     assert any(packet.message_type == 5 for packet, _ in answered)  # an ACK among them
+    direct = [
+        p for src, dst, p, _ in crossed if src == relayed.lab.server_ip and dst != RELAY_GIADDR
+    ]
+    assert direct and all(Opt.AGENT_INFO not in p for p in direct)  # the near client's: none
     log = netbootd.log_text()
     assert "sent xid=" in log and "82 agent-info: 1=" in log
 
