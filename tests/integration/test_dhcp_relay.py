@@ -351,18 +351,6 @@ def test_bootp_clients_from_reservations_and_dynamic_bootp(
     assert reply.get(Opt.HOST_NAME) == b"old-timer"
     assert reply.get(Opt.SUBNET_MASK) == bytes([255, 255, 255, 0])
 
-    if shutil.which("bootpc") is not None:
-        # A real BOOTP client, from the same host. It broadcasts without binding to the
-        # device, as at boot, so it needs a route for the limited broadcast.
-        host.ip("route", "add", "255.255.255.255/32", "dev", host.interface)
-        got = host.ns_exec(
-            ["bootpc", "--dev", host.interface, "--returniffail", "--timeoutwait", "10"],
-            check=False,
-            timeout=30,
-        )
-        assert "IPADDR='10.99.0.50'" in got.stdout, got.stdout + got.stderr
-        assert "BOOTFILE='pxelinux.0'" in got.stdout
-
     # Behind the relay, dynamic BOOTP: a pool address, leased for good and stored.
     far = relayed.far
     remote = bytes.fromhex(
@@ -396,6 +384,28 @@ def test_bootp_clients_from_reservations_and_dynamic_bootp(
     netbootd.stop()
     assert "bootp-unanswered=1" in netbootd.log_text()
     assert "relay-unknown-subnet=1" in netbootd.log_text()
+
+
+@pytest.mark.skipif(shutil.which("bootpc") is None, reason="bootpc is not installed")
+@needs
+def test_bootpc_gets_its_reservation(relayed: Relayed) -> None:
+    """A real BOOTP client (Debian's bootpc) with a reservation by MAC."""
+    host = relayed.lab.add_host("bootpc")
+    host.ip("link", "set", host.interface, "address", BOOTP_MAC)
+    host.ip("addr", "flush", "dev", host.interface)
+    # It broadcasts without binding to the device, as at boot, so it needs a route for the
+    # limited broadcast.
+    host.ip("route", "add", "255.255.255.255/32", "dev", host.interface)
+    got = host.ns_exec(
+        ["bootpc", "--dev", host.interface, "--returniffail", "--timeoutwait", "10"],
+        check=False,
+        timeout=30,
+    )
+    assert "IPADDR='10.99.0.50'" in got.stdout, got.stdout + got.stderr
+    assert "NETMASK='255.255.255.0'" in got.stdout
+    assert "BOOTFILE='pxelinux.0'" in got.stdout
+    assert "HOSTNAME='old-timer'" in got.stdout
+    assert f"SERVER='{relayed.lab.server_ip}'" in got.stdout
 
 
 LOST_RELAY = """
