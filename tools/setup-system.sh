@@ -9,7 +9,7 @@ packages=(
   # boot payloads: iPXE builds, pxelinux, a kernel, a static busybox for a tiny initramfs
   ipxe pxelinux syslinux-common grub-efi-amd64-signed linux-image-amd64 busybox-static cpio
   # network namespaces and real clients and peers
-  iproute2 procps isc-dhcp-client dnsmasq-base atftp curl tcpdump
+  iproute2 procps isc-dhcp-client isc-dhcp-relay bootpc dnsmasq-base atftp curl tcpdump
 )
 
 # Extra packages for one job (the benchmarks' peers), as "make bench-tftp" passes them.

@@ -360,6 +360,27 @@ class Lab(Namespace):
         host.ip("link", "set", host.interface, "up")
         return host
 
+    def add_segment(self, router: Host, label: str, router_address: str) -> Host:
+        """A host on a network of its own behind ``router`` (a relay agent, say).
+
+        A veth pair joins the new namespace ``<lab>-<label>`` (its ``eth0``, no address) to
+        ``router``, whose end gets ``router_address`` (``10.0.5.1/24``). The host's ``address``
+        is that router address (the host has none until DHCP gives it one); the router's end
+        is its ``bridge_port``. Both go away with the namespaces.
+        """
+        index = len(self._namespaces)
+        ns = f"{self.name}-{label}"
+        port = f"down{index}"
+        run(["ip", "netns", "add", ns])
+        self._namespaces.append(ns)
+        host = Host(ns, self, ipaddress.IPv4Interface(router_address), port)
+        router.ip("link", "add", port, "type", "veth", "peer", "name", host.interface, "netns", ns)
+        router.ip("addr", "add", router_address, "dev", port)
+        router.ip("link", "set", port, "up")
+        host.ip("link", "set", "lo", "up")
+        host.ip("link", "set", host.interface, "up")
+        return host
+
     # -- processes ---------------------------------------------------------------------------
 
     def _spawn(

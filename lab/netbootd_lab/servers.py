@@ -157,9 +157,14 @@ class NetbootdServer(BootServer):
         boot: Sequence[str] = ("bios=pxelinux.0",),
         extra_args: Sequence[str] = (),
         proxy: bool = False,
+        config: Path | None = None,
     ):
+        """With ``config`` (a TOML file), the pools are the file's unless ``dhcp_range`` adds
+        the interface's."""
         super().__init__(lab, root, log_path)
         self.state_dir = state_dir
+        self.config = config
+        self.range_flag = config is None or dhcp_range is not None
         self.dhcp_range = dhcp_range or lab.dhcp_range()
         self.boot = list(boot)
         self.extra_args = list(extra_args)
@@ -176,7 +181,12 @@ class NetbootdServer(BootServer):
             "--root", str(self.root),
             "--state-dir", str(self.state_dir),
         ]  # fmt: skip
-        argv += ["--proxy"] if self.proxy else ["--dhcp-range", "-".join(self.dhcp_range)]
+        if self.config is not None:
+            argv += ["--config", str(self.config)]
+        if self.proxy:
+            argv += ["--proxy"]
+        elif self.range_flag:
+            argv += ["--dhcp-range", "-".join(self.dhcp_range)]
         for spec in self.boot:
             argv += ["--boot", spec]
         return argv + self.extra_args

@@ -17,6 +17,7 @@ from pathlib import Path
 from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
 from netbootd.boot.leases import LeaseBook
 from netbootd.boot.policy import DEFAULT_BOOT, GRUB_LOADER, PXELINUX_LOADER, BootPolicy
+from netbootd.boot.subnets import NetworkSettings, Subnet, check_overlaps, check_server
 from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import Opt, ips_option
@@ -124,18 +125,65 @@ class App:
         if config.tftp_upload_dir is not None:
             self._check_upload_dir(config.tftp_upload_dir, config.root)
         if config.dhcp_mode is DhcpMode.AUTHORITATIVE:
-            assert config.dhcp_range is not None and self.interface is not None
+            assert self.interface is not None
             network = self.interface.address.network
-            for end in (config.dhcp_range.first, config.dhcp_range.last):
-                if end not in network:
+            if config.dhcp_range is not None:
+                for end in (config.dhcp_range.first, config.dhcp_range.last):
+                    if end not in network:
+                        raise ConfigError(
+                            f"dhcp-range {config.dhcp_range} is not inside {network}, "
+                            f"the network of {self.interface.name}"
+                        )
+                if self.interface.ip in config.dhcp_range:
                     raise ConfigError(
-                        f"dhcp-range {config.dhcp_range} is not inside {network}, "
-                        f"the network of {self.interface.name}"
+                        f"dhcp-range {config.dhcp_range} contains this server's own address "
+                        f"{self.interface.ip}"
                     )
-            if self.interface.ip in config.dhcp_range:
+            self._check_subnets()
+
+    def served_subnets(self) -> tuple[Subnet, ...]:
+        """The subnets served in authoritative mode, settled under the server-wide settings:
+        the --dhcp-range one on the interface's network, then the config file's."""
+        config = self.config
+        assert self.interface is not None
+        defaults = NetworkSettings(
+            routers=config.routers,
+            dns_servers=config.dns_servers,
+            domain_name=config.domain_name,
+            lease_time=config.lease_time,
+            options=tuple(_more_options(config).items()),
+            dynamic_bootp=config.dynamic_bootp,
+            bootp_lease_time=config.bootp_lease_time,
+        )
+        found = [spec.settle(defaults) for spec in config.subnets]
+        if config.dhcp_range is not None:
+            found.insert(
+                0,
+                Subnet(
+                    self.interface.address.network, (config.dhcp_range,), defaults, "dhcp-range"
+                ),
+            )
+        return tuple(found)
+
+    def _check_subnets(self) -> None:
+        """What needs the interface: the server's address, the --dhcp-range subnet, hosts."""
+        assert self.interface is not None
+        subnets = self.served_subnets()
+        try:
+            check_overlaps(subnets)
+            check_server(subnets, self.interface.ip, self.interface.name)
+            self.config.hosts.check_addresses(subnets, self.interface.ip)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.machines is None:
+            return
+        machines = self.machines.setup.inventory.machines
+        for host in self.config.hosts:
+            owner = None if host.address is None else self.machines.reserved_for(host.address)
+            if owner is not None and machines[owner].mac != host.mac:
                 raise ConfigError(
-                    f"dhcp-range {config.dhcp_range} contains this server's own address "
-                    f"{self.interface.ip}"
+                    f"[[hosts]] {host.label}: address {host.address} is reserved for inventory "
+                    f"machine {owner} too; an address of its own is wanted"
                 )
 
     @staticmethod
@@ -215,6 +263,8 @@ class App:
                 address=host,
                 dhcp=str(config.dhcp_mode),
                 pool=str(config.dhcp_range) if config.dhcp_range else "-",
+                subnets=len(config.subnets) or "-",
+                hosts=len(config.hosts) or "-",
                 tftp=config.tftp_port if self.tftp else "off",
                 http=config.http_port if self.http else "off",
                 root=str(config.root) if config.root else "-",
@@ -262,6 +312,8 @@ class App:
             domain_name=config.domain_name,
             options=tuple(_more_options(config).items()),
             log_dhcp=config.log_dhcp,
+            subnets=self.served_subnets() if config.dhcp_mode is DhcpMode.AUTHORITATIVE else (),
+            hosts=config.hosts,
         )
         return DhcpService(settings, policy, book, store, machines=self.machines)
 
@@ -274,6 +326,16 @@ class App:
             await self.store.open()
             book = LeaseBook(await self.store.load())
         service = self.dhcp_service(book, self.store)
+        served = service.settings.subnets
+        if served and not any(self.interface.ip in subnet.network for subnet in served):
+            log.info(
+                format_event(
+                    "interface-not-served",
+                    interface=self.interface.name,
+                    network=str(self.interface.address.network),
+                    effect="only relayed requests are answered",
+                )
+            )
         # PXE 2.1 §2.2.3: a proxyDHCP also answers the clients' requests at port 4011.
         ports: tuple[int, ...] = (DHCP_SERVER_PORT,)
         if config.dhcp_mode is DhcpMode.PROXY:

@@ -271,6 +271,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         # A mode given on the command line replaces the file's mode entirely.
         for key in ("dhcp-range", "proxy", "dhcp"):
             file_settings.pop(key, None)
+    if flags["proxy"] or flags["dhcp"] is False:
+        # So do the file's authoritative-only tables (--dhcp-range keeps them: it adds the
+        # interface's pool to them).
+        for key in ("subnets", "hosts", "dynamic-bootp", "bootp-lease-time"):
+            file_settings.pop(key, None)
     return build(file_settings, flags, source)
 
 

@@ -18,7 +18,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from netbootd.boot.client import BootClass, BootKey, parse_boot_key
+from netbootd.boot.hosts import HostTable, parse_hosts
 from netbootd.boot.leases import AddressRange
+from netbootd.boot.subnets import SubnetSpec, parse_subnets
 from netbootd.proto.dhcp import encode_option_value, option_code
 
 
@@ -52,6 +54,12 @@ class Config(BaseModel):
     root: Path | None = None
     dhcp_mode: DhcpMode = DhcpMode.PROXY
     dhcp_range: AddressRange | None = None
+    # Authoritative DHCP on several networks, relayed ones too ([[subnets]]), and the clients
+    # declared one by one ([[hosts]]).
+    subnets: tuple[SubnetSpec, ...] = ()
+    hosts: HostTable = Field(default_factory=HostTable)
+    dynamic_bootp: bool = False  # BOOTP clients without a reservation get a pool address
+    bootp_lease_time: int | None = Field(default=None, ge=60, le=365 * 86400)  # None: infinite
     tftp: bool = True
     http: bool = True
     boot: dict[BootKey, str] = Field(default_factory=dict)
@@ -124,10 +132,19 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        if self.dhcp_mode is DhcpMode.AUTHORITATIVE and self.dhcp_range is None:
-            raise ValueError("authoritative DHCP needs a dhcp-range")
-        if self.dhcp_mode is not DhcpMode.AUTHORITATIVE and self.dhcp_range is not None:
-            raise ValueError(f"dhcp-range is only used by authoritative DHCP, not {self.dhcp_mode}")
+        no_pool = self.dhcp_range is None and not self.subnets
+        if self.dhcp_mode is DhcpMode.AUTHORITATIVE and no_pool:
+            raise ValueError("authoritative DHCP needs a dhcp-range or [[subnets]]")
+        if self.dhcp_mode is not DhcpMode.AUTHORITATIVE:
+            for key, given in (
+                ("dhcp-range", self.dhcp_range is not None),
+                ("[[hosts]]", len(self.hosts) > 0),
+                ("dynamic-bootp", self.dynamic_bootp),
+            ):
+                if given:
+                    raise ValueError(
+                        f"{key} is only used by authoritative DHCP, not {self.dhcp_mode}"
+                    )
         if self.dhcp_mode is not DhcpMode.OFF and self.interface is None:
             raise ValueError("serving DHCP needs an interface (--interface)")
         if (self.tftp or self.http) and self.root is None:
@@ -146,6 +163,10 @@ _FILE_KEYS = {
     "interface",
     "root",
     "dhcp-range",
+    "subnets",
+    "hosts",
+    "dynamic-bootp",
+    "bootp-lease-time",
     "proxy",
     "dhcp",
     "tftp",
@@ -238,25 +259,32 @@ def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: st
 def _validate(merged: Mapping[str, Any]) -> Config:
     values: dict[str, Any] = {}
     for key, value in merged.items():
-        if key in {"proxy", "dhcp", "dhcp-range"}:
+        if key in {"proxy", "dhcp", "dhcp-range", "subnets", "hosts"}:
             continue
         values[key.replace("-", "_")] = value
     dhcp_on = merged.get("dhcp", True)
     proxy = merged.get("proxy", False)
     dhcp_range = merged.get("dhcp-range")
+    # The subnets' and hosts' own messages name the table and the key.
+    if "subnets" in merged:
+        values["subnets"] = parse_subnets(merged["subnets"])
+    if "hosts" in merged:
+        values["hosts"] = parse_hosts(merged["hosts"])
     if not isinstance(dhcp_on, bool) or not isinstance(proxy, bool):
         raise ValueError("'dhcp' and 'proxy' must be true or false")
     if not dhcp_on:
-        if proxy or dhcp_range is not None:
-            raise ValueError("DHCP is off (--no-dhcp) but --proxy or --dhcp-range was given")
+        if proxy or dhcp_range is not None or values.get("subnets"):
+            raise ValueError(
+                "DHCP is off (--no-dhcp) but --proxy, --dhcp-range or [[subnets]] was given"
+            )
         values["dhcp_mode"] = DhcpMode.OFF
-    elif dhcp_range is not None:
+    elif dhcp_range is not None or values.get("subnets"):
         if proxy:
-            raise ValueError("--proxy and --dhcp-range exclude each other")
+            raise ValueError("--proxy excludes --dhcp-range and [[subnets]]")
         values["dhcp_mode"] = DhcpMode.AUTHORITATIVE
         if isinstance(dhcp_range, str):
             values["dhcp_range"] = AddressRange.parse(dhcp_range)
-        else:
+        elif dhcp_range is not None:
             raise ValueError("dhcp-range must be a string FIRST-LAST")
     else:
         values["dhcp_mode"] = DhcpMode.PROXY

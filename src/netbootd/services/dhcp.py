@@ -1,13 +1,16 @@
 """The DHCP service: a decoded request in, at most one reply (and where to send it) out.
 
 It applies RFC 2131 to the lease book, asks the boot policy what the client boots, persists
-bound leases before acknowledging them, and logs one line per transaction. It owns no socket:
-the transport decodes, calls :meth:`DhcpService.answer`, and sends what comes back.
+bound leases before acknowledging them, and logs one line per transaction. A request is served
+from the subnet it comes from (the interface's, or the relay agent's for a relayed one); BOOTP
+clients (RFC 951) are answered from reservations, or from the pools where the subnet says so.
+It owns no socket: the transport decodes, calls :meth:`DhcpService.answer`, and sends what comes
+back.
 
 Answering is synchronous. A transaction whose outcome must be on disk first (an ACK, a release,
-a decline) comes back as a :class:`Pending`: the change is queued to the lease store, and the
-reply exists only once the store says the change is durable. No task is made per packet, and
-the store writes every change queued meanwhile in one transaction.
+a decline, a dynamic BOOTP lease) comes back as a :class:`Pending`: the change is queued to the
+lease store, and the reply exists only once the store says the change is durable. No task is
+made per packet, and the store writes every change queued meanwhile in one transaction.
 """
 
 from __future__ import annotations
@@ -20,16 +23,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
+from netbootd.boot.bootp import bootp_reply
 from netbootd.boot.client import ClientInfo, classify
+from netbootd.boot.hosts import HostEntry, HostTable
 from netbootd.boot.leases import (
     AddressRange,
     Lease,
     LeaseBook,
     LeaseState,
-    choose_address,
     client_key,
 )
 from netbootd.boot.policy import BootDecision, BootPolicy
+from netbootd.boot.subnets import (
+    NetworkSettings,
+    Subnet,
+    choose_in_pools,
+    subnet_for,
+    with_agent_info,
+)
 from netbootd.config import DhcpMode
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import (
@@ -46,6 +57,7 @@ from netbootd.proto.dhcp import (
     pxe_vendor_options,
     u32_option,
 )
+from netbootd.services.hosts import Reservations
 from netbootd.services.machines import Machines
 from netbootd.store.leases import LeaseStore, StoreError
 
@@ -58,6 +70,7 @@ BROADCAST = IPv4Address("255.255.255.255")
 ZERO = IPv4Address(0)
 
 OFFER_HOLD_SECONDS = 60.0  # how long an offered address stays promised to its client
+FOREVER = float("inf")  # the end of a lease that never ends (RFC 2131 §3.3: all ones)
 
 # PXE 2.1 §2.4.3 option 43 sub-option 6 (PXE_DISCOVERY_CONTROL), bit 3: a boot file name is in
 # the offer; download it without boot-server discovery or a menu.
@@ -81,6 +94,28 @@ class DhcpSettings:
     # each replaces a built-in option of its code.
     options: tuple[tuple[int, bytes], ...] = ()
     log_dhcp: bool = False
+    # The networks served, each with its pools and settings. Empty: one, the interface's
+    # ``network`` with ``pool`` and the settings above (--dhcp-range).
+    subnets: tuple[Subnet, ...] = ()
+    hosts: HostTable = field(default_factory=HostTable)  # the config file's [[hosts]]
+    dynamic_bootp: bool = False  # for the interface's network when ``subnets`` is empty
+    bootp_lease_time: int | None = None
+
+    def served(self) -> tuple[Subnet, ...]:
+        """The subnets to serve."""
+        if self.subnets:
+            return self.subnets
+        settings = NetworkSettings(
+            routers=self.routers,
+            dns_servers=self.dns_servers,
+            domain_name=self.domain_name,
+            lease_time=self.lease_time,
+            options=self.options,
+            dynamic_bootp=self.dynamic_bootp,
+            bootp_lease_time=self.bootp_lease_time,
+        )
+        pools = (self.pool,) if self.pool is not None else ()
+        return (Subnet(self.network, pools, settings, "dhcp-range"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +160,7 @@ class _Outcome:
     address: IPv4Address | None = None
     reason: str = ""
     boot: BootDecision | None = None
+    notable: bool = False  # ignored for a reason the operator should see (not only at debug)
 
 
 @dataclass
@@ -136,6 +172,19 @@ class DhcpService:
     clock: Callable[[], float] = time.time
     counters: Counter[str] = field(default_factory=Counter)
     machines: Machines | None = None  # the inventory, when there is one
+    _served: tuple[DhcpSettings, tuple[Subnet, ...]] | None = field(default=None, repr=False)
+
+    @property
+    def subnets(self) -> tuple[Subnet, ...]:
+        """The served subnets, worked out once for the settings in force."""
+        if self._served is None or self._served[0] is not self.settings:
+            self._served = (self.settings, self.settings.served())
+        return self._served[1]
+
+    @property
+    def reservations(self) -> Reservations:
+        """The config's hosts and the inventory's machines, as the inventory stands now."""
+        return Reservations(self.settings.hosts, self.machines)
 
     async def handle(
         self, request: DhcpPacket, *, local_port: int, source: tuple[str, int]
@@ -231,47 +280,60 @@ class DhcpService:
             outcome.reason = "not a BOOTREQUEST"
             return None
         mtype = request.message_type
-        if mtype is None:
-            outcome.reason = "BOOTP request: no reservation can answer it yet"
-            return None
         if self.settings.mode is DhcpMode.PROXY:
+            if mtype is None:
+                outcome.reason = "BOOTP request: a proxyDHCP answers PXE DHCP clients only"
+                return None
             return self._proxy(request, client, outcome, local_port, source)
         if local_port == PXE_PORT:
             outcome.reason = "port 4011 is only answered in proxy mode"
             return None
-        if request.giaddr != ZERO and request.giaddr not in self.settings.network:
-            outcome.reason = f"relayed from {request.giaddr}, a network with no pool here"
+        subnet = subnet_for(self.subnets, request, self.settings.server)
+        if subnet is None:
+            if request.giaddr != ZERO:
+                # A relay agent configured for a network we do not serve: the operator's to fix.
+                outcome.notable = True
+                self.counters["relay-unknown-subnet"] += 1
+                outcome.reason = f"relayed from {request.giaddr}, which is in no served subnet"
+            else:
+                self.counters["no-subnet"] += 1
+                outcome.reason = f"no subnet served on {self.settings.network}"
             return None
+        if mtype is None:
+            return self._bootp(request, client, outcome, subnet)
         if mtype == MessageType.DISCOVER:
-            return self._discover(request, client, outcome)
+            return self._discover(request, client, outcome, subnet)
         if mtype == MessageType.REQUEST:
-            return self._request(request, client, outcome)
+            return self._request(request, client, outcome, subnet)
         if mtype == MessageType.RELEASE:
             return self._release(request, outcome)
         if mtype == MessageType.DECLINE:
             return self._decline(request, outcome)
         if mtype == MessageType.INFORM:
-            return self._inform(request, client, outcome)
+            return self._inform(request, client, outcome, subnet)
         outcome.reason = f"message type {mtype} is not for a server"
         return None
 
     # -- authoritative mode (RFC 2131 §4.3) ---------------------------------------------------
 
-    def _discover(self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome) -> Reply | None:
-        pool = self.settings.pool
-        if pool is None:
-            outcome.reason = "no pool"
-            return None
+    def _discover(
+        self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome, subnet: Subnet
+    ) -> Reply | None:
         now = self.clock()
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
         requested = _opt_ip(request, Opt.REQUESTED_IP)
-        address = self._reservation(request, key, now)
+        address = self._reservation(request, key, now, subnet)
         if address is None:
-            reserved = self.machines.reserved if self.machines is not None else frozenset()
-            address = choose_address(pool, self.book, key, now, requested, reserved=reserved)
+            if not subnet.pools:
+                outcome.reason = f"{subnet} has no pool"
+                return None
+            address = choose_in_pools(
+                subnet.pools, self.book, key, now, requested, reserved=self.reservations
+            )
         if address is None:
-            outcome.reason = f"pool {pool} is full"
-            log.warning(format_event("pool-full", pool=str(pool), mac=request.mac))
+            pools = ",".join(str(pool) for pool in subnet.pools)
+            outcome.reason = f"pool {pools} is full"
+            log.warning(format_event("pool-full", pool=pools, mac=request.mac))
             return None
         current = self.book.at(address)
         if current is None or current.client != key or current.state is not LeaseState.BOUND:
@@ -281,9 +343,13 @@ class DhcpService:
                 Lease(address, key, request.mac, LeaseState.OFFERED, now + OFFER_HOLD_SECONDS)
             )
         outcome.decision, outcome.address = "OFFER", address
-        return self._reply(request, client, MessageType.OFFER, outcome, yiaddr=address)
+        return self._reply(
+            request, client, MessageType.OFFER, outcome, yiaddr=address, subnet=subnet
+        )
 
-    def _request(self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome) -> _Step:
+    def _request(
+        self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome, subnet: Subnet
+    ) -> _Step:
         now = self.clock()
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
         server_id = _opt_ip(request, Opt.SERVER_ID)
@@ -305,37 +371,45 @@ class DhcpService:
         if address is None:
             outcome.reason = f"{state} REQUEST without an address"
             return None
-        if address not in self.settings.network:
+        if address not in subnet.network:
             return self._nak(request, client, outcome, f"{address} is not on this network")
-        pool = self.settings.pool
-        reservation = self._reservation(request, key, now)
+        reservation = self._reservation(request, key, now, subnet)
         if reservation is not None and address != reservation:
             return self._nak(request, client, outcome, f"this client's address is {reservation}")
         if reservation is None:
-            if pool is None or address not in pool:
+            if not subnet.in_pools(address):
                 return self._nak(request, client, outcome, f"{address} is not in the pool")
-            owner = self.machines.reserved_for(address) if self.machines is not None else None
+            owner = self.reservations.owner(address)
             if owner is not None:
                 return self._nak(request, client, outcome, f"{address} is reserved for {owner}")
         if self._held_by_another_machine(address, request, key, now):
             return self._nak(request, client, outcome, f"{address} is held by another client")
-        lease = Lease(address, key, request.mac, LeaseState.BOUND, now + self.settings.lease_time)
-        previous = self.book.at(address)
-        # Reserved in the book at once: no other client can take it while it is written.
-        self.book.put(lease)
+        expires = now + subnet.settings.lease_time
 
         def acknowledge() -> Reply | None:
             outcome.decision, outcome.address = "ACK", address
-            return self._reply(request, client, MessageType.ACK, outcome, yiaddr=address)
+            return self._reply(
+                request, client, MessageType.ACK, outcome, yiaddr=address, subnet=subnet
+            )
+
+        # Durable before the ACK leaves.
+        lease = Lease(address, key, request.mac, LeaseState.BOUND, expires)
+        return self._bind(lease, outcome, acknowledge)
+
+    def _bind(self, lease: Lease, outcome: _Outcome, finish: Callable[[], Reply | None]) -> _Step:
+        """Put ``lease`` in the book at once (no other client can take its address while it is
+        written) and conclude with ``finish`` once it is durable; when the store fails, the
+        book is put back as it was and the client gets no reply."""
+        previous = self.book.at(lease.address)
+        self.book.put(lease)
 
         def undo() -> None:
             if previous is None:
-                self.book.remove(address)
+                self.book.remove(lease.address)
             else:
                 self.book.put(previous)
 
-        # Durable before the ACK leaves.
-        return self._persist(lease, outcome, acknowledge, undo)
+        return self._persist(lease, outcome, finish, undo)
 
     def _held_by_another_machine(
         self, address: IPv4Address, request: DhcpPacket, key: str, now: float
@@ -349,26 +423,27 @@ class DhcpService:
         if holder is None or holder == key:
             return False
         lease = self.book.at(address)
-        reserved = self.machines.reservation(request.mac) if self.machines is not None else None
+        reserved = self.reservations.of(request)
         return not (
             holder != ""  # a quarantined address is nobody's
             and reserved is not None
-            and reserved[1] == address
+            and reserved.address == address
             and lease is not None
             and lease.mac.lower() == request.mac.lower()
         )
 
-    def _reservation(self, request: DhcpPacket, key: str, now: float) -> IPv4Address | None:
-        """The address the inventory reserves for this client, when it can have it now."""
-        if self.machines is None:
-            return None
-        found = self.machines.reservation(request.mac)
+    def _reservation(
+        self, request: DhcpPacket, key: str, now: float, subnet: Subnet
+    ) -> IPv4Address | None:
+        """The address reserved for this client (by a config host or an inventory machine),
+        when it can have it now, on the subnet it asks from."""
+        found = self.reservations.of(request)
         if found is None:
             return None
-        name, address = found
+        name, address = found.name, found.address
         problem = None
-        if address not in self.settings.network or address == self.settings.server:
-            problem = f"not a client address of {self.settings.network}"
+        if not subnet.is_client_address(address) or address == self.settings.server:
+            problem = f"not a client address of {subnet.network}"
         elif self._held_by_another_machine(address, request, key, now):
             problem = "leased to another client"
         if problem is not None:
@@ -413,9 +488,82 @@ class DhcpService:
 
         return self._persist(quarantine, outcome, quarantined, lambda: self.book.put(lease))
 
-    def _inform(self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome) -> Reply | None:
+    def _inform(
+        self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome, subnet: Subnet
+    ) -> Reply | None:
         outcome.decision, outcome.address = "ACK", request.ciaddr
-        return self._reply(request, client, MessageType.ACK, outcome, yiaddr=ZERO, lease=False)
+        return self._reply(
+            request, client, MessageType.ACK, outcome, yiaddr=ZERO, lease=False, subnet=subnet
+        )
+
+    # -- BOOTP (RFC 951, RFC 1497; dhcpd's dynamic-bootp) -------------------------------------
+
+    def _bootp(
+        self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome, subnet: Subnet
+    ) -> _Step:
+        """A BOOTREPLY from the client's reservation, or from the pools with dynamic BOOTP."""
+        now = self.clock()
+        key = client_key(request.mac, request.get(Opt.CLIENT_ID))
+        address = self._reservation(request, key, now, subnet)
+        settings = subnet.settings
+        if address is None:
+            if not settings.dynamic_bootp:
+                self.counters["bootp-unanswered"] += 1
+                outcome.notable = True
+                outcome.reason = (
+                    f"BOOTP request with no reservation on {subnet}, and dynamic-bootp is off"
+                )
+                return None
+            address = choose_in_pools(subnet.pools, self.book, key, now, reserved=self.reservations)
+            if address is None:
+                outcome.reason = f"no free address in the pools of {subnet} for BOOTP"
+                return None
+            # dhcpd's dynamic-bootp: a BOOTP client never renews nor releases, so its lease
+            # lasts as configured, forever by default, and is durable before the reply.
+            length = settings.bootp_lease_time
+            expires = FOREVER if length is None else now + length
+            lease = Lease(address, key, request.mac, LeaseState.BOUND, expires)
+            chosen = address
+            return self._bind(
+                lease, outcome, lambda: self._bootreply(request, client, outcome, subnet, chosen)
+            )
+        return self._bootreply(request, client, outcome, subnet, address)
+
+    def _bootreply(
+        self,
+        request: DhcpPacket,
+        client: ClientInfo,
+        outcome: _Outcome,
+        subnet: Subnet,
+        address: IPv4Address,
+    ) -> Reply:
+        host = self.reservations.host(request)
+        boot = self._boot(client, address, host)
+        outcome.boot = boot
+        options: list[tuple[int, bytes]] = [(Opt.SUBNET_MASK, ip_option(subnet.network.netmask))]
+        options += self._network_options(request, subnet, host, requested_only=False)
+        options = _override(options, self._options(subnet, host), request, requested_only=False)
+        next_server = self._next_server(host)
+        file_field = boot.filename.encode() if boot.filename is not None else b""
+        built = bootp_reply(
+            request,
+            yiaddr=address,
+            siaddr=next_server,
+            file=file_field,
+            options=with_agent_info(request, options),
+        )
+        if built.left_out:
+            log.warning(
+                format_event(
+                    "bootp-options-left-out",
+                    mac=request.mac,
+                    options=",".join(str(code) for code in built.left_out),
+                    why="they do not fit the 64-octet BOOTP vendor area",
+                )
+            )
+        outcome.decision, outcome.address = "BOOTREPLY", address
+        address_to, port = reply_destination(request, None)
+        return Reply(built.packet, address_to, port, _max_size(request))
 
     def _nak(
         self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome, reason: str
@@ -431,7 +579,7 @@ class DhcpService:
             options=(
                 (Opt.MESSAGE_TYPE, bytes([MessageType.NAK])),
                 (Opt.SERVER_ID, ip_option(self.settings.server)),
-                (Opt.MESSAGE, reason.encode()),
+                *with_agent_info(request, [(Opt.MESSAGE, reason.encode())]),
             ),
         )
         address, port = reply_destination(request, MessageType.NAK)
@@ -480,13 +628,11 @@ class DhcpService:
         *,
         yiaddr: IPv4Address,
         lease: bool = True,
+        subnet: Subnet | None = None,
     ) -> Reply | None:
         settings = self.settings
-        resolution = None
-        if self.machines is not None:
-            resolution = self.machines.resolve_client(client)
-            self.machines.remember(client, yiaddr if yiaddr != ZERO else None)
-        boot = self.policy.decide(client, resolution)
+        host = self.reservations.host(request) if subnet is not None else None
+        boot = self._boot(client, yiaddr, host)
         outcome.boot = boot
         if settings.mode is DhcpMode.PROXY and boot.filename is None:
             outcome.decision, outcome.reason = "ignored", boot.reason
@@ -495,15 +641,16 @@ class DhcpService:
             (Opt.MESSAGE_TYPE, bytes([mtype])),
             (Opt.SERVER_ID, ip_option(settings.server)),
         ]
-        if lease:
+        if lease and subnet is not None:
+            lease_time = subnet.settings.lease_time
             options += [
-                (Opt.LEASE_TIME, u32_option(settings.lease_time)),
-                (Opt.RENEWAL_TIME, u32_option(settings.lease_time // 2)),
-                (Opt.REBINDING_TIME, u32_option(settings.lease_time * 7 // 8)),
+                (Opt.LEASE_TIME, u32_option(lease_time)),
+                (Opt.RENEWAL_TIME, u32_option(lease_time // 2)),
+                (Opt.REBINDING_TIME, u32_option(lease_time * 7 // 8)),
             ]
-        if settings.mode is DhcpMode.AUTHORITATIVE:
-            options.append((Opt.SUBNET_MASK, ip_option(settings.network.netmask)))
-            options += self._network_options(request)
+        if subnet is not None:
+            options.append((Opt.SUBNET_MASK, ip_option(subnet.network.netmask)))
+            options += self._network_options(request, subnet, host)
         if client.is_http_boot:
             # UEFI HTTP Boot (UEFI 2.x §24.7) only takes offers that say HTTPClient.
             options.append((Opt.VENDOR_CLASS, b"HTTPClient"))
@@ -513,7 +660,7 @@ class DhcpService:
         uuid = request.get(Opt.CLIENT_UUID)
         if uuid is not None and client.is_pxe:
             options.append((Opt.CLIENT_UUID, uuid))  # PXE 2.1 §2.2.3: echoed by the proxy
-        next_server = settings.next_server or settings.server
+        next_server = self._next_server(host)
         file_field = b""
         if boot.filename is not None:
             name = boot.filename.encode()
@@ -522,11 +669,9 @@ class DhcpService:
             options.append((Opt.BOOTFILE, name))
             # The file field holds 127 bytes and a NUL; longer names travel in option 67 only.
             file_field = name if len(name) < 128 else b""
-        if settings.mode is DhcpMode.AUTHORITATIVE and settings.options:
-            # The operator's own options replace built-in ones of the same code, in place.
-            mine = dict(settings.options)
-            options = [(code, mine.pop(code, value)) for code, value in options]
-            options += _requested(request, mine.items())
+        if subnet is not None:
+            options = _override(options, self._options(subnet, host), request)
+        options = with_agent_info(request, options)
         packet = DhcpPacket(
             op=Op.BOOTREPLY,
             xid=request.xid,
@@ -543,11 +688,47 @@ class DhcpService:
         address, port = reply_destination(request, mtype)
         return Reply(packet, address, port, _max_size(request))
 
-    def _network_options(self, request: DhcpPacket) -> list[tuple[int, bytes]]:
+    def _boot(
+        self, client: ClientInfo, yiaddr: IPv4Address, host: HostEntry | None
+    ) -> BootDecision:
+        """What the client boots: its host entry's boot-file, else the boot policy's choice."""
+        resolution = None
+        if self.machines is not None:
+            resolution = self.machines.resolve_client(client)
+            self.machines.remember(client, yiaddr if yiaddr != ZERO else None)
+        if host is not None and host.boot_file is not None:
+            why = f"[[hosts]] {host.label} boot-file"
+            if host.boot_file.startswith(("http://", "https://")):
+                return BootDecision(None, None, host.boot_file, why)
+            return BootDecision(None, host.boot_file, None, why)
+        return self.policy.decide(client, resolution)
+
+    def _next_server(self, host: HostEntry | None) -> IPv4Address:
+        """siaddr: the host entry's next-server, else the configured one, else this server."""
+        if host is not None and host.next_server is not None:
+            return host.next_server
+        return self.settings.next_server or self.settings.server
+
+    @staticmethod
+    def _options(subnet: Subnet, host: HostEntry | None) -> dict[int, bytes]:
+        """The operator's own options for this client: the subnet's, then the host's."""
+        mine = dict(subnet.settings.options)
+        if host is not None:
+            mine.update(host.options)
+        return mine
+
+    def _network_options(
+        self,
+        request: DhcpPacket,
+        subnet: Subnet,
+        host: HostEntry | None,
+        *,
+        requested_only: bool = True,
+    ) -> list[tuple[int, bytes]]:
         """The network's options the client asked for (all of them if it sent no list)."""
-        settings = self.settings
+        settings = subnet.settings
         found: list[tuple[int, bytes]] = [
-            (Opt.BROADCAST, ip_option(settings.network.broadcast_address))
+            (Opt.BROADCAST, ip_option(subnet.network.broadcast_address))
         ]
         if settings.routers:
             found.append((Opt.ROUTER, ips_option(settings.routers)))
@@ -555,13 +736,15 @@ class DhcpService:
             found.append((Opt.DNS, ips_option(settings.dns_servers)))
         if settings.domain_name:
             found.append((Opt.DOMAIN_NAME, settings.domain_name.encode()))
-        machine = None
-        if self.machines is not None:
+        hostname = host.hostname if host is not None else None
+        if hostname is None and self.machines is not None:
             machine = self.machines.setup.inventory.machine_by_mac(request.mac)
-        if machine is not None and machine.hostname:
-            # The inventory's name for the machine, as dhcpd's use-host-decl-names.
-            found.append((Opt.HOST_NAME, machine.hostname.encode()))
-        return _requested(request, found)
+            hostname = machine.hostname if machine is not None else None
+        if hostname:
+            # The host's or the inventory's name for the machine, as dhcpd's
+            # use-host-decl-names.
+            found.append((Opt.HOST_NAME, hostname.encode()))
+        return _requested(request, found) if requested_only else found
 
     # -- logging -------------------------------------------------------------------------------
 
@@ -573,7 +756,7 @@ class DhcpService:
         outcome: _Outcome,
         local_port: int,
     ) -> None:
-        level = logging.INFO if outcome.decision != "ignored" else logging.DEBUG
+        level = logging.INFO if outcome.decision != "ignored" or outcome.notable else logging.DEBUG
         if outcome.decision == "NAK":
             level = logging.WARNING
         if not log.isEnabledFor(level):
@@ -623,6 +806,22 @@ def _client_kind(client: ClientInfo) -> str:
     return "plain"
 
 
+def _override(
+    options: list[tuple[int, bytes]],
+    mine: dict[int, bytes],
+    request: DhcpPacket,
+    *,
+    requested_only: bool = True,
+) -> list[tuple[int, bytes]]:
+    """The operator's own options replace built-in ones of the same code, in place; the rest
+    follow, those the client asked for (or all of them)."""
+    if not mine:
+        return options
+    mine = dict(mine)
+    replaced = [(code, mine.pop(code, value)) for code, value in options]
+    return replaced + (_requested(request, mine.items()) if requested_only else list(mine.items()))
+
+
 def _requested(
     request: DhcpPacket, options: Iterable[tuple[int, bytes]]
 ) -> list[tuple[int, bytes]]:
@@ -648,8 +847,8 @@ def _max_size(request: DhcpPacket) -> int:
     return max(576, decode_u16(raw))
 
 
-def reply_destination(request: DhcpPacket, mtype: MessageType) -> tuple[IPv4Address, int]:
-    """Where a reply goes, by RFC 2131 §4.1."""
+def reply_destination(request: DhcpPacket, mtype: MessageType | None) -> tuple[IPv4Address, int]:
+    """Where a reply goes, by RFC 2131 §4.1 (RFC 951 §4 for a BOOTREPLY, ``mtype`` None)."""
     if request.giaddr != ZERO:
         return request.giaddr, DHCP_SERVER_PORT  # through the relay agent
     if mtype == MessageType.NAK:
