@@ -39,6 +39,16 @@ def test_classify_bios_ipxe_rom() -> None:
     assert info.mac == "52:54:00:12:34:56"
 
 
+def test_classify_network_interface_from_option_94() -> None:
+    undi = classify(request(MessageType.DISCOVER, extra=((Opt.CLIENT_NDI, bytes([1, 3, 16])),)))
+    assert undi.ndi == "UNDI 3.16"
+    odd = classify(request(MessageType.DISCOVER, extra=((Opt.CLIENT_NDI, bytes([7, 2, 1])),)))
+    assert odd.ndi == "type-7 2.1"
+    broken = classify(request(MessageType.DISCOVER, extra=((Opt.CLIENT_NDI, b"\x01\x02"),)))
+    assert broken.ndi is None  # RFC 4578 fixes the length at 3; anything else is not read
+    assert classify(request(MessageType.DISCOVER)).ndi is None
+
+
 def test_classify_arch_from_vendor_class_when_option_93_missing() -> None:
     assert classify(request(MessageType.DISCOVER, vendor_class=UEFI_PXE)).arch == Arch.EFI_X64
     assert classify(request(MessageType.DISCOVER, vendor_class=UEFI_HTTP)).is_http_boot

@@ -189,6 +189,7 @@ class ClientInfo:
     is_http_boot: bool  # vendor class HTTPClient... (UEFI HTTP Boot)
     is_ipxe: bool  # user class "iPXE" or option 175 present
     ipxe_features: tuple[int, ...]  # option 175 sub-option codes
+    ndi: str | None = None  # option 94, the network interface, e.g. "UNDI 2.1"
 
     @property
     def arch_name(self) -> str:
@@ -219,6 +220,14 @@ def _uuid(raw: bytes | None) -> str | None:
     if raw is None or len(raw) != 17 or raw[0] != 0:
         return None
     return str(uuid.UUID(bytes_le=raw[1:]))
+
+
+def _ndi(raw: bytes | None) -> str | None:
+    # RFC 4578 §2.2: interface type (1, UNDI), then its major and minor version.
+    if raw is None or len(raw) != 3:
+        return None
+    kind = "UNDI" if raw[0] == 1 else f"type-{raw[0]}"
+    return f"{kind} {raw[1]}.{raw[2]}"
 
 
 def _arch(packet: DhcpPacket, vendor_class: str) -> int | None:
@@ -254,4 +263,5 @@ def classify(packet: DhcpPacket) -> ClientInfo:
         is_http_boot=vendor_class.startswith("HTTPClient"),
         is_ipxe=_IPXE_USER_CLASS in user_classes or raw_ipxe is not None,
         ipxe_features=features,
+        ndi=_ndi(packet.get(Opt.CLIENT_NDI)),
     )

@@ -771,6 +771,8 @@ class DhcpService:
             "decision": outcome.decision,
             "address": str(outcome.address) if outcome.address is not None else "-",
         }
+        if client.ndi is not None:
+            fields["ndi"] = client.ndi
         if outcome.boot is not None:
             fields["file"] = outcome.boot.filename or "-"
             fields["why"] = outcome.boot.reason
