@@ -345,7 +345,13 @@ class App:
         watch = None
         if config.dhcp_mode is DhcpMode.AUTHORITATIVE:
             watch = ServerWatch(self.server_ip())
-        self.dhcp = DhcpServer(service, self.interface.name, ports, watch=watch)
+        self.dhcp = DhcpServer(
+            service,
+            self.interface.name,
+            ports,
+            watch=watch,
+            probe_interval=config.dhcp_probe_interval,
+        )
         await self.dhcp.start()
 
     def counters(self) -> dict[str, dict[str, int]]:

@@ -93,6 +93,9 @@ class Config(BaseModel):
     tftp_busy_poll_us: int = Field(default=200, ge=0, le=10_000)
     # Read transfers at once in threads of their own; the rest share the event loop.
     tftp_threads: int = Field(default=2, ge=0, le=1024)
+    # Seconds between two probes for other DHCP servers on the segment (authoritative mode);
+    # 0 never probes (their broadcast replies to clients are still heard).
+    dhcp_probe_interval: float = Field(default=600.0, ge=0, le=86400)
     tftp_upload_dir: Path | None = None
     tftp_upload_max_size: int = Field(default=1024**3, ge=0)
 
@@ -196,6 +199,7 @@ _FILE_KEYS = {
     "tftp-single-port",
     "tftp-busy-poll-us",
     "tftp-threads",
+    "dhcp-probe-interval",
     "tftp-upload-dir",
     "tftp-upload-max-size",
 }

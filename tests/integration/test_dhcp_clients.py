@@ -235,9 +235,24 @@ def test_malformed_datagrams_do_not_stop_the_service(
     shutil.which("busybox") is None or shutil.which("dnsmasq") is None,
     reason="busybox or dnsmasq is not installed",
 )
-def test_another_dhcp_server_on_the_segment_is_named(
-    lab: Lab, netbootd: NetbootdServer, tmp_path: Path
-) -> None:
+def quiet_netbootd(lab: Lab, tmp_path: Path, probe_interval: float) -> NetbootdServer:
+    """netbootd with probes for other servers every ``probe_interval`` seconds (0: never)."""
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    config = tmp_path / "netbootd.toml"
+    config.write_text(f"dhcp-probe-interval = {probe_interval}\n")
+    return NetbootdServer(
+        lab,
+        root,
+        state_dir=tmp_path / "state",
+        log_path=lab.workdir / "netbootd.log",
+        dhcp_range=lab.dhcp_range(100, 110),
+        extra_args=["--no-http"],
+        config=config,
+    )
+
+
+def start_rogue(lab: Lab, tmp_path: Path) -> tuple[DnsmasqServer, Host]:
     rogue_host = lab.add_host("rogue")
     rogue = DnsmasqServer(
         lab,
@@ -248,6 +263,48 @@ def test_another_dhcp_server_on_the_segment_is_named(
         host=rogue_host,
         dhcp_range=lab.dhcp_range(150, 160),
     ).start()
+    return rogue, rogue_host
+
+
+def named_servers(netbootd: NetbootdServer, timeout: float) -> list[LogEvent]:
+    deadline = time.monotonic() + timeout
+    named: list[LogEvent] = []
+    while not named and time.monotonic() < deadline:
+        named = [ev for ev in netbootd.events() if ev.event == "other-dhcp-server"]
+        time.sleep(0.1)
+    return named
+
+
+def test_another_server_unicasting_its_offers_is_found_by_the_probe(
+    lab: Lab, tmp_path: Path
+) -> None:
+    rogue, rogue_host = start_rogue(lab, tmp_path)
+    netbootd = quiet_netbootd(lab, tmp_path, probe_interval=1).start()
+    # No client at all: only netbootd's own probe can draw an answer from the other server.
+    named = named_servers(netbootd, timeout=15)
+    rogue_ip = str(rogue_host.address.ip)
+    assert [ev.get("server") for ev in named] == [rogue_ip]
+    assert named[0].get("client") == "netbootd's probe"
+    assert named[0].get("sent") == "OFFER"
+    time.sleep(2.5)  # a few more probes
+    netbootd.stop()
+    (counts,) = [
+        ev.get("counts")
+        for ev in netbootd.events()
+        if ev.event == "counters" and ev.get("service") == "dhcp"
+    ]
+    counters = dict(item.split("=") for item in counts.split(","))
+    assert int(counters["probe-sent"]) >= 2
+    assert int(counters["own-probe"]) >= 2  # each probe came back to netbootd, unanswered
+    ours = [ev for ev in netbootd.events() if ev.event == "DISCOVER"]
+    assert ours == []  # netbootd never answered (nor even logged) its own probe
+    # The other server offered to the probe and was never asked for the address.
+    assert [ev.get("decision") for ev in rogue.events() if ev.svc == "dhcp"].count("ACK") == 0
+
+
+def test_another_dhcp_server_on_the_segment_is_named(lab: Lab, tmp_path: Path) -> None:
+    netbootd = quiet_netbootd(lab, tmp_path, probe_interval=0).start()
+    rogue, rogue_host = start_rogue(lab, tmp_path)
     host = client_host(lab, "udhcpc")
     # Several DISCOVERs and REQUESTs, asking for broadcast replies (-B) as PXE firmware does:
     # both servers answer each one, and the other server's answers reach netbootd's host.
@@ -258,11 +315,7 @@ def test_another_dhcp_server_on_the_segment_is_named(
             lab.workdir / "udhcpc.log",
         )  # fmt: skip
         client.wait(timeout=15)
-    deadline = time.monotonic() + 10
-    named: list[LogEvent] = []
-    while not named and time.monotonic() < deadline:
-        named = [ev for ev in netbootd.events() if ev.event == "other-dhcp-server"]
-        time.sleep(0.1)
+    named = named_servers(netbootd, timeout=10)
     rogue_ip = str(rogue_host.address.ip)
     assert [ev.get("server") for ev in named] == [rogue_ip]  # named once, never ourselves
     assert named[0].get("client") == host.mac()

@@ -69,3 +69,32 @@ def test_bootp_and_broken_identifiers_fall_back_to_the_source() -> None:
     unknown = DhcpPacket(op=2, xid=2, chaddr=MAC, options=((Opt.MESSAGE_TYPE, b"\x63"),))
     odd = watch.reply(unknown, "10.99.0.5", 0)
     assert odd is not None and odd.message == "type 99"
+
+
+def test_a_probe_is_a_broadcast_discover_from_a_made_up_address() -> None:
+    watch = ServerWatch(OWN)
+    probe = watch.probe()
+    assert probe.op == 1 and probe.message_type == MessageType.DISCOVER
+    assert probe.broadcast  # so that every server broadcasts its OFFER, which the watch hears
+    assert probe.chaddr[0] & 0b11 == 0b10  # locally administered, unicast
+    assert probe.get(Opt.REQUESTED_IP) is None and probe.get(Opt.CLIENT_ID) is None
+    assert watch.is_probe(probe)
+    assert not watch.is_probe(reply(OTHER))
+    assert watch.probe().xid != probe.xid or watch.probe().xid != probe.xid
+    assert ServerWatch(OWN).probe_mac != watch.probe_mac
+
+
+def test_an_answer_to_the_probe_names_the_server_as_such() -> None:
+    watch = ServerWatch(OWN)
+    probe = watch.probe()
+    offer = DhcpPacket(
+        op=2,
+        xid=probe.xid,
+        chaddr=probe.chaddr,
+        yiaddr=IPv4Address("10.99.0.151"),
+        options=((Opt.MESSAGE_TYPE, bytes([MessageType.OFFER])), (Opt.SERVER_ID, OTHER.packed)),
+    )
+    heard = watch.reply(offer, "10.99.0.2", 0)
+    assert heard is not None and heard.to_probe and heard.server == OTHER
+    ordinary = watch.reply(reply(OTHER), "10.99.0.2", 1)
+    assert ordinary is not None and not ordinary.to_probe

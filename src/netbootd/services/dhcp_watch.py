@@ -6,19 +6,29 @@ authoritative mode netbootd also listens on the client port (68), where other se
 broadcast replies arrive, and says so for each other server it hears: its address, what it
 sent and to whom, once per quiet period, counted every time.
 
-This module judges replies; it owns no socket and writes no log line.
+Listening alone hears only the replies other servers broadcast. So netbootd also asks, now and
+then: a probe is a DISCOVER of its own, from a made-up hardware address, with the broadcast bit
+set, to which every server on the segment answers with a broadcast OFFER. The probe asks for
+nothing after the offer, so no other server binds an address for it; netbootd's own service
+recognises it and stays silent.
+
+This module judges replies and builds probes; it owns no socket and writes no log line.
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, Opt, decode_ip
+from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, Op, Opt, decode_ip
 
 __all__ = ["REPEAT_AFTER", "OtherServer", "ServerWatch"]
 
 BOOTREPLY = 2
+_BROADCAST_FLAG = 0x8000
+# The probe's parameter request list: what a plain client asks for (mask, routers, DNS).
+_PROBE_PARAMETERS = bytes((1, 3, 6))
 # A server still answering is named again after this many seconds of not being named.
 REPEAT_AFTER = 600.0
 
@@ -34,6 +44,7 @@ class OtherServer:
     address: IPv4Address  # what it gave the client (yiaddr)
     times: int  # replies heard from that server so far
     name: bool  # whether to name it now: first heard, or not named for a while
+    to_probe: bool = False  # the reply answers netbootd's own probe
 
 
 @dataclass(slots=True)
@@ -49,6 +60,30 @@ class ServerWatch:
         self._own = own
         self._repeat_after = repeat_after
         self._heard: dict[IPv4Address, _Heard] = {}
+        # A locally administered, unicast address (IEEE 802: bit 1 set, bit 0 clear).
+        self.probe_mac = bytes((0x02,)) + secrets.token_bytes(5)
+        self._probe_xids: set[int] = set()
+
+    def probe(self) -> DhcpPacket:
+        """A new probe: a broadcast DISCOVER from the probe's hardware address."""
+        xid = secrets.randbits(32)
+        self._probe_xids.add(xid)
+        if len(self._probe_xids) > 16:
+            self._probe_xids.pop()
+        return DhcpPacket(
+            op=Op.BOOTREQUEST,
+            xid=xid,
+            chaddr=self.probe_mac,
+            flags=_BROADCAST_FLAG,
+            options=(
+                (Opt.MESSAGE_TYPE, bytes((MessageType.DISCOVER,))),
+                (Opt.PARAMETER_LIST, _PROBE_PARAMETERS),
+            ),
+        )
+
+    def is_probe(self, packet: DhcpPacket) -> bool:
+        """Whether ``packet`` is one of this watch's probes (which the service must not answer)."""
+        return packet.chaddr == self.probe_mac
 
     @property
     def servers(self) -> dict[IPv4Address, int]:
@@ -89,6 +124,7 @@ class ServerWatch:
             address=packet.yiaddr,
             times=heard.times,
             name=name,
+            to_probe=packet.chaddr == self.probe_mac and packet.xid in self._probe_xids,
         )
 
 

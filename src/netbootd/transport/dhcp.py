@@ -24,7 +24,14 @@ from ipaddress import IPv4Address
 
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, decode, encode
-from netbootd.services.dhcp import BROADCAST, DHCP_CLIENT_PORT, DhcpService, Pending, Reply
+from netbootd.services.dhcp import (
+    BROADCAST,
+    DHCP_CLIENT_PORT,
+    DHCP_SERVER_PORT,
+    DhcpService,
+    Pending,
+    Reply,
+)
 from netbootd.services.dhcp_watch import ServerWatch
 
 log = logging.getLogger("netbootd.dhcp")
@@ -33,6 +40,7 @@ MAX_QUEUED = 1024  # new exchanges waiting to be answered; past it, the oldest i
 MAX_WAITING = 4096  # replies waiting for the lease store; past it, requests are dropped
 NEW_PER_TURN = 32  # new exchanges answered per turn of the event loop, after every request
 BUSY_WARNING_INTERVAL = 10.0  # seconds between two "dropped" warnings
+PROBE_FIRST_DELAY = 2.0  # seconds from start to the first probe for other DHCP servers
 
 # Messages that complete an exchange the server has already begun (or stand alone).
 _FINISHING = frozenset(
@@ -150,12 +158,17 @@ class DhcpServer:
         *,
         watch: ServerWatch | None = None,
         watch_port: int = DHCP_CLIENT_PORT,
+        probe_interval: float = 0.0,
+        probe_port: int = DHCP_SERVER_PORT,
     ) -> None:
         self._service = service
         self._interface = interface
         self._ports = ports
         self._watch = watch
         self._watch_port = watch_port
+        self._probe_interval = probe_interval
+        self._probe_port = probe_port
+        self._prober: asyncio.Task[None] | None = None
         self._endpoints: list[_Endpoint] = []
         self._finishing: deque[_Queued] = deque()
         self._new: deque[_Queued] = deque()
@@ -184,6 +197,20 @@ class DhcpServer:
                         effect="other DHCP servers on the segment go unnoticed",
                     )
                 )
+                return
+            if self._probe_interval > 0:
+                watcher = self._endpoints[-1]
+                loop = asyncio.get_running_loop()
+                self._prober = loop.create_task(self._probe_now_and_then(self._watch, watcher))
+
+    async def _probe_now_and_then(self, watch: ServerWatch, endpoint: _Endpoint) -> None:
+        """Send a probe soon after start, then once per interval, from the client port."""
+        await asyncio.sleep(PROBE_FIRST_DELAY)
+        while not endpoint.closed:
+            data = encode(watch.probe())
+            if endpoint.sendto(data, (str(BROADCAST), self._probe_port)):
+                self.counters["probe-sent"] += 1
+            await asyncio.sleep(self._probe_interval)
 
     async def _listen(
         self, port: int, on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None]
@@ -212,7 +239,7 @@ class DhcpServer:
                 server=str(other.server),
                 source=other.source,
                 sent=other.message,
-                client=other.client,
+                client="netbootd's probe" if other.to_probe else other.client,
                 address=str(other.address),
                 replies=other.times,
                 effect="clients may take its offers instead of ours",
@@ -220,6 +247,10 @@ class DhcpServer:
         )
 
     async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
+            self._prober = None
         for endpoint in self._endpoints:
             endpoint.close()
         self._endpoints.clear()
@@ -242,6 +273,9 @@ class DhcpServer:
                     "malformed", source=f"{source[0]}:{source[1]}", bytes=len(data), error=str(exc)
                 )
             )
+            return
+        if self._watch is not None and self._watch.is_probe(packet):
+            self.counters["own-probe"] += 1  # our own question to other servers
             return
         if packet.message_type in _FINISHING:
             if len(self._waiting) + len(self._finishing) >= MAX_WAITING:
