@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from netbootd.boot.client import BootClass, BootKey, parse_boot_key
 from netbootd.boot.leases import AddressRange
+from netbootd.boot.pxe_menu import PxeMenuError, PxeMenus, build_menus
 from netbootd.proto.dhcp import encode_option_value, option_code
 
 
@@ -87,6 +88,8 @@ class Config(BaseModel):
     tftp_threads: int = Field(default=2, ge=0, le=1024)
     tftp_upload_dir: Path | None = None
     tftp_upload_max_size: int = Field(default=1024**3, ge=0)
+    # PXE boot menus by client class, from [[pxe-menu]] and [pxe-prompt] (or the flags).
+    pxe_menus: PxeMenus = Field(default_factory=PxeMenus)
 
     @field_validator("dhcp_options", mode="before")
     @classmethod
@@ -177,6 +180,8 @@ _FILE_KEYS = {
     "tftp-threads",
     "tftp-upload-dir",
     "tftp-upload-max-size",
+    "pxe-menu",
+    "pxe-prompt",
 }
 
 
@@ -229,6 +234,10 @@ def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: st
             merged[key] = value
     try:
         return _validate(merged)
+    except PxeMenuError as exc:
+        flagged = flags.get("pxe-menu") or flags.get("pxe-prompt")
+        origin = "--pxe-service/--pxe-prompt" if flagged else source
+        raise ConfigError(f"{origin + ': ' if origin else ''}{exc}") from exc
     except ValidationError as exc:
         raise _explain(exc, source, flags) from exc
     except ValueError as exc:
@@ -238,9 +247,11 @@ def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: st
 def _validate(merged: Mapping[str, Any]) -> Config:
     values: dict[str, Any] = {}
     for key, value in merged.items():
-        if key in {"proxy", "dhcp", "dhcp-range"}:
+        if key in {"proxy", "dhcp", "dhcp-range", "pxe-menu", "pxe-prompt"}:
             continue
         values[key.replace("-", "_")] = value
+    if "pxe-menu" in merged or "pxe-prompt" in merged:
+        values["pxe_menus"] = build_menus(merged.get("pxe-menu"), merged.get("pxe-prompt"))
     dhcp_on = merged.get("dhcp", True)
     proxy = merged.get("proxy", False)
     dhcp_range = merged.get("dhcp-range")

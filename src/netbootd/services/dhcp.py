@@ -30,6 +30,7 @@ from netbootd.boot.leases import (
     client_key,
 )
 from netbootd.boot.policy import BootDecision, BootPolicy
+from netbootd.boot.pxe_menu import NO_MENUS, PxeMenu, PxeMenus, answer_boot_item, boot_item
 from netbootd.config import DhcpMode
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import (
@@ -81,6 +82,7 @@ class DhcpSettings:
     # each replaces a built-in option of its code.
     options: tuple[tuple[int, bytes], ...] = ()
     log_dhcp: bool = False
+    pxe_menus: PxeMenus = NO_MENUS  # PXE boot menus by client architecture
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,8 @@ class _Outcome:
     address: IPv4Address | None = None
     reason: str = ""
     boot: BootDecision | None = None
+    menu: str = ""  # the PXE menu offered or asked from, by its client class
+    item: int = 0  # the menu item asked for (1-based), 0 for none
 
 
 @dataclass
@@ -234,6 +238,13 @@ class DhcpService:
         if mtype is None:
             outcome.reason = "BOOTP request: no reservation can answer it yet"
             return None
+        if mtype == MessageType.REQUEST and self.settings.pxe_menus:
+            # PXE 2.1 §2.2.5: a request for a menu item, to its boot server (port 4011, or 67
+            # when the client broadcasts it), in either mode.
+            menu = self.settings.pxe_menus.for_client(client)
+            item = boot_item(request) if menu is not None else None
+            if menu is not None and item is not None:
+                return self._boot_item(request, menu, item, outcome, source)
         if self.settings.mode is DhcpMode.PROXY:
             return self._proxy(request, client, outcome, local_port, source)
         if local_port == PXE_PORT:
@@ -469,6 +480,37 @@ class DhcpService:
         outcome.reason = f"{_kind(request)} on port {local_port} is the site DHCP server's"
         return None
 
+    # -- PXE boot menus (PXE 2.1 §2.2.5) --------------------------------------------------------
+
+    def _boot_item(
+        self,
+        request: DhcpPacket,
+        menu: PxeMenu,
+        item: tuple[int, int],
+        outcome: _Outcome,
+        source: tuple[str, int],
+    ) -> Reply | None:
+        settings = self.settings
+        answer = answer_boot_item(
+            request,
+            menu,
+            *item,
+            server=settings.server,
+            next_server=settings.next_server or settings.server,
+        )
+        outcome.menu, outcome.item = menu.name, answer.position
+        if answer.packet is None or answer.item is None:
+            outcome.decision = "unknown-item" if answer.item is None else "ignored"
+            outcome.reason = answer.reason
+            return None
+        outcome.decision = "BOOT-ITEM-ACK"
+        outcome.boot = BootDecision(None, answer.item.file, None, answer.reason)
+        host, port = source
+        address = IPv4Address(host)
+        if address == ZERO:
+            address, port = reply_destination(request, MessageType.ACK)
+        return Reply(answer.packet, address, port, _max_size(request))
+
     # -- replies -------------------------------------------------------------------------------
 
     def _reply(
@@ -487,8 +529,21 @@ class DhcpService:
             resolution = self.machines.resolve_client(client)
             self.machines.remember(client, yiaddr if yiaddr != ZERO else None)
         boot = self.policy.decide(client, resolution)
+        # A machine the inventory gives a profile boots that; a PXE menu is for the others.
+        menu = settings.pxe_menus.for_client(client) if resolution is None else None
+        direct = menu.direct if menu is not None else None
+        next_server = settings.next_server or settings.server
+        if menu is not None:
+            outcome.menu = menu.name
+            why = f"pxe-menu {menu.name}: {len(menu.items)} items"
+            if direct is not None:
+                why, next_server = (
+                    f"pxe-menu {menu.name}: its only item",
+                    direct.server or next_server,
+                )
+            boot = BootDecision(boot.boot_class, direct.file if direct else None, None, why)
         outcome.boot = boot
-        if settings.mode is DhcpMode.PROXY and boot.filename is None:
+        if settings.mode is DhcpMode.PROXY and boot.filename is None and menu is None:
             outcome.decision, outcome.reason = "ignored", boot.reason
             return None
         options: list[tuple[int, bytes]] = [
@@ -509,11 +564,13 @@ class DhcpService:
             options.append((Opt.VENDOR_CLASS, b"HTTPClient"))
         elif client.is_pxe:
             options.append((Opt.VENDOR_CLASS, b"PXEClient"))
-            options.append((Opt.VENDOR_SPECIFIC, _PXE_USE_BOOTFILE))
+            offered = _PXE_USE_BOOTFILE
+            if menu is not None and direct is None:
+                offered = menu.vendor_options(settings.server)
+            options.append((Opt.VENDOR_SPECIFIC, offered))
         uuid = request.get(Opt.CLIENT_UUID)
         if uuid is not None and client.is_pxe:
             options.append((Opt.CLIENT_UUID, uuid))  # PXE 2.1 §2.2.3: echoed by the proxy
-        next_server = settings.next_server or settings.server
         file_field = b""
         if boot.filename is not None:
             name = boot.filename.encode()
@@ -574,7 +631,7 @@ class DhcpService:
         local_port: int,
     ) -> None:
         level = logging.INFO if outcome.decision != "ignored" else logging.DEBUG
-        if outcome.decision == "NAK":
+        if outcome.decision in ("NAK", "unknown-item"):
             level = logging.WARNING
         if not log.isEnabledFor(level):
             return
@@ -588,6 +645,10 @@ class DhcpService:
             "decision": outcome.decision,
             "address": str(outcome.address) if outcome.address is not None else "-",
         }
+        if outcome.menu:
+            fields["menu"] = outcome.menu
+        if outcome.item:
+            fields["item"] = outcome.item
         if outcome.boot is not None:
             fields["file"] = outcome.boot.filename or "-"
             fields["why"] = outcome.boot.reason
