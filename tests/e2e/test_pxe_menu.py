@@ -5,7 +5,8 @@ the prompt times out, asks netbootd at port 4011 for that item, and boots its fi
 two-item menu (pxelinux, local disk) with a 2 s prompt boots pxelinux. (b) The same firmware
 with a one-item menu and no prompt: no menu at all, the file straight away. (c) OVMF with EDK2's
 own PXE (PxeBcBoot.c): a two-item menu (iPXE, local disk) with a 2 s prompt boots iPXE, which
-then asks again as iPXE, is not offered iPXE again, and runs the script.
+then asks again as iPXE, is not offered iPXE again, and runs the script; once with netbootd as
+the DHCP server, once as a proxyDHCP beside a site DHCP server (dnsmasq, addresses only).
 
 netbootd runs with no ``--boot`` flags: without the menu, BIOS clients would get
 ``undionly.kpxe`` and never reach pxelinux, so a menu that is not sent fails (a) and (b).
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from netbootd_lab import BOOT_MARKER, Lab, LogEvent, NetbootdServer, start_vm
+from netbootd_lab import BOOT_MARKER, DnsmasqServer, Lab, LogEvent, NetbootdServer, start_vm
 from netbootd_lab.payload import CMDLINE_PREFIX, KERNEL_NAME
 from netbootd_lab.vm import EDK2_NIC, Firmware, UefiBoot
 
@@ -108,9 +109,20 @@ def test_bios_one_item_menu_boots_without_prompt(
     assert "Booting from PXE menu" not in vm.console_text()
 
 
+@pytest.mark.parametrize("proxy", [False, True], ids=["authoritative", "proxy"])
 def test_uefi_edk2_pxe_menu(
-    lab: Lab, ipxe_root: Path, tmp_path: Path, firmware_prerequisites: None
+    proxy: bool, lab: Lab, ipxe_root: Path, tmp_path: Path, firmware_prerequisites: None
 ) -> None:
+    if proxy:
+        # The site's DHCP server hands out the address; netbootd's proxy offer has the menu.
+        DnsmasqServer(
+            lab,
+            ipxe_root,
+            state_dir=tmp_path / "site-state",
+            log_path=lab.workdir / "site-dhcp.log",
+            boot_file=None,
+            host=lab.add_host("site"),
+        ).start()
     server = NetbootdServer(
         lab,
         ipxe_root,
@@ -123,6 +135,7 @@ def test_uefi_edk2_pxe_menu(
             "--pxe-service=uefi,Boot from the local disk,local",
             f"--pxe-prompt=uefi,{PROMPT},2",
         ],
+        proxy=proxy,
     ).start()
     vm = start_vm(lab, firmware=Firmware.UEFI, nic=EDK2_NIC, uefi_boot=UefiBoot.PXE4)
 
@@ -135,7 +148,7 @@ def test_uefi_edk2_pxe_menu(
 
     events = _dhcp(server, vm.mac)
     firmware = [ev for ev in events if ev.get("client") == "pxe"]
-    offers = [ev for ev in firmware if ev.get("decision") == "OFFER"]
+    offers = [ev for ev in firmware if ev.get("decision") in ("OFFER", "PROXY-OFFER")]
     assert offers and offers[0].get("menu") == "uefi", [ev.line for ev in events]
     items = [ev for ev in firmware if ev.get("decision") == "BOOT-ITEM-ACK"]
     assert items, [ev.line for ev in events]
@@ -145,6 +158,10 @@ def test_uefi_edk2_pxe_menu(
         "4011",
     )
     # iPXE, once loaded, is not offered the menu (whose network item is iPXE) again.
-    chained = [ev for ev in events if ev.get("client") == "ipxe" and ev.get("decision") == "ACK"]
+    chained = [
+        ev
+        for ev in events
+        if ev.get("client") == "ipxe" and ev.get("decision") in ("ACK", "PROXY-OFFER", "PROXY-ACK")
+    ]
     assert chained and not chained[-1].get("menu"), [ev.line for ev in events]
     assert chained[-1].get("file") == f"http://{lab.server_ip}/boot.ipxe"
