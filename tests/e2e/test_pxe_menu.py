@@ -5,8 +5,9 @@ the prompt times out, asks netbootd at port 4011 for that item, and boots its fi
 two-item menu (pxelinux, local disk) with a 2 s prompt boots pxelinux. (b) The same firmware
 with a one-item menu and no prompt: no menu at all, the file straight away. (c) OVMF with EDK2's
 own PXE (PxeBcBoot.c): a two-item menu (iPXE, local disk) with a 2 s prompt boots iPXE, which
-then asks again as iPXE, is not offered iPXE again, and runs the script; once with netbootd as
-the DHCP server, once as a proxyDHCP beside a site DHCP server (dnsmasq, addresses only).
+then asks again as iPXE, is not offered iPXE again, and runs the script. (a) and (c) run once
+with netbootd as the DHCP server and once as a proxyDHCP beside a site DHCP server (dnsmasq,
+addresses only).
 
 netbootd runs with no ``--boot`` flags: without the menu, BIOS clients would get
 ``undionly.kpxe`` and never reach pxelinux, so a menu that is not sent fails (a) and (b).
@@ -40,7 +41,24 @@ def _served(server: NetbootdServer, name: str) -> list[LogEvent]:
     ]
 
 
-def test_bios_ipxe_rom_two_item_menu(lab: Lab, pxelinux_root: Path, tmp_path: Path) -> None:
+def _site_dhcp(lab: Lab, root: Path, tmp_path: Path) -> None:
+    """The site's DHCP server, handing out addresses only; netbootd is the proxyDHCP."""
+    DnsmasqServer(
+        lab,
+        root,
+        state_dir=tmp_path / "site-state",
+        log_path=lab.workdir / "site-dhcp.log",
+        boot_file=None,
+        host=lab.add_host("site"),
+    ).start()
+
+
+@pytest.mark.parametrize("proxy", [False, True], ids=["authoritative", "proxy"])
+def test_bios_ipxe_rom_two_item_menu(
+    proxy: bool, lab: Lab, pxelinux_root: Path, tmp_path: Path
+) -> None:
+    if proxy:
+        _site_dhcp(lab, pxelinux_root, tmp_path)
     server = NetbootdServer(
         lab,
         pxelinux_root,
@@ -53,6 +71,7 @@ def test_bios_ipxe_rom_two_item_menu(lab: Lab, pxelinux_root: Path, tmp_path: Pa
             "--pxe-service=bios,Boot from the local disk,local",
             f"--pxe-prompt=bios,{PROMPT},2",
         ],
+        proxy=proxy,
     ).start()
     vm = start_vm(lab)
 
@@ -64,7 +83,7 @@ def test_bios_ipxe_rom_two_item_menu(lab: Lab, pxelinux_root: Path, tmp_path: Pa
     assert PROMPT in vm.console_text(), vm.console_tail()
 
     events = _dhcp(server, vm.mac)
-    offers = [ev for ev in events if ev.get("decision") == "OFFER"]
+    offers = [ev for ev in events if ev.get("decision") in ("OFFER", "PROXY-OFFER")]
     assert offers and offers[0].get("menu") == "bios", [ev.line for ev in events]
     assert offers[0].get("file") == "-"
     items = [ev for ev in events if ev.get("decision") == "BOOT-ITEM-ACK"]
@@ -114,15 +133,7 @@ def test_uefi_edk2_pxe_menu(
     proxy: bool, lab: Lab, ipxe_root: Path, tmp_path: Path, firmware_prerequisites: None
 ) -> None:
     if proxy:
-        # The site's DHCP server hands out the address; netbootd's proxy offer has the menu.
-        DnsmasqServer(
-            lab,
-            ipxe_root,
-            state_dir=tmp_path / "site-state",
-            log_path=lab.workdir / "site-dhcp.log",
-            boot_file=None,
-            host=lab.add_host("site"),
-        ).start()
+        _site_dhcp(lab, ipxe_root, tmp_path)
     server = NetbootdServer(
         lab,
         ipxe_root,
