@@ -283,3 +283,19 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"^--pxe-service/--pxe-prompt: pxe-menu\[0\].file"):
         config_from_args(bad)
+
+
+async def test_explain_shows_the_menu(tmp_path: Path) -> None:
+    from netbootd.explain import ClientDescription, explain
+
+    (tmp_path / "pxelinux.0").write_bytes(b"loader")
+    flags = {"interface": "lo", "root": tmp_path, "proxy": True}
+    config = build({"pxe-menu": [LINUX, DISK], "pxe-prompt": PROMPT}, flags)
+    report = await explain(config, ClientDescription(mac="52:54:00:00:00:01", arch=0))
+    assert "boot-menu=32769:'Linux';0:'Local disk'" in report
+    assert "1. 'Linux' (type 32769): file pxelinux.0" in report
+    assert "2. 'Local disk' (type 0): boot from the local disk" in report
+    assert "prompt 'Press F8', 3 s, then item 1" in report
+    missing = build({"pxe-menu": [{**LINUX, "file": "nowhere.0"}]}, flags)
+    with pytest.raises(ConfigError, match=r"pxe-menu bios item 1 file=nowhere.0"):
+        await explain(missing, ClientDescription(mac="52:54:00:00:00:01", arch=0))
