@@ -32,7 +32,7 @@ from netbootd.boot.client import (
     boot_key_needs_http,
     parse_boot_key,
 )
-from netbootd.boot.policy import firmware_class, is_ipxe_binary
+from netbootd.boot.policy import BootDecision, firmware_class, is_ipxe_binary
 from netbootd.proto.dhcp import (
     DhcpDecodeError,
     DhcpPacket,
@@ -198,6 +198,36 @@ class PxeMenus:
             for position, item in enumerate(menu.items, 1)
             if item.file is not None
         ]
+
+
+NO_MENUS = PxeMenus()
+
+# Option 43 of an offer with a boot file and no menu: discovery control bit 3 alone.
+USE_BOOTFILE_OPTION = pxe_vendor_options([(DISCOVERY_CONTROL, bytes([USE_BOOTFILE]))])
+
+
+@dataclass(frozen=True, slots=True)
+class MenuOffer:
+    """What an offer to a client with a menu carries instead of the policy's boot file."""
+
+    name: str  # the menu's client class, for the log
+    boot: BootDecision  # the file of a one-item menu handed out directly, else no file
+    vendor_options: bytes  # option 43
+    next_server: IPv4Address | None  # siaddr, when the menu's only item names its TFTP server
+
+
+def menu_offer(menu: PxeMenu | None, policy: BootDecision, server: IPv4Address) -> MenuOffer | None:
+    """The offer of ``menu`` (None: no menu, the policy's decision stands)."""
+    if menu is None:
+        return None
+    direct = menu.direct
+    if direct is not None:
+        why = f"pxe-menu {menu.name}: its only item"
+        boot = BootDecision(policy.boot_class, direct.file, None, why)
+        return MenuOffer(menu.name, boot, USE_BOOTFILE_OPTION, direct.server)
+    why = f"pxe-menu {menu.name}: {len(menu.items)} items"
+    boot = BootDecision(policy.boot_class, None, None, why)
+    return MenuOffer(menu.name, boot, menu.vendor_options(server), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,6 +462,3 @@ def _check_types(menu: PxeMenu) -> None:
         if item.type in seen and not item.local:
             raise PxeMenuError(f"pxe-menu for {menu.name}: type {item.type} is in it twice")
         seen.add(item.type)
-
-
-NO_MENUS = PxeMenus()

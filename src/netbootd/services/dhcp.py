@@ -30,7 +30,14 @@ from netbootd.boot.leases import (
     client_key,
 )
 from netbootd.boot.policy import BootDecision, BootPolicy
-from netbootd.boot.pxe_menu import NO_MENUS, PxeMenu, PxeMenus, answer_boot_item, boot_item
+from netbootd.boot.pxe_menu import (
+    NO_MENUS,
+    PxeMenu,
+    PxeMenus,
+    answer_boot_item,
+    boot_item,
+    menu_offer,
+)
 from netbootd.config import DhcpMode
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import (
@@ -529,19 +536,14 @@ class DhcpService:
             resolution = self.machines.resolve_client(client)
             self.machines.remember(client, yiaddr if yiaddr != ZERO else None)
         boot = self.policy.decide(client, resolution)
-        # A machine the inventory gives a profile boots that; a PXE menu is for the others.
-        menu = settings.pxe_menus.for_client(client) if resolution is None else None
-        direct = menu.direct if menu is not None else None
         next_server = settings.next_server or settings.server
+        menu = None
+        if settings.pxe_menus and resolution is None:
+            # A machine the inventory gives a profile boots that; a PXE menu is for the others.
+            menu = menu_offer(settings.pxe_menus.for_client(client), boot, settings.server)
         if menu is not None:
-            outcome.menu = menu.name
-            why = f"pxe-menu {menu.name}: {len(menu.items)} items"
-            if direct is not None:
-                why, next_server = (
-                    f"pxe-menu {menu.name}: its only item",
-                    direct.server or next_server,
-                )
-            boot = BootDecision(boot.boot_class, direct.file if direct else None, None, why)
+            boot, outcome.menu = menu.boot, menu.name
+            next_server = menu.next_server or next_server
         outcome.boot = boot
         if settings.mode is DhcpMode.PROXY and boot.filename is None and menu is None:
             outcome.decision, outcome.reason = "ignored", boot.reason
@@ -564,9 +566,7 @@ class DhcpService:
             options.append((Opt.VENDOR_CLASS, b"HTTPClient"))
         elif client.is_pxe:
             options.append((Opt.VENDOR_CLASS, b"PXEClient"))
-            offered = _PXE_USE_BOOTFILE
-            if menu is not None and direct is None:
-                offered = menu.vendor_options(settings.server)
+            offered = menu.vendor_options if menu is not None else _PXE_USE_BOOTFILE
             options.append((Opt.VENDOR_SPECIFIC, offered))
         uuid = request.get(Opt.CLIENT_UUID)
         if uuid is not None and client.is_pxe:
