@@ -299,3 +299,18 @@ async def test_explain_shows_the_menu(tmp_path: Path) -> None:
     missing = build({"pxe-menu": [{**LINUX, "file": "nowhere.0"}]}, flags)
     with pytest.raises(ConfigError, match=r"pxe-menu bios item 1 file=nowhere.0"):
         await explain(missing, ClientDescription(mac="52:54:00:00:00:01", arch=0))
+
+
+async def test_broadcast_item_request_on_port_67_and_proxy_ack_without_item() -> None:
+    service = with_menus(make_service()[0], bios_menus(LINUX, DISK))
+    # A client that broadcasts its item request (discovery control bit 0 clear) reaches port 67.
+    ack = await ask(service, item_request(0x8001), port=67, source=("10.99.0.100", 68))
+    assert ack is not None and ack.packet.file == b"pxelinux.0"
+    assert service.counters["REQUEST:BOOT-ITEM-ACK"] == 1
+    # iPXE asks a proxyDHCP at 4011 for its offer again before choosing: the menu once more.
+    proxy = with_menus(make_service(DhcpMode.PROXY)[0], bios_menus(LINUX, DISK))
+    again = request(MessageType.REQUEST, vendor_class=BIOS_PXE, arch=0, ciaddr="10.99.0.50")
+    proxy_ack = await ask(proxy, again, port=4011, source=("10.99.0.50", 68))
+    assert proxy_ack is not None and proxy_ack.packet.message_type == MessageType.ACK
+    assert proxy_ack.packet.get(Opt.VENDOR_SPECIFIC) == TWO_ITEM_MENU
+    assert proxy_ack.packet.file == b""
