@@ -93,6 +93,8 @@ class MenuItem:
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
+    """PXE_MENU_PROMPT: printed before the menu, with a countdown to the first item."""
+
     text: str
     timeout: int  # seconds; 0 takes the first item at once, 255 waits for the user
 
