@@ -208,6 +208,11 @@ class App:
                 tree.resolve(path)
             except FileLookupError as exc:
                 raise ConfigError(f"{flag}: {exc}") from exc
+        for where, path in self.config.pxe_menus.files():
+            try:
+                tree.resolve(path)
+            except FileLookupError as exc:
+                raise ConfigError(f"{where} file={path}: {exc}") from exc
         has_default = self.machines is not None and (
             self.machines.setup.inventory.default_profile is not None
         )
@@ -314,6 +319,7 @@ class App:
             log_dhcp=config.log_dhcp,
             subnets=self.served_subnets() if config.dhcp_mode is DhcpMode.AUTHORITATIVE else (),
             hosts=config.hosts,
+            pxe_menus=config.pxe_menus,
         )
         return DhcpService(settings, policy, book, store, machines=self.machines)
 
@@ -337,8 +343,10 @@ class App:
                 )
             )
         # PXE 2.1 §2.2.3: a proxyDHCP also answers the clients' requests at port 4011.
+        # With PXE menus, an authoritative server is also the boot server the clients ask, by
+        # unicast to port 4011, for the item they chose (PXE 2.1 §2.2.5).
         ports: tuple[int, ...] = (DHCP_SERVER_PORT,)
-        if config.dhcp_mode is DhcpMode.PROXY:
+        if config.dhcp_mode is DhcpMode.PROXY or config.pxe_menus:
             ports = (DHCP_SERVER_PORT, PXE_PORT)
         # Another server handing out addresses beside ours is worth a warning; beside a proxy
         # it is the normal case.

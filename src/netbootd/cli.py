@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Coroutine, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -53,6 +54,50 @@ def _dhcp_option_flag(text: str) -> tuple[int, bytes]:
         return code, encode_option_value(code, value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _pxe_service_flag(text: str) -> dict[str, object]:
+    """``CLASS,TEXT,FILE|local|TYPE[,SERVER]`` as a ``[[pxe-menu]]`` entry (dnsmasq's order)."""
+    parts = text.split(",")
+    server = None
+    if len(parts) >= 4:
+        try:
+            server = str(IPv4Address(parts[-1].strip()))
+            parts.pop()
+        except ValueError:
+            pass
+    if len(parts) < 3 or not parts[0].strip() or not parts[-1].strip():
+        raise argparse.ArgumentTypeError(
+            f"expected CLASS,TEXT,FILE|local|TYPE[,SERVER], got {text!r}"
+        )
+    entry: dict[str, object] = {"arch": parts[0].strip(), "text": ",".join(parts[1:-1])}
+    target = parts[-1].strip()
+    if target == "local":
+        entry["local"] = True
+    elif target.isdigit():
+        entry["type"] = int(target)
+    else:
+        entry["file"] = target
+    if server is not None:
+        entry["server"] = server
+    return entry
+
+
+def _pxe_prompt_flag(text: str) -> dict[str, object]:
+    """``[CLASS,]TEXT,SECONDS`` as a ``[pxe-prompt]`` table."""
+    head, sep, seconds = text.rpartition(",")
+    if not sep or not seconds.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected [CLASS,]TEXT,SECONDS, got {text!r}")
+    entry: dict[str, object] = {"timeout": int(seconds), "text": head}
+    first, sep, rest = head.partition(",")
+    if sep:
+        try:
+            parse_boot_key(first)
+        except ValueError:
+            pass
+        else:
+            entry.update(arch=first.strip(), text=rest)
+    return entry
 
 
 def _port(text: str) -> int:
@@ -165,6 +210,25 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         "vendor-encapsulated-options=hex:01:04:...); repeatable; replaces a built-in one",
     )
     parser.add_argument(
+        "--pxe-service",
+        type=_pxe_service_flag,
+        action="append",
+        default=[],
+        metavar="CLASS,TEXT,FILE|local|TYPE[,SERVER]",
+        help="a PXE boot menu item for a class of PXE firmware (bios, uefi, arch-N); repeatable, "
+        "in menu order. FILE is served by this server; local boots the local disk; TYPE is a boot "
+        "server type served by SERVER (with FILE, SERVER is its TFTP server)",
+    )
+    parser.add_argument(
+        "--pxe-prompt",
+        type=_pxe_prompt_flag,
+        action="append",
+        default=[],
+        metavar="[CLASS,]TEXT,SECONDS",
+        help="the prompt shown before a PXE menu, and the seconds until its first item boots "
+        "(0: at once, 255: wait for the user); without CLASS, for every menu",
+    )
+    parser.add_argument(
         "--inventory",
         type=Path,
         metavar="DIR",
@@ -266,6 +330,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "inventory": args.inventory,
         "dhcp-options": dict(args.dhcp_option),
         "boot": {boot_key_name(key): path for key, path in args.boot},
+        "pxe-menu": args.pxe_service or None,
+        "pxe-prompt": args.pxe_prompt or None,
     }
     if flags["dhcp-range"] is not None or flags["proxy"] or flags["dhcp"] is False:
         # A mode given on the command line replaces the file's mode entirely.

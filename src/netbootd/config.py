@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from netbootd.boot.client import BootClass, BootKey, parse_boot_key
 from netbootd.boot.hosts import HostTable, parse_hosts
 from netbootd.boot.leases import AddressRange
+from netbootd.boot.pxe_menu import PxeMenuError, PxeMenus, build_menus
 from netbootd.boot.subnets import SubnetSpec, parse_subnets
 from netbootd.proto.dhcp import encode_option_value, option_code
 
@@ -98,6 +99,8 @@ class Config(BaseModel):
     dhcp_probe_interval: float = Field(default=600.0, ge=0, le=86400)
     tftp_upload_dir: Path | None = None
     tftp_upload_max_size: int = Field(default=1024**3, ge=0)
+    # PXE boot menus by client class, from [[pxe-menu]] and [pxe-prompt] (or the flags).
+    pxe_menus: PxeMenus = Field(default_factory=PxeMenus)
 
     @field_validator("dhcp_options", mode="before")
     @classmethod
@@ -202,6 +205,8 @@ _FILE_KEYS = {
     "dhcp-probe-interval",
     "tftp-upload-dir",
     "tftp-upload-max-size",
+    "pxe-menu",
+    "pxe-prompt",
 }
 
 
@@ -254,6 +259,10 @@ def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: st
             merged[key] = value
     try:
         return _validate(merged)
+    except PxeMenuError as exc:
+        flagged = flags.get("pxe-menu") or flags.get("pxe-prompt")
+        origin = "--pxe-service/--pxe-prompt" if flagged else source
+        raise ConfigError(f"{origin + ': ' if origin else ''}{exc}") from exc
     except ValidationError as exc:
         raise _explain(exc, source, flags) from exc
     except ValueError as exc:
@@ -263,9 +272,11 @@ def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: st
 def _validate(merged: Mapping[str, Any]) -> Config:
     values: dict[str, Any] = {}
     for key, value in merged.items():
-        if key in {"proxy", "dhcp", "dhcp-range", "subnets", "hosts"}:
+        if key in {"proxy", "dhcp", "dhcp-range", "subnets", "hosts", "pxe-menu", "pxe-prompt"}:
             continue
         values[key.replace("-", "_")] = value
+    if "pxe-menu" in merged or "pxe-prompt" in merged:
+        values["pxe_menus"] = build_menus(merged.get("pxe-menu"), merged.get("pxe-prompt"))
     dhcp_on = merged.get("dhcp", True)
     proxy = merged.get("proxy", False)
     dhcp_range = merged.get("dhcp-range")

@@ -15,6 +15,8 @@ from netbootd.app import App
 from netbootd.boot.client import classify, is_http_arch
 from netbootd.boot.inventory import Resolution
 from netbootd.boot.leases import LeaseBook
+from netbootd.boot.policy import BootDecision
+from netbootd.boot.pxe_menu import PxeMenu
 from netbootd.boot.render import machine_prefix
 from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, describe
@@ -110,12 +112,37 @@ async def explain(config: Config, client: ClientDescription) -> str:
     out += _section("match", _match_lines(app, resolution))
     out += _section("DHCP reply", await _reply_lines(app, packet))
     decision = app.boot_policy().decide(info, resolution)
+    menu = config.pxe_menus.for_client(info) if resolution is None else None
+    if menu is not None and menu.direct is None:
+        # The client picks an item, then asks for its file: each item is shown instead.
+        out += _section(f"PXE menu {menu.name}", _menu_lines(menu))
+        return "\n".join(out).rstrip() + "\n"
+    if menu is not None and menu.direct is not None:
+        decision = BootDecision(decision.boot_class, menu.direct.file, None, "pxe-menu: one item")
     out += _section(
         "boot decision", [f"file {decision.filename or '-'}", f"why: {decision.reason}"]
     )
 
     out += _fetches(app, info.mac, decision.path, is_ipxe=info.is_ipxe)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _menu_lines(menu: PxeMenu) -> list[str]:
+    lines = []
+    for position, item in enumerate(menu.items, 1):
+        if item.local:
+            target = "boot from the local disk"
+        elif item.file is not None:
+            target = f"file {item.file}" + (f" from {item.server}" if item.server else "")
+        else:
+            target = f"boot server type {item.type} at {item.server}"
+        lines.append(f"{position}. {item.text!r} (type {item.type}): {target}")
+    prompt = menu.prompt
+    if prompt is None:
+        lines.append("no prompt: iPXE shows the menu and waits, EDK2 takes item 1")
+    else:
+        lines.append(f"prompt {prompt.text!r}, {prompt.timeout} s, then item 1")
+    return lines
 
 
 def _match_lines(app: App, resolution: Resolution | None) -> list[str]:

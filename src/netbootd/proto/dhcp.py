@@ -953,6 +953,53 @@ def _render_suboptions(value: bytes) -> str:
     return " ".join(f"{code}={_hex(sub)}" for code, sub in decode_suboptions(value))
 
 
+# PXE 2.1 Table 2-1: the PXE vendor sub-options of option 43 that are shown decoded.
+_PXE_SUBOPTIONS = {
+    6: "discovery-control",
+    7: "discovery-mcast",
+    8: "boot-servers",
+    9: "boot-menu",
+    10: "menu-prompt",
+    71: "boot-item",
+}
+
+
+def _render_pxe_vendor(value: bytes) -> str:
+    """Option 43 as PXE sub-options when it is made of them only, else as plain sub-options."""
+    subs = decode_suboptions(value)
+    if not subs or any(code not in _PXE_SUBOPTIONS for code, _ in subs):
+        return _render_suboptions(value)
+    return " ".join(f"{_PXE_SUBOPTIONS[code]}={_render_pxe_sub(code, sub)}" for code, sub in subs)
+
+
+def _render_pxe_sub(code: int, value: bytes) -> str:
+    parts: list[str] = []
+    if code == 6:
+        return f"0x{decode_u8(value):02x}"
+    if code == 7:
+        return str(decode_ip(value))
+    if code == 71:
+        _need_length(value, 4)
+        return f"{decode_u16(value[:2])}/layer{decode_u16(value[2:])}"
+    if code == 10:
+        if not value:
+            raise DhcpDecodeError("empty menu prompt")
+        return f"{value[0]}s:{_render_text(value[1:])!r}"
+    pos = 0
+    while pos < len(value):
+        if pos + 3 > len(value):
+            raise DhcpDecodeError(f"sub-option {code} truncated")
+        kind, count = decode_u16(value[pos : pos + 2]), value[pos + 2]
+        size = 4 * count if code == 8 else count
+        body = value[pos + 3 : pos + 3 + size]
+        if len(body) != size:
+            raise DhcpDecodeError(f"sub-option {code} truncated")
+        shown = ",".join(map(str, decode_ips(body))) if code == 8 else repr(_render_text(body))
+        parts.append(f"{kind}:{shown}")
+        pos += 3 + size
+    return ";".join(parts)
+
+
 _RENDERERS: dict[int, Callable[[bytes], str]] = {
     **dict.fromkeys((1, 16, 28, 32, 50, 54, 118), lambda v: str(decode_ip(v))),
     **dict.fromkeys(
@@ -971,5 +1018,6 @@ _RENDERERS: dict[int, Callable[[bytes], str]] = {
     ),
     53: _render_message_type,
     55: _render_codes,
-    **dict.fromkeys((43, 82, 175), _render_suboptions),
+    43: _render_pxe_vendor,
+    **dict.fromkeys((82, 175), _render_suboptions),
 }

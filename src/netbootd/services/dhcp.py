@@ -34,6 +34,14 @@ from netbootd.boot.leases import (
     client_key,
 )
 from netbootd.boot.policy import BootDecision, BootPolicy
+from netbootd.boot.pxe_menu import (
+    NO_MENUS,
+    PxeMenu,
+    PxeMenus,
+    answer_boot_item,
+    boot_item,
+    menu_offer,
+)
 from netbootd.boot.subnets import (
     NetworkSettings,
     Subnet,
@@ -94,6 +102,7 @@ class DhcpSettings:
     # each replaces a built-in option of its code.
     options: tuple[tuple[int, bytes], ...] = ()
     log_dhcp: bool = False
+    pxe_menus: PxeMenus = NO_MENUS  # PXE boot menus by client architecture
     # The networks served, each with its pools and settings. Empty: one, the interface's
     # ``network`` with ``pool`` and the settings above (--dhcp-range).
     subnets: tuple[Subnet, ...] = ()
@@ -161,6 +170,8 @@ class _Outcome:
     reason: str = ""
     boot: BootDecision | None = None
     notable: bool = False  # ignored for a reason the operator should see (not only at debug)
+    menu: str = ""  # the PXE menu offered or asked from, by its client class
+    item: int = 0  # the menu item asked for (1-based), 0 for none
 
 
 @dataclass
@@ -280,6 +291,13 @@ class DhcpService:
             outcome.reason = "not a BOOTREQUEST"
             return None
         mtype = request.message_type
+        if mtype == MessageType.REQUEST and self.settings.pxe_menus:
+            # PXE 2.1 §2.2.5: a request for a menu item, to its boot server (port 4011, or 67
+            # when the client broadcasts it), in either mode.
+            menu = self.settings.pxe_menus.for_client(client)
+            item = boot_item(request) if menu is not None else None
+            if menu is not None and item is not None:
+                return self._boot_item(request, menu, item, outcome, source)
         if self.settings.mode is DhcpMode.PROXY:
             if mtype is None:
                 outcome.reason = "BOOTP request: a proxyDHCP answers PXE DHCP clients only"
@@ -538,7 +556,7 @@ class DhcpService:
         address: IPv4Address,
     ) -> Reply:
         host = self.reservations.host(request)
-        boot = self._boot(client, address, host)
+        boot, _ = self._boot(client, address, host)
         outcome.boot = boot
         options: list[tuple[int, bytes]] = [(Opt.SUBNET_MASK, ip_option(subnet.network.netmask))]
         options += self._network_options(request, subnet, host, requested_only=False)
@@ -617,6 +635,37 @@ class DhcpService:
         outcome.reason = f"{_kind(request)} on port {local_port} is the site DHCP server's"
         return None
 
+    # -- PXE boot menus (PXE 2.1 §2.2.5) --------------------------------------------------------
+
+    def _boot_item(
+        self,
+        request: DhcpPacket,
+        menu: PxeMenu,
+        item: tuple[int, int],
+        outcome: _Outcome,
+        source: tuple[str, int],
+    ) -> Reply | None:
+        settings = self.settings
+        answer = answer_boot_item(
+            request,
+            menu,
+            *item,
+            server=settings.server,
+            next_server=settings.next_server or settings.server,
+        )
+        outcome.menu, outcome.item = menu.name, answer.position
+        if answer.packet is None or answer.item is None:
+            outcome.decision = "unknown-item" if answer.item is None else "ignored"
+            outcome.reason = answer.reason
+            return None
+        outcome.decision = "BOOT-ITEM-ACK"
+        outcome.boot = BootDecision(None, answer.item.file, None, answer.reason)
+        host, port = source
+        address = IPv4Address(host)
+        if address == ZERO:
+            address, port = reply_destination(request, MessageType.ACK)
+        return Reply(answer.packet, address, port, _max_size(request))
+
     # -- replies -------------------------------------------------------------------------------
 
     def _reply(
@@ -632,9 +681,18 @@ class DhcpService:
     ) -> Reply | None:
         settings = self.settings
         host = self.reservations.host(request) if subnet is not None else None
-        boot = self._boot(client, yiaddr, host)
+        boot, specific = self._boot(client, yiaddr, host)
+        next_server = self._next_server(host)
+        menu = None
+        if settings.pxe_menus and not specific:
+            # A machine the inventory gives a profile, or a host entry its boot file, boots
+            # that; a PXE menu is for the others.
+            menu = menu_offer(settings.pxe_menus.for_client(client), boot, settings.server)
+        if menu is not None:
+            boot, outcome.menu = menu.boot, menu.name
+            next_server = menu.next_server or next_server
         outcome.boot = boot
-        if settings.mode is DhcpMode.PROXY and boot.filename is None:
+        if settings.mode is DhcpMode.PROXY and boot.filename is None and menu is None:
             outcome.decision, outcome.reason = "ignored", boot.reason
             return None
         options: list[tuple[int, bytes]] = [
@@ -656,11 +714,11 @@ class DhcpService:
             options.append((Opt.VENDOR_CLASS, b"HTTPClient"))
         elif client.is_pxe:
             options.append((Opt.VENDOR_CLASS, b"PXEClient"))
-            options.append((Opt.VENDOR_SPECIFIC, _PXE_USE_BOOTFILE))
+            offered = menu.vendor_options if menu is not None else _PXE_USE_BOOTFILE
+            options.append((Opt.VENDOR_SPECIFIC, offered))
         uuid = request.get(Opt.CLIENT_UUID)
         if uuid is not None and client.is_pxe:
             options.append((Opt.CLIENT_UUID, uuid))  # PXE 2.1 §2.2.3: echoed by the proxy
-        next_server = self._next_server(host)
         file_field = b""
         if boot.filename is not None:
             name = boot.filename.encode()
@@ -690,8 +748,9 @@ class DhcpService:
 
     def _boot(
         self, client: ClientInfo, yiaddr: IPv4Address, host: HostEntry | None
-    ) -> BootDecision:
-        """What the client boots: its host entry's boot-file, else the boot policy's choice."""
+    ) -> tuple[BootDecision, bool]:
+        """What the client boots: its host entry's boot-file, else the boot policy's choice;
+        and whether that was decided for this machine (a host entry, an inventory profile)."""
         resolution = None
         if self.machines is not None:
             resolution = self.machines.resolve_client(client)
@@ -699,9 +758,9 @@ class DhcpService:
         if host is not None and host.boot_file is not None:
             why = f"[[hosts]] {host.label} boot-file"
             if host.boot_file.startswith(("http://", "https://")):
-                return BootDecision(None, None, host.boot_file, why)
-            return BootDecision(None, host.boot_file, None, why)
-        return self.policy.decide(client, resolution)
+                return BootDecision(None, None, host.boot_file, why), True
+            return BootDecision(None, host.boot_file, None, why), True
+        return self.policy.decide(client, resolution), resolution is not None
 
     def _next_server(self, host: HostEntry | None) -> IPv4Address:
         """siaddr: the host entry's next-server, else the configured one, else this server."""
@@ -757,7 +816,7 @@ class DhcpService:
         local_port: int,
     ) -> None:
         level = logging.INFO if outcome.decision != "ignored" or outcome.notable else logging.DEBUG
-        if outcome.decision == "NAK":
+        if outcome.decision in ("NAK", "unknown-item"):
             level = logging.WARNING
         if not log.isEnabledFor(level):
             return
@@ -773,6 +832,10 @@ class DhcpService:
         }
         if client.ndi is not None:
             fields["ndi"] = client.ndi
+        if outcome.menu:
+            fields["menu"] = outcome.menu
+        if outcome.item:
+            fields["item"] = outcome.item
         if outcome.boot is not None:
             fields["file"] = outcome.boot.filename or "-"
             fields["why"] = outcome.boot.reason
