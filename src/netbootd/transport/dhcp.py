@@ -6,10 +6,11 @@ peer sends can stop the listener.
 
 Under load it keeps finishing what it started. Datagrams are queued as they arrive, in two
 queues: requests that complete an exchange (REQUEST, RELEASE, DECLINE, INFORM) and new
-exchanges (DISCOVER, BOOTP). Each turn of the event loop answers every queued request first,
-then a bounded number of new exchanges, so a flood of new clients cannot starve the clients
-that are finishing theirs. When the queue of new exchanges is full, the oldest is dropped: its
-client has waited longest and is the likeliest to have given up or retransmitted.
+exchanges (DISCOVER, BOOTP). Each turn of the event loop answers the queued requests first
+(up to a bound, so that TFTP and HTTP still get their turn), then a few new exchanges, so a
+flood of new clients cannot starve the clients that are finishing theirs. When the queue of
+new exchanges is full, the oldest is dropped: its client has waited longest and is the
+likeliest to have given up or retransmitted.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ log = logging.getLogger("netbootd.dhcp")
 
 MAX_QUEUED = 1024  # new exchanges waiting to be answered; past it, the oldest is dropped
 MAX_WAITING = 4096  # replies waiting for the lease store; past it, requests are dropped
-NEW_PER_TURN = 32  # new exchanges answered per turn of the event loop, after every request
+NEW_PER_TURN = 32  # new exchanges answered per turn of the event loop, after the requests
+FINISHING_PER_TURN = 512  # requests answered per turn at most, so that other services run too
 BUSY_WARNING_INTERVAL = 10.0  # seconds between two "dropped" warnings
 PROBE_FIRST_DELAY = 2.0  # seconds from start to the first probe for other DHCP servers
 
@@ -306,10 +308,10 @@ class DhcpServer:
             )
 
     def _take_turn(self) -> None:
-        """Answer every queued request, then a few new exchanges; come back for the rest."""
+        """Answer the queued requests, then a few new exchanges; come back for the rest."""
         self._turn = None
         finishing, new = self._finishing, self._new
-        while finishing:
+        for _ in range(min(FINISHING_PER_TURN, len(finishing))):
             self._answer(*finishing.popleft())
         for _ in range(min(NEW_PER_TURN, len(new))):
             self._answer(*new.popleft())
