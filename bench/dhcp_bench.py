@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import Server, comparison_table, console, have_root, make_workdir, start
+from netbootd_lab.kea import LEASE_FILE, kea_dhcp4_config, kea_environment, kea_executable
 from netbootd_lab.netns import Host, Lab, LabError
 from netbootd_lab.servers import DHCP_PORT, netbootd_executable
 
@@ -144,33 +145,18 @@ def netbootd_server(lab: Lab, root: Path, state: Path) -> Server:
 
 
 def kea_server(lab: Lab, work: Path, state: Path) -> Server:
-    config = {
-        "Dhcp4": {
-            # Relayed requests arrive as unicast UDP to port 67: no raw socket needed.
-            "interfaces-config": {"interfaces": [lab.bridge], "dhcp-socket-type": "udp"},
-            "authoritative": True,
-            "lease-database": {
-                "type": "memfile",
-                "persist": True,
-                "name": str(state / "kea-leases4.csv"),
-                "lfc-interval": 0,
-            },
-            "valid-lifetime": 3600,
-            "subnet4": [{"subnet": SUBNET, "pools": [{"pool": " - ".join(POOL)}]}],
-            "loggers": [
-                {
-                    "name": "kea-dhcp4",
-                    "output_options": [{"output": str(work / "kea-dhcp4.log")}],
-                    "severity": "INFO",
-                }
-            ],
-        }
-    }
+    # Relayed requests arrive as unicast UDP to port 67: no raw socket needed.
+    config = kea_dhcp4_config(
+        interface=lab.bridge,
+        subnet=SUBNET,
+        pool=POOL,
+        lease_file=state / LEASE_FILE,
+        log_file=work / "kea-dhcp4.log",
+        socket_type="udp",
+    )
     conf = state / "kea-dhcp4.json"
     conf.write_text(json.dumps(config, indent=2))
-    argv = [shutil.which("kea-dhcp4") or "/usr/sbin/kea-dhcp4", "-c", str(conf)]
-    env = {"KEA_PIDFILE_DIR": str(state), "KEA_LOCKFILE_DIR": str(state)}
-    return Server("kea", argv, env)
+    return Server("kea", [kea_executable(), "-c", str(conf)], kea_environment(state))
 
 
 def leases_on_disk(server: str, state: Path) -> int | None:
@@ -183,7 +169,7 @@ def leases_on_disk(server: str, state: Path) -> int | None:
             finally:
                 db.close()
             return int(count)
-        lines = (state / "kea-leases4.csv").read_text().splitlines()[1:]
+        lines = (state / LEASE_FILE).read_text().splitlines()[1:]
         return len({line.split(",", 1)[0] for line in lines if line})
     except (OSError, sqlite3.Error):
         return None
