@@ -8,6 +8,7 @@ peer sends can stop the listener.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
@@ -18,12 +19,27 @@ from typing import cast
 
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, decode, encode
-from netbootd.services.dhcp import BROADCAST, DHCP_CLIENT_PORT, DhcpService, Reply
+from netbootd.services.dhcp import (
+    BROADCAST,
+    DHCP_CLIENT_PORT,
+    DHCP_SERVER_PORT,
+    DhcpService,
+    Reply,
+)
 from netbootd.services.dhcp_watch import ServerWatch
 
 log = logging.getLogger("netbootd.dhcp")
 
 MAX_PENDING = 1024  # requests being answered at once; past it, new ones are dropped
+
+# What it means that another process holds a port we may do without.
+_HELD = {
+    DHCP_SERVER_PORT: (
+        "a DHCP server on this host holds it; PXE clients are answered at port 4011 only, "
+        "so that server must send option 60 PXEClient (PXE 2.1 proxyDHCP on the DHCP "
+        "server's host)"
+    ),
+}
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -50,10 +66,15 @@ class _Endpoint(asyncio.DatagramProtocol):
         return self._port
 
 
-def _udp_socket(interface: str, port: int) -> socket.socket:
+def _udp_socket(interface: str, port: int, *, shared: bool) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            # Linux lets sockets that all ask for SO_REUSEADDR share a UDP port, and then
+            # hands each unicast datagram to one of them, whichever it picks: a server port
+            # shared that way with another DHCP server could take that server's renewals.
+            # Only a port we merely listen on is shared.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         # Bound to the device: we hear broadcasts from this segment only, and broadcast
         # replies leave through it.
@@ -70,7 +91,8 @@ class DhcpServer:
     """DHCP endpoints on one interface, answering through a :class:`DhcpService`.
 
     With a :class:`ServerWatch`, it also listens on the client port for other servers' replies
-    and names each other server it hears in a warning.
+    and names each other server it hears in a warning. A port in ``optional`` that another
+    process on this host holds is left to it, with one warning, and the others are served.
     """
 
     def __init__(
@@ -81,10 +103,12 @@ class DhcpServer:
         *,
         watch: ServerWatch | None = None,
         watch_port: int = DHCP_CLIENT_PORT,
+        optional: tuple[int, ...] = (),
     ) -> None:
         self._service = service
         self._interface = interface
         self._ports = ports
+        self._optional = optional
         self._watch = watch
         self._watch_port = watch_port
         self._endpoints: list[_Endpoint] = []
@@ -97,10 +121,17 @@ class DhcpServer:
 
     async def start(self) -> None:
         for port in self._ports:
-            await self._listen(port, self.received)
+            try:
+                await self._listen(port, self.received, shared=False)
+            except OSError as exc:
+                if port not in self._optional or exc.errno != errno.EADDRINUSE:
+                    raise
+                self.counters[f"port-{port}-held"] += 1
+                effect = _HELD.get(port, "another process holds it")
+                log.warning(format_event("port-held", port=port, effect=effect))
         if self._watch is not None:
             try:
-                await self._listen(self._watch_port, self._watched)
+                await self._listen(self._watch_port, self._watched, shared=True)
             except OSError as exc:
                 # A DHCP client on this host may hold the port; serving matters more.
                 log.warning(
@@ -113,9 +144,16 @@ class DhcpServer:
                 )
 
     async def _listen(
-        self, port: int, on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None]
+        self,
+        port: int,
+        on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None],
+        *,
+        shared: bool,
     ) -> None:
-        sock = _udp_socket(self._interface, port)
+        try:
+            sock = _udp_socket(self._interface, port, shared=shared)
+        except OSError as exc:
+            raise OSError(exc.errno, f"UDP port {port}: {exc.strerror or exc}") from exc
         _, endpoint = await asyncio.get_running_loop().create_datagram_endpoint(
             lambda: _Endpoint(port, on_datagram), sock=sock
         )
