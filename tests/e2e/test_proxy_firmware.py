@@ -14,7 +14,7 @@ offered or acknowledged an address, and, from ``--log-dhcp``, that each of netbo
 carries option 60 ``PXEClient`` and the client's UUID (option 97) as the client sent it.
 
 Then the other layout PXE 2.1 describes: Kea and netbootd on one host. Kea holds port 67 and
-says ``PXEClient`` itself; netbootd serves port 4011 alone, and OVMF boots through it.
+says ``PXEClient`` itself; netbootd serves port 4011 alone, and both firmwares boot through it.
 """
 
 from __future__ import annotations
@@ -183,16 +183,16 @@ def udp_port_owners(lab: Lab, port: int) -> str:
     return "\n".join(line for line in out.splitlines() if f":{port} " in line)
 
 
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_proxy_on_the_dhcp_servers_host(
-    lab: Lab, ipxe_root: Path, tmp_path: Path, firmware_prerequisites: None
+    case: Case, lab: Lab, ipxe_root: Path, tmp_path: Path, firmware_prerequisites: None
 ) -> None:
     """PXE 2.1 §2.2.3: Kea and netbootd on one host; Kea holds port 67 and says PXEClient.
 
-    netbootd finds port 67 taken, says so in one line and serves port 4011 alone. EDK2's PXE,
-    told PXEClient by the DHCP server, asks that server's address at port 4011 for its boot
-    file; the iPXE it loads does the same, and gets the script.
+    netbootd finds port 67 taken, says so in one line and serves port 4011 alone. The
+    firmware, told PXEClient by the DHCP server, asks that server's address at port 4011 for
+    its boot file: EDK2's PXE, then the iPXE it loads, which gets the script; or iPXE at once.
     """
-    case = CASES["a-uefi-pxe"]
     site = KeaServer(
         lab,
         state_dir=tmp_path / "site-state",
