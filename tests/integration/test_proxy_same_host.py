@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,3 +110,43 @@ def test_port_67_stays_with_the_dhcp_server(lab: Lab, tmp_path: Path) -> None:
     assert len(acks()) == 2 and len(set(acks())) == 1, site.log_tail()
     assert f"sending renew to server {lab.server_ip}" in client.log_text()  # unicast, not broadcast
     assert server.alive() and site.alive()
+
+
+# What a DHCP server that shares its port does (dnsmasq, for one): bind
+# 0.0.0.0:67 on the interface with SO_REUSEADDR. Exits 0 when the bind succeeds.
+SHARING_BIND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
+try:
+    s.bind(("0.0.0.0", 67))
+except OSError as exc:
+    sys.exit(str(exc))
+"""
+
+
+@pytest.mark.parametrize("proxy", [True, False], ids=["proxy", "authoritative"])
+def test_a_dhcp_server_started_later(proxy: bool, lab: Lab, tmp_path: Path) -> None:
+    """netbootd first, with port 67 free: it serves the port. A DHCP server started on this
+    host afterwards that asks to share the port can bind it beside a proxy (rather than fail
+    to start), but not beside an authoritative netbootd, where two servers would answer."""
+    root = tmp_path / "root"
+    root.mkdir()
+    server = NetbootdServer(
+        lab,
+        root,
+        state_dir=tmp_path / "state",
+        log_path=lab.workdir / "netbootd.log",
+        boot=(),
+        extra_args=["--no-http"],
+        proxy=proxy,
+    ).start()
+    assert "netbootd" in udp_port_owners(lab, 67)
+    assert not [ev for ev in server.events() if ev.event == "port-held"]
+    later = lab.ns_exec([sys.executable, "-c", SHARING_BIND, lab.bridge], check=False)
+    if proxy:
+        assert later.returncode == 0, later.stderr
+    else:
+        assert "Address already in use" in later.stderr
+    assert server.alive()

@@ -73,7 +73,7 @@ def _udp_socket(interface: str, port: int, *, shared: bool) -> socket.socket:
             # Linux lets sockets that all ask for SO_REUSEADDR share a UDP port, and then
             # hands each unicast datagram to one of them, whichever it picks: a server port
             # shared that way with another DHCP server could take that server's renewals.
-            # Only a port we merely listen on is shared.
+            # So only the callers that want sharing get it.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         # Bound to the device: we hear broadcasts from this segment only, and broadcast
@@ -92,7 +92,8 @@ class DhcpServer:
 
     With a :class:`ServerWatch`, it also listens on the client port for other servers' replies
     and names each other server it hears in a warning. A port in ``optional`` that another
-    process on this host holds is left to it, with one warning, and the others are served.
+    process on this host holds at start is left to it, with one warning, and the others are
+    served; when it is free, it is served and shared with whoever binds it later.
     """
 
     def __init__(
@@ -121,10 +122,15 @@ class DhcpServer:
 
     async def start(self) -> None:
         for port in self._ports:
+            optional = port in self._optional
             try:
-                await self._listen(port, self.received, shared=False)
+                if optional:
+                    # Held by another process now? Then it is that one's. Free: ours, but
+                    # shared, so that a server started on this host later can still bind it.
+                    self._socket(port, shared=False).close()
+                await self._listen(port, self.received, shared=optional)
             except OSError as exc:
-                if port not in self._optional or exc.errno != errno.EADDRINUSE:
+                if not optional or exc.errno != errno.EADDRINUSE:
                     raise
                 self.counters[f"port-{port}-held"] += 1
                 effect = _HELD.get(port, "another process holds it")
@@ -143,6 +149,12 @@ class DhcpServer:
                     )
                 )
 
+    def _socket(self, port: int, *, shared: bool) -> socket.socket:
+        try:
+            return _udp_socket(self._interface, port, shared=shared)
+        except OSError as exc:
+            raise OSError(exc.errno, f"UDP port {port}: {exc.strerror or exc}") from exc
+
     async def _listen(
         self,
         port: int,
@@ -150,13 +162,14 @@ class DhcpServer:
         *,
         shared: bool,
     ) -> None:
-        try:
-            sock = _udp_socket(self._interface, port, shared=shared)
-        except OSError as exc:
-            raise OSError(exc.errno, f"UDP port {port}: {exc.strerror or exc}") from exc
+        sock = self._socket(port, shared=shared)
         _, endpoint = await asyncio.get_running_loop().create_datagram_endpoint(
             lambda: _Endpoint(port, on_datagram), sock=sock
         )
+        if not shared:
+            # uvloop (libuv) turns SO_REUSEADDR on in a socket it adopts, which would let a
+            # server started later share the port after all: put our choice back.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
         self._endpoints.append(endpoint)
 
     def _watched(self, endpoint: _Endpoint, data: bytes, source: tuple[str, int]) -> None:
