@@ -15,6 +15,7 @@ import csv
 import json
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,8 @@ _KEA_LEASE = re.compile(
     r"(?P<id>DHCP4_LEASE_ADVERT|DHCP4_LEASE_ALLOC|DHCP4_RELEASE) "
     r"\[hwtype=\d+ (?P<mac>[0-9a-f:]{17})\].*?(?:lease|address) (?P<address>\d+\.\d+\.\d+\.\d+)"
 )
+_KEA_STARTED = "DHCP4_STARTED"
+_KEA_SOCKET_FAILED = "DHCPSRV_OPEN_SOCKET_FAIL"
 _KEA_EVENTS = {
     "DHCP4_LEASE_ADVERT": ("DISCOVER", "OFFER"),
     "DHCP4_LEASE_ALLOC": ("REQUEST", "ACK"),
@@ -154,18 +157,26 @@ class KeaServer(BootServer):
         return [kea_executable(), "-c", str(path)]
 
     def start(self, timeout: float = 30) -> KeaServer:
+        """Start Kea and wait until it says it started with its socket open.
+
+        Port 67 being bound proves nothing when another server on the host holds it too, and
+        Kea starts even when it could open no socket: its log says which.
+        """
         self.process = self.where.spawn(
             self.argv(), self.log_path, name=self.name, env=kea_environment(self.state_dir)
         )
-        self._wait_bound(timeout)
-        return self
-
-    def _wait_bound(self, timeout: float) -> None:
-        assert self.process is not None
-        try:
-            self.where.wait_udp_ports(self.ports, timeout, watch=self.process)
-        except LabError as exc:
-            raise LabError(f"{exc}\n--- kea log ---\n{self.log_tail()}") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            failed = [line for line in text.splitlines() if _KEA_SOCKET_FAILED in line]
+            if failed:
+                raise LabError(f"kea could not open its socket: {failed[0]}")
+            if _KEA_STARTED in text:
+                return self
+            if not self.process.alive() or time.monotonic() >= deadline:
+                state = "exited" if not self.process.alive() else "did not start in time"
+                raise LabError(f"kea {state}\n--- kea log ---\n{self.log_tail()}")
+            time.sleep(0.1)
 
     def log_text(self) -> str:
         """Kea's own log, then what it printed (start-up errors go there)."""
