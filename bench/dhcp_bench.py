@@ -31,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import Server, comparison_table, console, have_root, make_workdir, start
+from netbootd_lab.kea import LEASE_FILE, kea_dhcp4_config, kea_environment, kea_executable
 from netbootd_lab.netns import Host, Lab, LabError
+from netbootd_lab.perfdhcp import Exchange, parse_report, run_perfdhcp
 from netbootd_lab.servers import DHCP_PORT, netbootd_executable
 
 SUBNET = "10.96.0.0/16"
@@ -42,19 +44,6 @@ MAX_DROPS = 2.5  # percent, for DISCOVER-OFFER and for REQUEST-ACK
 MIN_SENT = 0.975  # of rate x seconds: perfdhcp really offered the rate
 SERVERS = ("netbootd", "kea")
 PEER = "kea"
-
-
-@dataclass(frozen=True)
-class Exchange:
-    """One half of the 4-way exchange as perfdhcp counts it."""
-
-    sent: int
-    received: int
-    drops: int
-
-    @property
-    def drop_percent(self) -> float:
-        return 100.0 * self.drops / self.sent if self.sent else 0.0
 
 
 @dataclass(frozen=True)
@@ -81,36 +70,10 @@ class Step:
         return self.held and self.worst < MAX_DROPS
 
 
-_RATE = re.compile(r"^Rate: ([\d.]+) 4-way exchanges/second", re.MULTILINE)
-_SECTION = re.compile(r"\*\*\*Statistics for: ([A-Z-]+)\*\*\*(.*?)(?=\*\*\*|\Z)", re.DOTALL)
-
-
-def _count(body: str, label: str) -> int:
-    match = re.search(rf"^{label}: (\d+)$", body, re.MULTILINE)
-    if match is None:
-        raise ValueError(f"no '{label}' in perfdhcp's statistics")
-    return int(match[1])
-
-
 def parse_perfdhcp(output: str, server: str, rate: int, seconds: int) -> Step:
     """The step as perfdhcp's final report tells it; ValueError if the report is not there."""
-    sections = {
-        name: Exchange(
-            _count(body, "sent packets"), _count(body, "received packets"), _count(body, "drops")
-        )
-        for name, body in _SECTION.findall(output)
-    }
-    if "DISCOVER-OFFER" not in sections:
-        raise ValueError("no DISCOVER-OFFER statistics in perfdhcp's output")
-    completed = _RATE.search(output)
-    return Step(
-        server,
-        rate,
-        seconds,
-        float(completed[1]) if completed else 0.0,
-        sections["DISCOVER-OFFER"],
-        sections.get("REQUEST-ACK", Exchange(0, 0, 0)),
-    )
+    report = parse_report(output)
+    return Step(server, rate, seconds, report.completed, report.offer, report.ack)
 
 
 def kea_outside_lab() -> list[int]:
@@ -144,33 +107,18 @@ def netbootd_server(lab: Lab, root: Path, state: Path) -> Server:
 
 
 def kea_server(lab: Lab, work: Path, state: Path) -> Server:
-    config = {
-        "Dhcp4": {
-            # Relayed requests arrive as unicast UDP to port 67: no raw socket needed.
-            "interfaces-config": {"interfaces": [lab.bridge], "dhcp-socket-type": "udp"},
-            "authoritative": True,
-            "lease-database": {
-                "type": "memfile",
-                "persist": True,
-                "name": str(state / "kea-leases4.csv"),
-                "lfc-interval": 0,
-            },
-            "valid-lifetime": 3600,
-            "subnet4": [{"subnet": SUBNET, "pools": [{"pool": " - ".join(POOL)}]}],
-            "loggers": [
-                {
-                    "name": "kea-dhcp4",
-                    "output_options": [{"output": str(work / "kea-dhcp4.log")}],
-                    "severity": "INFO",
-                }
-            ],
-        }
-    }
+    # Relayed requests arrive as unicast UDP to port 67: no raw socket needed.
+    config = kea_dhcp4_config(
+        interface=lab.bridge,
+        subnet=SUBNET,
+        pool=POOL,
+        lease_file=state / LEASE_FILE,
+        log_file=work / "kea-dhcp4.log",
+        socket_type="udp",
+    )
     conf = state / "kea-dhcp4.json"
     conf.write_text(json.dumps(config, indent=2))
-    argv = [shutil.which("kea-dhcp4") or "/usr/sbin/kea-dhcp4", "-c", str(conf)]
-    env = {"KEA_PIDFILE_DIR": str(state), "KEA_LOCKFILE_DIR": str(state)}
-    return Server("kea", argv, env)
+    return Server("kea", [kea_executable(), "-c", str(conf)], kea_environment(state))
 
 
 def leases_on_disk(server: str, state: Path) -> int | None:
@@ -183,7 +131,7 @@ def leases_on_disk(server: str, state: Path) -> int | None:
             finally:
                 db.close()
             return int(count)
-        lines = (state / "kea-leases4.csv").read_text().splitlines()[1:]
+        lines = (state / LEASE_FILE).read_text().splitlines()[1:]
         return len({line.split(",", 1)[0] for line in lines if line})
     except (OSError, sqlite3.Error):
         return None
@@ -195,29 +143,13 @@ def netbootd_counters(log: Path) -> str:
     return match[1] if match else "-"
 
 
-def perfdhcp(client: Host, server_ip: str, *, rate: int, seconds: int, clients: int) -> str:
-    """Run perfdhcp as a relay at ``rate``; its output, or RuntimeError if it failed to run."""
-    argv = [
-        "perfdhcp", "-4",
-        "-l", str(client.address.ip),
-        "-R", str(clients),
-        "-r", str(rate),
-        "-p", str(seconds),
-        server_ip,
-    ]  # fmt: skip
-    proc = client.ns_exec(argv, check=False, timeout=seconds + 60)
-    if proc.returncode not in (0, 3):  # 3: it ran, and some exchanges did not complete
-        raise RuntimeError(f"perfdhcp exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    return proc.stdout
-
-
 def step(
     lab: Lab, client: Host, server: Server, work: Path, *, rate: int, seconds: int, clients: int
 ) -> Step:
     """One rate against a freshly started server; raise if the server fails or dies."""
     proc = start(lab, server, work, udp_ports={DHCP_PORT})
     try:
-        output = perfdhcp(client, lab.server_ip, rate=rate, seconds=seconds, clients=clients)
+        output = run_perfdhcp(client, lab.server_ip, rate=rate, seconds=seconds, clients=clients)
         if not proc.alive():
             raise LabError(f"{server.name} exited ({proc.returncode}) during the step")
     finally:

@@ -4,6 +4,7 @@ Shared by the end-to-end tests and by ``make demo``. Everything runs inside name
 creates and removes again; nothing touches the machine's real network.
 """
 
+from netbootd_lab.kea import KeaServer
 from netbootd_lab.netns import Host, Lab, LabError, Process
 from netbootd_lab.payload import (
     BOOT_MARKER,
@@ -21,6 +22,7 @@ __all__ = [
     "VM",
     "DnsmasqServer",
     "Host",
+    "KeaServer",
     "Lab",
     "LabError",
     "LogEvent",

@@ -353,12 +353,16 @@ class App:
         watch = None
         if config.dhcp_mode is DhcpMode.AUTHORITATIVE:
             watch = ServerWatch(self.server_ip())
+        # PXE 2.1 §2.2.3: beside a DHCP server on this same host (which then holds port 67
+        # and says PXEClient itself), a proxyDHCP serves port 4011 alone.
+        optional = (DHCP_SERVER_PORT,) if config.dhcp_mode is DhcpMode.PROXY else ()
         self.dhcp = DhcpServer(
             service,
             self.interface.name,
             ports,
             watch=watch,
             probe_interval=config.dhcp_probe_interval,
+            optional=optional,
         )
         await self.dhcp.start()
 

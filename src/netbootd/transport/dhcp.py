@@ -16,6 +16,7 @@ likeliest to have given up or retransmitted.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
@@ -55,6 +56,15 @@ READ_BATCH = 512  # datagrams taken from a socket each time it is readable
 RECEIVE_SIZE = 65535
 RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes of kernel receive queue per socket
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+# What it means that another process holds a port we may do without.
+_HELD = {
+    DHCP_SERVER_PORT: (
+        "a DHCP server on this host holds it; PXE clients are answered at port 4011 only, "
+        "so that server must send option 60 PXEClient (PXE 2.1 proxyDHCP on the DHCP "
+        "server's host)"
+    ),
+}
 
 
 class _Endpoint:
@@ -116,11 +126,16 @@ class _Endpoint:
         self._sock.close()
 
 
-def _udp_socket(interface: str, port: int) -> socket.socket:
+def _udp_socket(interface: str, port: int, *, shared: bool) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     try:
         _receive_buffer(sock)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            # Linux lets sockets that all ask for SO_REUSEADDR share a UDP port, and then
+            # hands each unicast datagram to one of them, whichever it picks: a server port
+            # shared that way with another DHCP server could take that server's renewals.
+            # So only the callers that want sharing get it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         # Bound to the device: we hear broadcasts from this segment only, and broadcast
         # replies leave through it.
@@ -149,7 +164,9 @@ class DhcpServer:
     """DHCP endpoints on one interface, answering through a :class:`DhcpService`.
 
     With a :class:`ServerWatch`, it also listens on the client port for other servers' replies
-    and names each other server it hears in a warning.
+    and names each other server it hears in a warning. A port in ``optional`` that another
+    process on this host holds at start is left to it, with one warning, and the others are
+    served; when it is free, it is served and shared with whoever binds it later.
     """
 
     def __init__(
@@ -162,10 +179,12 @@ class DhcpServer:
         watch_port: int = DHCP_CLIENT_PORT,
         probe_interval: float = 0.0,
         probe_port: int = DHCP_SERVER_PORT,
+        optional: tuple[int, ...] = (),
     ) -> None:
         self._service = service
         self._interface = interface
         self._ports = ports
+        self._optional = optional
         self._watch = watch
         self._watch_port = watch_port
         self._probe_interval = probe_interval
@@ -185,10 +204,22 @@ class DhcpServer:
 
     async def start(self) -> None:
         for port in self._ports:
-            await self._listen(port, self.received)
+            optional = port in self._optional
+            try:
+                if optional:
+                    # Held by another process now? Then it is that one's. Free: ours, but
+                    # shared, so that a server started on this host later can still bind it.
+                    self._socket(port, shared=False).close()
+                await self._listen(port, self.received, shared=optional)
+            except OSError as exc:
+                if not optional or exc.errno != errno.EADDRINUSE:
+                    raise
+                self.counters[f"port-{port}-held"] += 1
+                effect = _HELD.get(port, "another process holds it")
+                log.warning(format_event("port-held", port=port, effect=effect))
         if self._watch is not None:
             try:
-                await self._listen(self._watch_port, self._watched)
+                await self._listen(self._watch_port, self._watched, shared=True)
             except OSError as exc:
                 # A DHCP client on this host may hold the port; serving matters more.
                 log.warning(
@@ -214,10 +245,20 @@ class DhcpServer:
                 self.counters["probe-sent"] += 1
             await asyncio.sleep(self._probe_interval)
 
+    def _socket(self, port: int, *, shared: bool) -> socket.socket:
+        try:
+            return _udp_socket(self._interface, port, shared=shared)
+        except OSError as exc:
+            raise OSError(exc.errno, f"UDP port {port}: {exc.strerror or exc}") from exc
+
     async def _listen(
-        self, port: int, on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None]
+        self,
+        port: int,
+        on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None],
+        *,
+        shared: bool,
     ) -> None:
-        endpoint = _Endpoint(port, _udp_socket(self._interface, port), on_datagram)
+        endpoint = _Endpoint(port, self._socket(port, shared=shared), on_datagram)
         endpoint.start(asyncio.get_running_loop())
         self._endpoints.append(endpoint)
 
