@@ -37,9 +37,11 @@ from netbootd.proto.dhcp import (
     describe,
     ip_option,
     ips_option,
+    parameter_list,
     pxe_vendor_options,
     u32_option,
 )
+from netbootd.proto.dhcp_fit import fit
 from netbootd.services.machines import Machines
 from netbootd.store.leases import LeaseStore, StoreError
 
@@ -121,6 +123,8 @@ class DhcpService:
             # A well-framed packet whose option contents are broken (a 3-byte option 50, say).
             outcome.decision, outcome.reason = "ignored", f"malformed option: {exc}"
             reply = None
+        if reply is not None:
+            reply = self._fitted(request, reply)
         self.counters[f"{kind}:{outcome.decision}"] += 1
         self._log(request, client, kind, outcome, local_port)
         if self.settings.log_dhcp and reply is not None:
@@ -468,6 +472,26 @@ class DhcpService:
             # The inventory's name for the machine, as dhcpd's use-host-decl-names.
             found.append((Opt.HOST_NAME, machine.hostname.encode()))
         return _requested(request, found)
+
+    def _fitted(self, request: DhcpPacket, reply: Reply) -> Reply:
+        """``reply`` cut to the client's maximum message size (RFC 2132 §9.10), logged."""
+        try:
+            packet, left_out = fit(reply.packet, reply.max_size, parameter_list(request))
+        except ValueError:
+            return reply  # even the essentials are too big: the edge counts the encode error
+        if not left_out:
+            return reply
+        self.counters["reply-trimmed"] += 1
+        log.info(
+            format_event(
+                "reply-trimmed",
+                xid=f"0x{request.xid:08x}",
+                mac=request.mac,
+                max_size=reply.max_size,
+                left_out=",".join(str(code) for code in left_out),
+            )
+        )
+        return Reply(packet, reply.address, reply.port, reply.max_size)
 
     # -- logging -------------------------------------------------------------------------------
 
