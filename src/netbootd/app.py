@@ -21,6 +21,7 @@ from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import Opt, ips_option
 from netbootd.services.dhcp import DHCP_SERVER_PORT, PXE_PORT, DhcpService, DhcpSettings
+from netbootd.services.dhcp_limits import DhcpLimits
 from netbootd.services.dhcp_watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.inventory import InventoryError
@@ -262,6 +263,9 @@ class App:
             domain_name=config.domain_name,
             options=tuple(_more_options(config).items()),
             log_dhcp=config.log_dhcp,
+            limits=DhcpLimits(
+                config.dhcp_max_offers, config.dhcp_max_offers_per_pool, config.max_leases
+            ),
         )
         return DhcpService(settings, policy, book, store, machines=self.machines)
 

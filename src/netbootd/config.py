@@ -87,6 +87,11 @@ class Config(BaseModel):
     tftp_threads: int = Field(default=2, ge=0, le=1024)
     tftp_upload_dir: Path | None = None
     tftp_upload_max_size: int = Field(default=1024**3, ge=0)
+    # Caps on what new DHCP clients may take, so that a flood of made-up MACs cannot hold the
+    # pool: open offers in all pools and in one pool, live leases in one pool (None: its size).
+    dhcp_max_offers: int = Field(default=4096, ge=1, le=1_000_000)
+    dhcp_max_offers_per_pool: int = Field(default=1024, ge=1, le=1_000_000)
+    max_leases: int | None = Field(default=None, ge=1)
 
     @field_validator("dhcp_options", mode="before")
     @classmethod
@@ -177,6 +182,9 @@ _FILE_KEYS = {
     "tftp-threads",
     "tftp-upload-dir",
     "tftp-upload-max-size",
+    "dhcp-max-offers",
+    "dhcp-max-offers-per-pool",
+    "max-leases",
 }
 
 

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from netbootd.boot.client import BootClass
+from netbootd.boot.leases import AddressRange, Lease, LeaseBook, LeaseState
+from netbootd.boot.policy import BootPolicy
+from netbootd.config import ConfigError, DhcpMode
 from netbootd.logfmt import parse_event
 from netbootd.proto.dhcp import MessageType, Opt, decode, encode, u16_option
+from netbootd.services.dhcp import DhcpService, DhcpSettings
+from netbootd.services.dhcp_limits import DhcpLimits, Throttle
 from tests.dhcp_clients import BIOS_PXE, request
-from tests.unit.test_dhcp_service import make_service
+from tests.unit.test_config_cli import parse
+from tests.unit.test_dhcp_service import Clock, MemoryStore, make_service
 
 
 async def test_a_reply_too_big_for_the_client_is_trimmed_and_logged(
@@ -47,3 +59,158 @@ async def test_a_reply_too_big_for_the_client_is_trimmed_and_logged(
     left_out = [int(code) for code in fields["left_out"].split(",")]
     assert left_out[0] == 125 and all(sent.get(code) is None for code in left_out)
     assert service.counters["reply-trimmed"] == 1
+
+
+# -- floods of new clients ---------------------------------------------------------------------
+
+BIG_NET = IPv4Network("10.64.0.0/10")
+BIG_POOL = AddressRange.parse("10.64.0.10-10.127.255.250")
+
+
+def flood_service(limits: DhcpLimits) -> tuple[DhcpService, Clock]:
+    clock = Clock()
+    settings = DhcpSettings(
+        mode=DhcpMode.AUTHORITATIVE,
+        server=IPv4Address("10.64.0.1"),
+        network=BIG_NET,
+        pool=BIG_POOL,
+        lease_time=600,
+        limits=limits,
+    )
+    policy = BootPolicy({BootClass.BIOS: "pxelinux.0"}, IPv4Address("10.64.0.1"), 80)
+    return DhcpService(settings, policy, LeaseBook(), MemoryStore(), clock), clock
+
+
+async def lease_for(service: DhcpService, mac: str) -> IPv4Address | None:
+    offer = await service.handle(request(MessageType.DISCOVER, mac=mac), local_port=67, source=SRC)
+    if offer is None:
+        return None
+    ack = await service.handle(
+        request(
+            MessageType.REQUEST,
+            mac=mac,
+            requested=str(offer.packet.yiaddr),
+            server_id="10.64.0.1",
+        ),
+        local_port=67,
+        source=SRC,
+    )
+    assert ack is not None and ack.packet.message_type == MessageType.ACK
+    return ack.packet.yiaddr
+
+
+SRC = ("0.0.0.0", 68)
+
+
+async def test_a_flood_of_new_macs_is_capped_and_known_clients_are_served(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, clock = flood_service(DhcpLimits(max_offers=4096, max_offers_per_pool=1024))
+    known = await lease_for(service, "52:54:00:00:00:01")
+    assert known is not None
+    rng = random.Random(7)
+    answered = 0
+    peak_book = peak_heap = 0
+    with caplog.at_level(logging.WARNING, logger="netbootd.dhcp"):
+        for i in range(50_000):
+            clock.now += 0.002  # 500 DISCOVERs a second, 100 s in all
+            mac = ":".join(f"{rng.randrange(256):02x}" for _ in range(6))
+            reply = await service.handle(
+                request(MessageType.DISCOVER, mac=mac, xid=i), local_port=67, source=SRC
+            )
+            answered += reply is not None
+            peak_book = max(peak_book, len(service.book))
+            peak_heap = max(peak_heap, service.book.pending_expiries)
+            if i % 10_000 == 5_000:
+                # The client that holds a lease renews and reboots in the middle of it all.
+                assert await lease_for(service, "52:54:00:00:00:01") == known
+    assert service.book.offers <= 1024
+    assert peak_book <= 1024 + 1  # the open offers and the known client's lease
+    assert peak_heap <= 2 * (1024 + 1) + 64
+    # Offers expire after a minute and make room: 100 s of flood get two rounds of 1024.
+    assert 2 * 1024 <= answered <= 3 * 1024
+    assert service.counters["refused-new-client"] == 50_000 - answered
+    warnings = [r.getMessage() for r in caplog.records if "new-clients-refused" in r.getMessage()]
+    assert 1 <= len(warnings) <= 2, warnings  # one a minute at most
+    # After the flood, the offers nobody took up are reclaimed, and a newcomer gets a lease.
+    clock.now += 61
+    assert await lease_for(service, "52:54:00:00:00:02") is not None
+    assert len(service.book) == 2
+
+
+async def test_expired_offers_leave_the_book_even_without_caps() -> None:
+    service, clock = flood_service(DhcpLimits(max_offers=10**9, max_offers_per_pool=10**9))
+    for i in range(6_000):
+        clock.now += 0.05
+        mac = f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
+        await service.handle(request(MessageType.DISCOVER, mac=mac), local_port=67, source=SRC)
+    # 300 s of 20 new clients a second: only the last minute's offers are held.
+    assert len(service.book) <= 1201
+    assert service.book.pending_expiries <= 2 * 1201 + 64
+
+
+async def test_max_leases_caps_a_large_pool() -> None:
+    service, clock = flood_service(DhcpLimits(max_leases=3))
+    leased = [await lease_for(service, f"52:54:00:00:01:{i:02x}") for i in range(5)]
+    assert [address is not None for address in leased] == [True, True, True, False, False]
+    assert service.counters["refused-new-client"] == 2
+    assert await lease_for(service, "52:54:00:00:01:00") == leased[0]  # known: served
+    clock.now += 601  # the leases ran out: room again
+    assert await lease_for(service, "52:54:00:00:01:04") is not None
+
+
+def test_throttle_one_line_a_minute() -> None:
+    throttle = Throttle(60)
+    assert throttle.event(0.0) == 1
+    assert [throttle.event(t) for t in (1.0, 2.0, 59.0)] == [None, None, None]
+    assert throttle.event(60.0) == 4
+    assert throttle.event(61.0) is None
+
+
+def test_caps_from_the_config_file(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text("dhcp-max-offers = 64\ndhcp-max-offers-per-pool = 16\nmax-leases = 200\n")
+    config = parse("--no-dhcp", "--root", str(tmp_path), "--config", str(site))
+    assert (config.dhcp_max_offers, config.dhcp_max_offers_per_pool) == (64, 16)
+    assert config.max_leases == 200
+    default = parse("--no-dhcp", "--root", str(tmp_path))
+    assert (default.dhcp_max_offers, default.max_leases) == (4096, None)
+    site.write_text("max-leases = 0\n")
+    with pytest.raises(ConfigError, match=r"max-leases: .*greater than or equal to 1"):
+        parse("--no-dhcp", "--root", str(tmp_path), "--config", str(site))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["put", "remove", "expire"]),
+            st.integers(0, 7),  # an address; 0-3 are in the pool
+            st.integers(0, 3),  # a client
+            st.sampled_from(list(LeaseState)),
+            st.floats(0, 100),
+        ),
+        max_size=60,
+    )
+)
+def test_book_counts_follow_its_contents(
+    steps: list[tuple[str, int, int, LeaseState, float]],
+) -> None:
+    pool = AddressRange.parse("10.0.0.0-10.0.0.3")
+    book = LeaseBook()
+    book.count(pool)
+    now = 0.0
+    for action, host, who, state, seconds in steps:
+        address = IPv4Address(f"10.0.0.{host}")
+        if action == "put":
+            book.put(Lease(address, f"c{who}", "m", state, now + seconds))
+        elif action == "remove":
+            book.remove(address)
+        else:
+            now += seconds
+            book.expire(now)
+            assert all(lease.expires > now for lease in book if lease.state is LeaseState.OFFERED)
+            in_pool = [lease for lease in book if lease.address in pool and lease.expires > now]
+            assert book.count(pool).leases == len(in_pool)
+        offered = [lease for lease in book if lease.state is LeaseState.OFFERED]
+        assert book.offers == len(offered)
+        assert book.count(pool).offers == sum(lease.address in pool for lease in offered)

@@ -42,6 +42,7 @@ from netbootd.proto.dhcp import (
     u32_option,
 )
 from netbootd.proto.dhcp_fit import fit
+from netbootd.services.dhcp_limits import DhcpLimits, Throttle, refusal
 from netbootd.services.machines import Machines
 from netbootd.store.leases import LeaseStore, StoreError
 
@@ -77,6 +78,7 @@ class DhcpSettings:
     # each replaces a built-in option of its code.
     options: tuple[tuple[int, bytes], ...] = ()
     log_dhcp: bool = False
+    limits: DhcpLimits = field(default_factory=DhcpLimits)  # caps on what new clients take
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,7 @@ class DhcpService:
     clock: Callable[[], float] = time.time
     counters: Counter[str] = field(default_factory=Counter)
     machines: Machines | None = None  # the inventory, when there is one
+    refusals: Throttle = field(default_factory=Throttle)  # the warning about caps met
 
     async def handle(
         self, request: DhcpPacket, *, local_port: int, source: tuple[str, int]
@@ -113,6 +116,7 @@ class DhcpService:
         """Answer one request received on ``local_port`` from ``source``; None means silence."""
         if self.settings.log_dhcp:
             self._log_options("received", request)
+        self.book.expire(self.clock())
         client = classify(request)
         outcome = _Outcome()
         reply: Reply | None = None
@@ -180,6 +184,11 @@ class DhcpService:
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
         requested = _opt_ip(request, Opt.REQUESTED_IP)
         address = self._reservation(request, key, now)
+        if address is None and self.book.of(key) is None:
+            why = refusal(self.book, pool, self.settings.limits)
+            if why is not None:
+                self._refuse(request, outcome, why, now)
+                return None
         if address is None:
             reserved = self.machines.reserved if self.machines is not None else frozenset()
             address = choose_address(pool, self.book, key, now, requested, reserved=reserved)
@@ -196,6 +205,22 @@ class DhcpService:
             )
         outcome.decision, outcome.address = "OFFER", address
         return self._reply(request, client, MessageType.OFFER, outcome, yiaddr=address)
+
+    def _refuse(self, request: DhcpPacket, outcome: _Outcome, why: str, now: float) -> None:
+        """Silence for a new client past a cap; a warning a minute at most, however many."""
+        outcome.reason = why
+        self.counters["refused-new-client"] += 1
+        count = self.refusals.event(now)
+        if count is not None:
+            log.warning(
+                format_event(
+                    "new-clients-refused",
+                    refused=count,
+                    why=why,
+                    last=request.mac,
+                    effect="new clients get no offer until open offers expire or leases end",
+                )
+            )
 
     async def _request(
         self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome
