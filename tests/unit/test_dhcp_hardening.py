@@ -16,8 +16,8 @@ from netbootd.boot.client import BootClass
 from netbootd.boot.leases import AddressRange, Lease, LeaseBook, LeaseState
 from netbootd.boot.policy import BootPolicy
 from netbootd.config import ConfigError, DhcpMode
-from netbootd.logfmt import parse_event
-from netbootd.proto.dhcp import MessageType, Opt, decode, encode, u16_option
+from netbootd.logfmt import format_event, parse_event
+from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, decode, encode, u16_option
 from netbootd.services.dhcp import DhcpService, DhcpSettings
 from netbootd.services.dhcp_limits import DhcpLimits, Throttle
 from tests.dhcp_clients import BIOS_PXE, request
@@ -214,3 +214,62 @@ def test_book_counts_follow_its_contents(
         offered = [lease for lease in book if lease.state is LeaseState.OFFERED]
         assert book.offers == len(offered)
         assert book.count(pool).offers == sum(lease.address in pool for lease in offered)
+
+
+# -- requests that break the protocol ------------------------------------------------------------
+
+
+@given(st.text())
+def test_log_fields_stay_on_one_printable_line(text: str) -> None:
+    line = format_event("DISCOVER", vendor_class=text, mac="52:54:00:12:34:56")
+    assert line.isprintable()
+    assert parse_event(line) == ("DISCOVER", {"vendor_class": text, "mac": "52:54:00:12:34:56"})
+
+
+@pytest.mark.parametrize(
+    ("packet", "bad"),
+    [
+        (dataclasses.replace(request(MessageType.DISCOVER), op=Op.BOOTREPLY), "op"),
+        (dataclasses.replace(request(MessageType.DISCOVER), chaddr=b""), "chaddr"),
+        (request(MessageType.DISCOVER, giaddr="192.0.2.1"), "giaddr"),
+        (request(MessageType.REQUEST, extra=((Opt.REQUESTED_IP, b"\x0a\x63"),)), "option"),
+    ],
+)
+async def test_a_bad_request_is_one_warning_a_counter_and_silence(
+    packet: DhcpPacket, bad: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    service, _, _ = make_service(bios="pxelinux.0")
+    with caplog.at_level(logging.DEBUG, logger="netbootd.dhcp"):
+        reply = await service.handle(decode(encode(packet)), local_port=67, source=SRC)
+    assert reply is None
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert parse_event(caplog.records[0].getMessage())[1]["reason"]
+    assert service.counters[f"bad-request:{bad}"] == 1
+    assert len(service.book) == 0
+    # The next client is served.
+    good = await service.handle(request(MessageType.DISCOVER), local_port=67, source=SRC)
+    assert good is not None
+
+
+async def test_a_client_named_by_its_identifier_alone_is_served() -> None:
+    # InfiniBand (RFC 4390) sends no chaddr and names itself in option 61.
+    service, _, _ = make_service()
+    ib = dataclasses.replace(request(MessageType.DISCOVER, client_id=b"\xff" + bytes(19)), htype=32)
+    reply = await service.handle(dataclasses.replace(ib, chaddr=b""), local_port=67, source=SRC)
+    assert reply is not None and reply.packet.chaddr == b""
+
+
+async def test_undecodable_text_is_served_and_logged_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _, _ = make_service(bios="pxelinux.0")
+    odd = request(
+        MessageType.DISCOVER,
+        extra=((Opt.VENDOR_CLASS, b"PXEClient\xff\r\x1b[2J"), (Opt.HOST_NAME, b"\xc3\x28evil\n")),
+    )
+    with caplog.at_level(logging.INFO, logger="netbootd.dhcp"):
+        reply = await service.handle(decode(encode(odd)), local_port=67, source=SRC)
+    assert reply is not None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].isprintable()
+    assert parse_event(lines[0])[1]["vendor_class"] == "PXEClient\ufffd\r\x1b[2J"

@@ -97,6 +97,11 @@ class _Outcome:
     address: IPv4Address | None = None
     reason: str = ""
     boot: BootDecision | None = None
+    bad: str = ""  # what the peer got wrong, for a request that breaks the protocol
+
+    def reject(self, bad: str, reason: str) -> None:
+        """Silence for a request that breaks the protocol (RFC 2131 §4.1: discard it)."""
+        self.decision, self.bad, self.reason = "ignored", bad, reason
 
 
 @dataclass
@@ -125,8 +130,10 @@ class DhcpService:
             reply = await self._dispatch(request, client, outcome, local_port, source)
         except DhcpDecodeError as exc:
             # A well-framed packet whose option contents are broken (a 3-byte option 50, say).
-            outcome.decision, outcome.reason = "ignored", f"malformed option: {exc}"
+            outcome.reject("option", f"malformed option: {exc}")
             reply = None
+        if outcome.bad:
+            self.counters[f"bad-request:{outcome.bad}"] += 1
         if reply is not None:
             reply = self._fitted(request, reply)
         self.counters[f"{kind}:{outcome.decision}"] += 1
@@ -144,7 +151,11 @@ class DhcpService:
         source: tuple[str, int],
     ) -> Reply | None:
         if request.op != Op.BOOTREQUEST:
-            outcome.reason = "not a BOOTREQUEST"
+            outcome.reject("op", "not a BOOTREQUEST")
+            return None
+        if not request.chaddr and request.get(Opt.CLIENT_ID) is None:
+            # Neither a hardware address nor a client identifier: nothing names the client.
+            outcome.reject("chaddr", "no hardware address and no client identifier")
             return None
         mtype = request.message_type
         if mtype is None:
@@ -156,7 +167,7 @@ class DhcpService:
             outcome.reason = "port 4011 is only answered in proxy mode"
             return None
         if request.giaddr != ZERO and request.giaddr not in self.settings.network:
-            outcome.reason = f"relayed from {request.giaddr}, a network with no pool here"
+            outcome.reject("giaddr", f"relayed from {request.giaddr}, a network with no pool here")
             return None
         if mtype == MessageType.DISCOVER:
             return self._discover(request, client, outcome)
@@ -548,7 +559,7 @@ class DhcpService:
         if outcome.reason:
             fields["reason"] = outcome.reason
         level = logging.INFO if outcome.decision != "ignored" else logging.DEBUG
-        if outcome.decision == "NAK":
+        if outcome.decision == "NAK" or outcome.bad:
             level = logging.WARNING
         log.log(level, format_event(kind, **fields))
 
