@@ -7,12 +7,14 @@ import logging
 import random
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from netbootd.boot.client import BootClass
+from netbootd.boot.inventory import Group, Inventory, Method, Profile, Selector
 from netbootd.boot.leases import AddressRange, Lease, LeaseBook, LeaseState
 from netbootd.boot.policy import BootPolicy
 from netbootd.config import ConfigError, DhcpMode
@@ -20,6 +22,7 @@ from netbootd.logfmt import format_event, parse_event
 from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, decode, encode, u16_option
 from netbootd.services.dhcp import DhcpService, DhcpSettings
 from netbootd.services.dhcp_limits import DhcpLimits, Throttle
+from netbootd.services.machines import BootSetup, Machines, ServerAddress
 from tests.dhcp_clients import BIOS_PXE, request
 from tests.unit.test_config_cli import parse
 from tests.unit.test_dhcp_service import Clock, MemoryStore, make_service
@@ -273,3 +276,57 @@ async def test_undecodable_text_is_served_and_logged_escaped(
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and lines[0].isprintable()
     assert parse_event(lines[0])[1]["vendor_class"] == "PXEClient\ufffd\r\x1b[2J"
+
+
+# -- --log-dhcp ----------------------------------------------------------------------------------
+
+
+def _events(caplog: pytest.LogCaptureFixture, name: str) -> list[dict[str, str]]:
+    found = [parse_event(record.getMessage()) for record in caplog.records]
+    return [fields for event, fields in found if event == name]
+
+
+async def test_log_dhcp_tells_what_dnsmasq_log_dhcp_tells(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _, _ = make_service(ipxe="boot.ipxe")
+    service.settings = dataclasses.replace(service.settings, log_dhcp=True)
+    groups = {"lab": Group("lab", Selector(macs=("52:54:00:*",)), "p")}
+    inventory = Inventory(
+        profiles={"p": Profile("p", Method.IPXE, kernel="vmlinuz")}, groups=groups
+    )
+    setup = BootSetup(inventory, MappingProxyType({}), Path("/nonexistent"))
+    service.machines = Machines(setup, ServerAddress("10.99.0.1"))
+    discover = request(
+        MessageType.DISCOVER,
+        vendor_class=BIOS_PXE,
+        arch=0,
+        ipxe=True,
+        extra=((Opt.PARAMETER_LIST, bytes([1, 3, 6, 67])), (Opt.HOST_NAME, b"node7")),
+    )
+    with caplog.at_level(logging.INFO, logger="netbootd.dhcp"):
+        reply = await service.handle(discover, local_port=67, source=SRC)
+        relayed = await service.handle(
+            request(MessageType.DISCOVER, mac="52:54:00:00:00:09", xid=2, giaddr="10.99.0.2"),
+            local_port=67,
+            source=("10.99.0.2", 67),
+        )
+    assert reply is not None and relayed is not None
+    client = _events(caplog, "dhcp-client")[0]
+    assert client["requested"] == "1:subnet-mask 3:router 6:dns-servers 67:bootfile"
+    assert (client["vendor_class"], client["user_class"]) == (BIOS_PXE, "iPXE")
+    assert client["host_name"] == "node7"
+    tags = _events(caplog, "dhcp-tags")[0]
+    assert (tags["client"], tags["arch"], tags["boot_class"]) == ("ipxe", "bios", "ipxe")
+    assert (tags["group"], tags["profile"], tags["machine"]) == ("lab", "p", "-")
+    assert tags["ipxe_features"] == "19,21"
+    first, second = _events(caplog, "dhcp-reply")
+    assert first["next_server"] == "10.99.0.1" and first["yiaddr"] == "10.99.0.100"
+    assert (first["destination"], first["broadcast"]) == ("255.255.255.255:68", "yes")
+    assert (second["destination"], second["broadcast"]) == ("10.99.0.2:67", "no")
+    assert second["giaddr"] == "10.99.0.2"
+    # Every option sent, by code and name with its value, one line each.
+    lines = [record.getMessage() for record in caplog.records]
+    sent = [line for line in lines if line.startswith("sent xid=0x1234abcd ")]
+    assert len(sent) == len(reply.packet.options)
+    assert f"sent xid=0x1234abcd 67 bootfile: {first['file']}" in sent

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from netbootd.boot.client import ClientInfo, classify
+from netbootd.boot.inventory import Resolution
 from netbootd.boot.leases import (
     AddressRange,
     Lease,
@@ -42,6 +43,7 @@ from netbootd.proto.dhcp import (
     u32_option,
 )
 from netbootd.proto.dhcp_fit import fit
+from netbootd.services.dhcp_detail import client_kind, detail_lines
 from netbootd.services.dhcp_limits import DhcpLimits, Throttle, refusal
 from netbootd.services.machines import Machines
 from netbootd.store.leases import LeaseStore, StoreError
@@ -98,6 +100,7 @@ class _Outcome:
     reason: str = ""
     boot: BootDecision | None = None
     bad: str = ""  # what the peer got wrong, for a request that breaks the protocol
+    resolution: Resolution | None = None  # the inventory's say, for --log-dhcp
 
     def reject(self, bad: str, reason: str) -> None:
         """Silence for a request that breaks the protocol (RFC 2131 §4.1: discard it)."""
@@ -138,8 +141,19 @@ class DhcpService:
             reply = self._fitted(request, reply)
         self.counters[f"{kind}:{outcome.decision}"] += 1
         self._log(request, client, kind, outcome, local_port)
-        if self.settings.log_dhcp and reply is not None:
-            self._log_options("sent", reply.packet)
+        if self.settings.log_dhcp:
+            for line in detail_lines(
+                request,
+                client,
+                boot=outcome.boot,
+                resolution=outcome.resolution,
+                reply=reply.packet if reply is not None else None,
+                destination=(reply.address, reply.port) if reply is not None else None,
+                max_size=reply.max_size if reply is not None else None,
+            ):
+                log.info(line)
+            if reply is not None:
+                self._log_options("sent", reply.packet)
         return reply
 
     async def _dispatch(
@@ -430,7 +444,7 @@ class DhcpService:
         settings = self.settings
         resolution = None
         if self.machines is not None:
-            resolution = self.machines.resolve_client(client)
+            resolution = outcome.resolution = self.machines.resolve_client(client)
             self.machines.remember(client, yiaddr if yiaddr != ZERO else None)
         boot = self.policy.decide(client, resolution)
         outcome.boot = boot
@@ -545,7 +559,7 @@ class DhcpService:
             "vendor_class": client.vendor_class or "-",
             "user_class": ",".join(client.user_classes) or "-",
             "arch": client.arch_name,
-            "client": _client_kind(client),
+            "client": client_kind(client),
             "decision": outcome.decision,
             "address": str(outcome.address) if outcome.address is not None else "-",
         }
@@ -575,16 +589,6 @@ def _kind(request: DhcpPacket) -> str:
     if isinstance(mtype, MessageType):
         return mtype.name
     return f"TYPE{mtype}"
-
-
-def _client_kind(client: ClientInfo) -> str:
-    if client.is_ipxe:
-        return "ipxe"
-    if client.is_http_boot:
-        return "uefi-http"
-    if client.is_pxe:
-        return "pxe"
-    return "plain"
 
 
 def _requested(
