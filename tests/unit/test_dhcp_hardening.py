@@ -21,8 +21,9 @@ from netbootd.config import ConfigError, DhcpMode
 from netbootd.logfmt import format_event, parse_event
 from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, decode, encode, u16_option
 from netbootd.services.dhcp import DhcpService, DhcpSettings
-from netbootd.services.dhcp_limits import DhcpLimits, Throttle
+from netbootd.services.dhcp_limits import DhcpLimits, LineBudget, Throttle
 from netbootd.services.machines import BootSetup, Machines, ServerAddress
+from netbootd.transport.dhcp import DhcpServer
 from tests.dhcp_clients import BIOS_PXE, request
 from tests.unit.test_config_cli import parse
 from tests.unit.test_dhcp_service import Clock, MemoryStore, make_service
@@ -330,3 +331,38 @@ async def test_log_dhcp_tells_what_dnsmasq_log_dhcp_tells(
     sent = [line for line in lines if line.startswith("sent xid=0x1234abcd ")]
     assert len(sent) == len(reply.packet.options)
     assert f"sent xid=0x1234abcd 67 bootfile: {first['file']}" in sent
+
+
+def test_line_budget_lets_a_burst_through_then_counts() -> None:
+    budget = LineBudget(lines=3, seconds=10)
+    assert [budget.allow(t) for t in (0.0, 1.0, 2.0, 3.0, 4.0)] == [0, 0, 0, None, None]
+    assert budget.allow(10.0) == 2  # the next window's first line tells of the two held back
+    assert budget.allow(10.5) == 0
+
+
+async def test_a_burst_of_bad_requests_does_not_flood_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _, clock = make_service()
+    bad = dataclasses.replace(request(MessageType.DISCOVER), op=Op.BOOTREPLY)
+    with caplog.at_level(logging.INFO, logger="netbootd.dhcp"):
+        for _ in range(200):
+            await service.handle(bad, local_port=67, source=SRC)
+        clock.now += 10
+        await service.handle(bad, local_port=67, source=SRC)
+    lines = [parse_event(record.getMessage())[1] for record in caplog.records]
+    assert len(lines) == 51
+    assert lines[-1]["held_back"] == "150"
+    assert service.counters["bad-request:op"] == 201
+
+
+def test_junk_sent_fast_gets_a_burst_of_lines_then_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _, _ = make_service()
+    server = DhcpServer(service, "lo", (67,))
+    with caplog.at_level(logging.INFO, logger="netbootd.dhcp"):
+        for _ in range(300):
+            server.received(None, b"\x01" * 10, ("192.0.2.7", 68))  # type: ignore[arg-type]
+    assert server.counters["malformed"] == 300
+    assert len([r for r in caplog.records if r.getMessage().startswith("malformed ")]) == 50

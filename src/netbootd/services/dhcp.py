@@ -44,7 +44,7 @@ from netbootd.proto.dhcp import (
 )
 from netbootd.proto.dhcp_fit import fit
 from netbootd.services.dhcp_detail import client_kind, detail_lines
-from netbootd.services.dhcp_limits import DhcpLimits, Throttle, refusal
+from netbootd.services.dhcp_limits import DhcpLimits, LineBudget, Throttle, refusal
 from netbootd.services.machines import Machines
 from netbootd.store.leases import LeaseStore, StoreError
 
@@ -117,6 +117,7 @@ class DhcpService:
     counters: Counter[str] = field(default_factory=Counter)
     machines: Machines | None = None  # the inventory, when there is one
     refusals: Throttle = field(default_factory=Throttle)  # the warning about caps met
+    bad_lines: LineBudget = field(default_factory=LineBudget)  # lines about bad requests
 
     async def handle(
         self, request: DhcpPacket, *, local_port: int, source: tuple[str, int]
@@ -572,6 +573,12 @@ class DhcpService:
             fields["port"] = local_port
         if outcome.reason:
             fields["reason"] = outcome.reason
+        if outcome.bad:
+            held = self.bad_lines.allow(self.clock())
+            if held is None:
+                return  # a burst of bad requests: counted, its lines held back
+            if held:
+                fields["held_back"] = held
         level = logging.INFO if outcome.decision != "ignored" else logging.DEBUG
         if outcome.decision == "NAK" or outcome.bad:
             level = logging.WARNING

@@ -4,7 +4,9 @@ A DISCOVER costs an address held for :data:`~netbootd.services.dhcp.OFFER_HOLD_S
 the client asks for it. A flood of DISCOVERs from made-up MACs would hold the whole pool (and
 memory) that way. :func:`refusal` says which cap a client new to the lease book meets, if any;
 clients the book already knows (renewing, rebooting, asking for their offer) are never refused.
-:class:`Throttle` keeps the warning about refusals to one line a minute, however hard the flood.
+:class:`Throttle` keeps the warning about refusals to one line a minute, however hard the flood;
+:class:`LineBudget` lets a burst of lines about bad datagrams through and then holds the rest
+back, so that junk sent fast cannot fill the disk with log lines.
 
 Pure: no clock reads (the caller passes ``now``), no logging.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 from netbootd.boot.leases import AddressRange, LeaseBook
 
-__all__ = ["DhcpLimits", "Throttle", "refusal"]
+__all__ = ["DhcpLimits", "LineBudget", "Throttle", "refusal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +63,29 @@ class Throttle:
         count, self._pending = self._pending, 0
         self._next = now + self._interval
         return count
+
+
+class LineBudget:
+    """Up to ``lines`` log lines per ``seconds``; past that, lines are counted, not written.
+
+    Each window's first line says how many were held back in the windows before it.
+    """
+
+    def __init__(self, lines: int = 50, seconds: float = 10.0) -> None:
+        self._lines = lines
+        self._seconds = seconds
+        self._window_end = float("-inf")
+        self._used = 0
+        self._held = 0
+
+    def allow(self, now: float) -> int | None:
+        """None to hold a line back; else how many were held back since the last one written."""
+        if now >= self._window_end:
+            self._window_end = now + self._seconds
+            self._used = 0
+        if self._used >= self._lines:
+            self._held += 1
+            return None
+        self._used += 1
+        held, self._held = self._held, 0
+        return held

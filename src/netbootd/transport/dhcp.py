@@ -19,6 +19,7 @@ from typing import cast
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, decode, encode
 from netbootd.services.dhcp import BROADCAST, DHCP_CLIENT_PORT, DhcpService, Reply
+from netbootd.services.dhcp_limits import LineBudget
 from netbootd.services.dhcp_watch import ServerWatch
 
 log = logging.getLogger("netbootd.dhcp")
@@ -90,6 +91,7 @@ class DhcpServer:
         self._endpoints: list[_Endpoint] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
+        self._malformed_lines = LineBudget()
 
     def all_counters(self) -> dict[str, int]:
         """The edge's counters (malformed, dropped, sent) and the service's, by outcome."""
@@ -161,11 +163,18 @@ class DhcpServer:
             packet = decode(data)
         except DhcpDecodeError as exc:
             self.counters["malformed"] += 1
-            log.warning(
-                format_event(
-                    "malformed", source=f"{source[0]}:{source[1]}", bytes=len(data), error=str(exc)
+            held = self._malformed_lines.allow(time.monotonic())
+            if held is not None:  # junk sent fast gets a burst of lines, then a count
+                fields = {"held_back": held} if held else {}
+                log.warning(
+                    format_event(
+                        "malformed",
+                        source=f"{source[0]}:{source[1]}",
+                        bytes=len(data),
+                        error=str(exc),
+                        **fields,
+                    )
                 )
-            )
             return
         if len(self._tasks) >= MAX_PENDING:
             self.counters["dropped-busy"] += 1
