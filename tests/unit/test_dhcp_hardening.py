@@ -366,3 +366,14 @@ def test_junk_sent_fast_gets_a_burst_of_lines_then_a_count(
             server.received(None, b"\x01" * 10, ("192.0.2.7", 68))  # type: ignore[arg-type]
     assert server.counters["malformed"] == 300
     assert len([r for r in caplog.records if r.getMessage().startswith("malformed ")]) == 50
+
+
+async def test_max_leases_holds_for_a_request_without_an_offer() -> None:
+    service, _ = flood_service(DhcpLimits(max_leases=2))
+    for i in range(2):
+        assert await lease_for(service, f"52:54:00:00:02:{i:02x}") is not None
+    # INIT-REBOOT from a client the book does not know, for a free address: no new lease.
+    straight = request(MessageType.REQUEST, mac="52:54:00:00:02:09", requested="10.64.0.50")
+    assert await service.handle(straight, local_port=67, source=SRC) is None
+    assert service.counters["refused-new-client"] == 1
+    assert service.book.of("mac:52:54:00:00:02:09") is None

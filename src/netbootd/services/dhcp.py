@@ -284,6 +284,12 @@ class DhcpService:
             owner = self.machines.reserved_for(address) if self.machines is not None else None
             if owner is not None:
                 return self._nak(request, client, outcome, f"{address} is reserved for {owner}")
+            if self.book.of(key) is None:
+                # A client with no record asking straight for an address takes a new lease.
+                why = refusal(self.book, pool, self.settings.limits, offering=False)
+                if why is not None:
+                    self._refuse(request, outcome, why, now)
+                    return None
         if self._held_by_another_machine(address, request, key, now):
             return self._nak(request, client, outcome, f"{address} is held by another client")
         lease = Lease(address, key, request.mac, LeaseState.BOUND, now + self.settings.lease_time)

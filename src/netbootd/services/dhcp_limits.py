@@ -29,15 +29,19 @@ class DhcpLimits:
     max_leases: int | None = None  # live leases (offers included) in one pool; None: its size
 
 
-def refusal(book: LeaseBook, pool: AddressRange, limits: DhcpLimits) -> str | None:
+def refusal(
+    book: LeaseBook, pool: AddressRange, limits: DhcpLimits, *, offering: bool = True
+) -> str | None:
     """The cap a new client of ``pool`` meets, as a short reason, or None when it may have one.
 
+    ``offering`` is False for a client that asks for a lease without an offer (a REQUEST in
+    INIT-REBOOT, or after its offer expired): only ``max-leases`` applies then.
     ``book`` must be up to date (:meth:`LeaseBook.expire` called for the present moment).
     """
-    if book.offers >= limits.max_offers:
+    if offering and book.offers >= limits.max_offers:
         return f"{book.offers} offers open, dhcp-max-offers is {limits.max_offers}"
     taken = book.count(pool)
-    if taken.offers >= limits.max_offers_per_pool:
+    if offering and taken.offers >= limits.max_offers_per_pool:
         return (
             f"{taken.offers} offers open in {pool}, "
             f"dhcp-max-offers-per-pool is {limits.max_offers_per_pool}"
