@@ -135,7 +135,7 @@ def check(data: bytes) -> None:
 
 def seeds() -> list[bytes]:
     """Valid datagrams built from the RFC 2131/2132 layouts, one per kind of client message."""
-    small = ((Opt.MAX_MESSAGE_SIZE, u16_option(576)), (Opt.PARAMETER_LIST, bytes(range(1, 80))))
+    small = ((Opt.MAX_MESSAGE_SIZE, u16_option(576)), (Opt.PARAMETER_LIST, bytes(range(1, 130))))
     packets: list[DhcpPacket] = [
         request(MessageType.DISCOVER, vendor_class=BIOS_PXE, arch=0, uuid=True),
         request(MessageType.DISCOVER, vendor_class=UEFI_PXE, arch=7, ipxe=True),
