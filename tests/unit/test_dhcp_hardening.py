@@ -23,7 +23,7 @@ from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, decode, encode
 from netbootd.services.dhcp import DhcpService, DhcpSettings
 from netbootd.services.dhcp_limits import DhcpLimits, LineBudget, Throttle
 from netbootd.services.machines import BootSetup, Machines, ServerAddress
-from netbootd.transport.dhcp import DhcpServer
+from netbootd.transport.dhcp import MAX_PENDING, DhcpServer
 from tests.dhcp_clients import BIOS_PXE, request
 from tests.unit.test_config_cli import parse
 from tests.unit.test_dhcp_service import Clock, MemoryStore, make_service
@@ -377,3 +377,17 @@ async def test_max_leases_holds_for_a_request_without_an_offer() -> None:
     assert await service.handle(straight, local_port=67, source=SRC) is None
     assert service.counters["refused-new-client"] == 1
     assert service.book.of("mac:52:54:00:00:02:09") is None
+
+
+def test_drops_while_busy_get_a_burst_of_lines_then_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service, _, _ = make_service()
+    server = DhcpServer(service, "lo", (67,))
+    server._tasks = set(range(MAX_PENDING))  # type: ignore[arg-type]
+    valid = encode(request(MessageType.DISCOVER))
+    with caplog.at_level(logging.INFO, logger="netbootd.dhcp"):
+        for _ in range(300):
+            server.received(None, valid, ("192.0.2.7", 68))  # type: ignore[arg-type]
+    assert server.counters["dropped-busy"] == 300
+    assert len([r for r in caplog.records if r.getMessage().startswith("dropped ")]) == 50

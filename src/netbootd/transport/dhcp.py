@@ -91,7 +91,8 @@ class DhcpServer:
         self._endpoints: list[_Endpoint] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
-        self._malformed_lines = LineBudget()
+        self._malformed_lines = LineBudget()  # a flood of junk must not flood the log
+        self._dropped_lines = LineBudget()
 
     def all_counters(self) -> dict[str, int]:
         """The edge's counters (malformed, dropped, sent) and the service's, by outcome."""
@@ -178,7 +179,12 @@ class DhcpServer:
             return
         if len(self._tasks) >= MAX_PENDING:
             self.counters["dropped-busy"] += 1
-            log.warning(format_event("dropped", source=source[0], reason="too many pending"))
+            held = self._dropped_lines.allow(time.monotonic())
+            if held is not None:
+                fields = {"held_back": held} if held else {}
+                log.warning(
+                    format_event("dropped", source=source[0], reason="too many pending", **fields)
+                )
             return
         task = asyncio.get_running_loop().create_task(self._answer(endpoint, packet, source))
         self._tasks.add(task)
