@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean bench-tftp bench-http bench-dhcp
+.PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean bench-tftp bench-http bench-dhcp fuzz-dhcp
 
 setup: system venv
 
@@ -53,5 +53,10 @@ bench-dhcp: venv
 	@EXTRA_PACKAGES="kea-dhcp4-server kea-admin" tools/setup-system.sh
 	PYTHONPATH=lab $(BIN)/python bench/dhcp_bench.py
 
+# A mutation fuzzer over the DHCP decoder, service and encoder; a short run is part of make test.
+FUZZ_SECONDS ?= 600
+fuzz-dhcp: venv
+	$(BIN)/python -m tests.fuzz.run_dhcp --seconds $(FUZZ_SECONDS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .fuzz-crashes src/*.egg-info

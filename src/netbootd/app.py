@@ -22,6 +22,7 @@ from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import Opt, ips_option
 from netbootd.services.dhcp import DHCP_SERVER_PORT, PXE_PORT, DhcpService, DhcpSettings
+from netbootd.services.dhcp_limits import DhcpLimits
 from netbootd.services.dhcp_watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.inventory import InventoryError
@@ -320,6 +321,9 @@ class App:
             subnets=self.served_subnets() if config.dhcp_mode is DhcpMode.AUTHORITATIVE else (),
             hosts=config.hosts,
             pxe_menus=config.pxe_menus,
+            limits=DhcpLimits(
+                config.dhcp_max_offers, config.dhcp_max_offers_per_pool, config.max_leases
+            ),
         )
         return DhcpService(settings, policy, book, store, machines=self.machines)
 

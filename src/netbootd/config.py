@@ -101,6 +101,11 @@ class Config(BaseModel):
     tftp_upload_max_size: int = Field(default=1024**3, ge=0)
     # PXE boot menus by client class, from [[pxe-menu]] and [pxe-prompt] (or the flags).
     pxe_menus: PxeMenus = Field(default_factory=PxeMenus)
+    # Caps on what new DHCP clients may take, so that a flood of made-up MACs cannot hold the
+    # pool: open offers in all pools and in one pool, live leases in one pool (None: its size).
+    dhcp_max_offers: int = Field(default=4096, ge=1, le=1_000_000)
+    dhcp_max_offers_per_pool: int = Field(default=1024, ge=1, le=1_000_000)
+    max_leases: int | None = Field(default=None, ge=1)
 
     @field_validator("dhcp_options", mode="before")
     @classmethod
@@ -207,6 +212,9 @@ _FILE_KEYS = {
     "tftp-upload-max-size",
     "pxe-menu",
     "pxe-prompt",
+    "dhcp-max-offers",
+    "dhcp-max-offers-per-pool",
+    "max-leases",
 }
 
 

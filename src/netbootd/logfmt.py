@@ -11,14 +11,35 @@ import re
 
 _BARE = re.compile(r'^[^\s"=]+$')
 _TOKEN = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+_UNESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    what = match.group(1)
+    if what == "n":
+        return "\n"
+    if len(what) > 1:
+        return chr(int(what[1:], 16))
+    return what
 
 
 def _quote(value: object) -> str:
     text = "" if value is None else str(value)
-    if text and _BARE.match(text):
+    if text and _BARE.match(text) and text.isprintable():
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if not escaped.isprintable():
+        # A peer's text (a host name, a vendor class) may carry control characters: a CR or an
+        # escape sequence must not forge or hide a log line.
+        escaped = "".join(char if char.isprintable() else _escape(char) for char in escaped)
     return f'"{escaped}"'
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def format_event(event: str, **fields: object) -> str:
@@ -27,7 +48,8 @@ def format_event(event: str, **fields: object) -> str:
     bare = _BARE.match
     for key, value in fields.items():
         text = value if isinstance(value, str) else ("" if value is None else str(value))
-        parts.append(f"{key}={text}" if text and bare(text) else f"{key}={_quote(text)}")
+        plain = text and bare(text) and text.isprintable()
+        parts.append(f"{key}={text}" if plain else f"{key}={_quote(text)}")
     return " ".join(parts)
 
 
@@ -41,7 +63,7 @@ def parse_event(message: str) -> tuple[str, dict[str, str]]:
     fields: dict[str, str] = {}
     for key, raw in _TOKEN.findall(rest):
         if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
-            value = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), raw[1:-1])
+            value = _UNESCAPE.sub(_unescape, raw[1:-1])
         else:
             value = raw
         fields[key] = value

@@ -4,10 +4,16 @@
 offers, declined addresses); :func:`choose_address` picks an address for a client from a pool.
 Neither touches a disk, a socket or a clock: the caller passes ``now`` and persists what must
 last (see ``netbootd.store``).
+
+The book also keeps, in expiry order, every lease it counts as live: :meth:`LeaseBook.expire`
+drops offers nobody took up and stops counting bound leases that ran out, at a cost of one heap
+step per lease ever put, so that a flood of DISCOVERs from new MACs cannot grow it without bound.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -75,6 +81,14 @@ def client_key(mac: str, client_id: bytes | None) -> str:
     return "mac:" + mac
 
 
+@dataclass(frozen=True, slots=True)
+class PoolCount:
+    """How much of a pool is taken: live leases of any state, and among them, open offers."""
+
+    leases: int
+    offers: int
+
+
 class LeaseBook:
     """Every address netbootd has promised, bound or quarantined, indexed both ways."""
 
@@ -82,6 +96,13 @@ class LeaseBook:
         self._by_address: dict[IPv4Address, Lease] = {}
         self._by_client: dict[str, Lease] = {}
         self._cursor: dict[AddressRange, int] = {}  # where each pool's last free address was
+        # Leases counted as live (not yet seen expired by expire()), and their expiry heap; a
+        # heap entry whose lease is no longer the live one at its address is stale and skipped.
+        self._live: dict[IPv4Address, Lease] = {}
+        self._expiry: list[tuple[float, int, Lease]] = []
+        self._sequence = itertools.count()
+        self._offers = 0
+        self._pools: dict[AddressRange, list[int]] = {}  # pool -> [live leases, open offers]
         for lease in leases:
             self.put(lease)
 
@@ -108,12 +129,81 @@ class LeaseBook:
         old = self._by_client.get(lease.client)
         if old is not None and old.address != lease.address:
             self._by_address.pop(old.address, None)
+            self._uncount(old.address)
         previous_owner = self._by_address.get(lease.address)
         if previous_owner is not None and previous_owner.client != lease.client:
             self._by_client.pop(previous_owner.client, None)
         self._by_address[lease.address] = lease
         if lease.state is not LeaseState.DECLINED:
             self._by_client[lease.client] = lease
+        self._uncount(lease.address)
+        self._count(lease)
+
+    @property
+    def offers(self) -> int:
+        """Open offers (OFFERED leases not yet expired by :meth:`expire`), in every pool."""
+        return self._offers
+
+    def count(self, pool: AddressRange) -> PoolCount:
+        """Live leases and open offers in ``pool``; the first call for a pool counts it."""
+        counts = self._pools.get(pool)
+        if counts is None:
+            counts = self._pools[pool] = [0, 0]
+            for lease in self._live.values():
+                if lease.address in pool:
+                    counts[0] += 1
+                    counts[1] += lease.state is LeaseState.OFFERED
+        return PoolCount(counts[0], counts[1])
+
+    def expire(self, now: float) -> int:
+        """Drop the offers that expired by ``now`` and stop counting other expired leases.
+
+        Expired bound leases stay in the book (a returning client gets its old address back,
+        RFC 2131 §4.3.1), but no longer count as live. Returns how many offers were dropped.
+        Each lease put costs one heap push and at most one pop here: O(log n) amortised.
+        """
+        heap = self._expiry
+        dropped = 0
+        while heap and heap[0][0] <= now:
+            _, _, lease = heapq.heappop(heap)
+            if self._live.get(lease.address) is not lease:
+                continue  # replaced or removed since
+            if lease.state is LeaseState.OFFERED:
+                self.remove(lease.address)
+                dropped += 1
+            else:
+                self._uncount(lease.address)
+        if len(heap) > 2 * len(self._live) + 64:
+            # Renewals leave stale entries behind; rebuild once they outnumber the live ones.
+            self._expiry = [entry for entry in heap if self._live.get(entry[2].address) is entry[2]]
+            heapq.heapify(self._expiry)
+        return dropped
+
+    @property
+    def pending_expiries(self) -> int:
+        """Entries in the expiry heap, stale ones included: for tests of the book's size."""
+        return len(self._expiry)
+
+    def _count(self, lease: Lease) -> None:
+        self._live[lease.address] = lease
+        heapq.heappush(self._expiry, (lease.expires, next(self._sequence), lease))
+        offered = lease.state is LeaseState.OFFERED
+        self._offers += offered
+        for pool, counts in self._pools.items():
+            if lease.address in pool:
+                counts[0] += 1
+                counts[1] += offered
+
+    def _uncount(self, address: IPv4Address) -> None:
+        lease = self._live.pop(address, None)
+        if lease is None:
+            return
+        offered = lease.state is LeaseState.OFFERED
+        self._offers -= offered
+        for pool, counts in self._pools.items():
+            if address in pool:
+                counts[0] -= 1
+                counts[1] -= offered
 
     def first_free(
         self,
@@ -139,6 +229,7 @@ class LeaseBook:
 
     def remove(self, address: IPv4Address) -> Lease | None:
         lease = self._by_address.pop(address, None)
+        self._uncount(address)
         if lease is not None and self._by_client.get(lease.client) is lease:
             del self._by_client[lease.client]
         return lease

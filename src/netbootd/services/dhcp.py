@@ -26,6 +26,7 @@ from ipaddress import IPv4Address, IPv4Network
 from netbootd.boot.bootp import bootp_reply
 from netbootd.boot.client import ClientInfo, classify
 from netbootd.boot.hosts import HostEntry, HostTable
+from netbootd.boot.inventory import Resolution
 from netbootd.boot.leases import (
     AddressRange,
     Lease,
@@ -62,9 +63,13 @@ from netbootd.proto.dhcp import (
     describe,
     ip_option,
     ips_option,
+    parameter_list,
     pxe_vendor_options,
     u32_option,
 )
+from netbootd.proto.dhcp_fit import fit
+from netbootd.services.dhcp_detail import client_kind, detail_lines
+from netbootd.services.dhcp_limits import DhcpLimits, LineBudget, Throttle, refusal
 from netbootd.services.hosts import Reservations
 from netbootd.services.machines import Machines
 from netbootd.store.leases import LeaseStore, StoreError
@@ -102,6 +107,7 @@ class DhcpSettings:
     # each replaces a built-in option of its code.
     options: tuple[tuple[int, bytes], ...] = ()
     log_dhcp: bool = False
+    limits: DhcpLimits = field(default_factory=DhcpLimits)  # caps on what new clients take
     pxe_menus: PxeMenus = NO_MENUS  # PXE boot menus by client architecture
     # The networks served, each with its pools and settings. Empty: one, the interface's
     # ``network`` with ``pool`` and the settings above (--dhcp-range).
@@ -172,6 +178,12 @@ class _Outcome:
     notable: bool = False  # ignored for a reason the operator should see (not only at debug)
     menu: str = ""  # the PXE menu offered or asked from, by its client class
     item: int = 0  # the menu item asked for (1-based), 0 for none
+    bad: str = ""  # what the peer got wrong, for a request that breaks the protocol
+    resolution: Resolution | None = None  # the inventory's say, for --log-dhcp
+
+    def reject(self, bad: str, reason: str) -> None:
+        """Silence for a request that breaks the protocol (RFC 2131 §4.1: discard it)."""
+        self.decision, self.bad, self.reason = "ignored", bad, reason
 
 
 @dataclass
@@ -197,6 +209,9 @@ class DhcpService:
         """The config's hosts and the inventory's machines, as the inventory stands now."""
         return Reservations(self.settings.hosts, self.machines)
 
+    refusals: Throttle = field(default_factory=Throttle)  # the warning about caps met
+    bad_lines: LineBudget = field(default_factory=LineBudget)  # lines about bad requests
+
     async def handle(
         self, request: DhcpPacket, *, local_port: int, source: tuple[str, int]
     ) -> Reply | None:
@@ -217,6 +232,7 @@ class DhcpService:
         """
         if self.settings.log_dhcp:
             self._log_options("received", request)
+        self.book.expire(self.clock())
         client = classify(request)
         outcome = _Outcome()
         step: _Step = None
@@ -225,19 +241,23 @@ class DhcpService:
             step = self._dispatch(request, client, outcome, local_port, source)
         except DhcpDecodeError as exc:
             # A well-framed packet whose option contents are broken (a 3-byte option 50, say).
-            outcome.decision, outcome.reason = "ignored", f"malformed option: {exc}"
+            outcome.reject("option", f"malformed option: {exc}")
             step = None
         if isinstance(step, Pending):
             pending = step
 
             def conclude(error: BaseException | None) -> Reply | None:
-                reply = pending._finish(error)
-                self._conclude(request, client, kind, outcome, local_port=local_port, reply=reply)
-                return reply
+                return self._conclude(
+                    request,
+                    client,
+                    kind,
+                    outcome,
+                    local_port=local_port,
+                    reply=pending._finish(error),
+                )
 
             return Pending(pending.durable, conclude)
-        self._conclude(request, client, kind, outcome, local_port=local_port, reply=step)
-        return step
+        return self._conclude(request, client, kind, outcome, local_port=local_port, reply=step)
 
     def _conclude(
         self,
@@ -248,11 +268,28 @@ class DhcpService:
         *,
         local_port: int,
         reply: Reply | None,
-    ) -> None:
+    ) -> Reply | None:
+        """Count and log the transaction; the reply, fitted to the client's maximum size."""
+        if outcome.bad:
+            self.counters[f"bad-request:{outcome.bad}"] += 1
+        if reply is not None:
+            reply = self._fitted(request, reply)
         self.counters[f"{kind}:{outcome.decision}"] += 1
         self._log(request, client, kind, outcome, local_port)
-        if self.settings.log_dhcp and reply is not None:
-            self._log_options("sent", reply.packet)
+        if self.settings.log_dhcp:
+            for line in detail_lines(
+                request,
+                client,
+                boot=outcome.boot,
+                resolution=outcome.resolution,
+                reply=reply.packet if reply is not None else None,
+                destination=(reply.address, reply.port) if reply is not None else None,
+                max_size=reply.max_size if reply is not None else None,
+            ):
+                log.info(line)
+            if reply is not None:
+                self._log_options("sent", reply.packet)
+        return reply
 
     def _persist(
         self,
@@ -288,7 +325,11 @@ class DhcpService:
         source: tuple[str, int],
     ) -> _Step:
         if request.op != Op.BOOTREQUEST:
-            outcome.reason = "not a BOOTREQUEST"
+            outcome.reject("op", "not a BOOTREQUEST")
+            return None
+        if not request.chaddr and request.get(Opt.CLIENT_ID) is None:
+            # Neither a hardware address nor a client identifier: nothing names the client.
+            outcome.reject("chaddr", "no hardware address and no client identifier")
             return None
         mtype = request.message_type
         if mtype == MessageType.REQUEST and self.settings.pxe_menus:
@@ -310,9 +351,10 @@ class DhcpService:
         if subnet is None:
             if request.giaddr != ZERO:
                 # A relay agent configured for a network we do not serve: the operator's to fix.
-                outcome.notable = True
                 self.counters["relay-unknown-subnet"] += 1
-                outcome.reason = f"relayed from {request.giaddr}, which is in no served subnet"
+                outcome.reject(
+                    "giaddr", f"relayed from {request.giaddr}, which is in no served subnet"
+                )
             else:
                 self.counters["no-subnet"] += 1
                 outcome.reason = f"no subnet served on {self.settings.network}"
@@ -341,6 +383,12 @@ class DhcpService:
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
         requested = _opt_ip(request, Opt.REQUESTED_IP)
         address = self._reservation(request, key, now, subnet)
+        if address is None and subnet.pools and self.book.of(key) is None:
+            # A new client meets the caps only when every pool of its subnet is at one.
+            refusals = [refusal(self.book, pool, self.settings.limits) for pool in subnet.pools]
+            if all(refusals):
+                self._refuse(request, outcome, refusals[0] or "", now)
+                return None
         if address is None:
             if not subnet.pools:
                 outcome.reason = f"{subnet} has no pool"
@@ -364,6 +412,22 @@ class DhcpService:
         return self._reply(
             request, client, MessageType.OFFER, outcome, yiaddr=address, subnet=subnet
         )
+
+    def _refuse(self, request: DhcpPacket, outcome: _Outcome, why: str, now: float) -> None:
+        """Silence for a new client past a cap; a warning a minute at most, however many."""
+        outcome.reason = why
+        self.counters["refused-new-client"] += 1
+        count = self.refusals.event(now)
+        if count is not None:
+            log.warning(
+                format_event(
+                    "new-clients-refused",
+                    refused=count,
+                    why=why,
+                    last=request.mac,
+                    effect="new clients get no offer until open offers expire or leases end",
+                )
+            )
 
     def _request(
         self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome, subnet: Subnet
@@ -400,6 +464,13 @@ class DhcpService:
             owner = self.reservations.owner(address)
             if owner is not None:
                 return self._nak(request, client, outcome, f"{address} is reserved for {owner}")
+            if self.book.of(key) is None:
+                # A client with no record asking straight for an address takes a new lease.
+                pool = next(pool for pool in subnet.pools if address in pool)
+                why = refusal(self.book, pool, self.settings.limits, offering=False)
+                if why is not None:
+                    self._refuse(request, outcome, why, now)
+                    return None
         if self._held_by_another_machine(address, request, key, now):
             return self._nak(request, client, outcome, f"{address} is held by another client")
         expires = now + subnet.settings.lease_time
@@ -681,7 +752,7 @@ class DhcpService:
     ) -> Reply | None:
         settings = self.settings
         host = self.reservations.host(request) if subnet is not None else None
-        boot, specific = self._boot(client, yiaddr, host)
+        boot, specific = self._boot(client, yiaddr, host, outcome)
         next_server = self._next_server(host)
         menu = None
         if settings.pxe_menus and not specific:
@@ -747,13 +818,19 @@ class DhcpService:
         return Reply(packet, address, port, _max_size(request))
 
     def _boot(
-        self, client: ClientInfo, yiaddr: IPv4Address, host: HostEntry | None
+        self,
+        client: ClientInfo,
+        yiaddr: IPv4Address,
+        host: HostEntry | None,
+        outcome: _Outcome | None = None,
     ) -> tuple[BootDecision, bool]:
         """What the client boots: its host entry's boot-file, else the boot policy's choice;
         and whether that was decided for this machine (a host entry, an inventory profile)."""
         resolution = None
         if self.machines is not None:
             resolution = self.machines.resolve_client(client)
+            if outcome is not None:
+                outcome.resolution = resolution  # for --log-dhcp
             self.machines.remember(client, yiaddr if yiaddr != ZERO else None)
         if host is not None and host.boot_file is not None:
             why = f"[[hosts]] {host.label} boot-file"
@@ -805,6 +882,26 @@ class DhcpService:
             found.append((Opt.HOST_NAME, hostname.encode()))
         return _requested(request, found) if requested_only else found
 
+    def _fitted(self, request: DhcpPacket, reply: Reply) -> Reply:
+        """``reply`` cut to the client's maximum message size (RFC 2132 §9.10), logged."""
+        try:
+            packet, left_out = fit(reply.packet, reply.max_size, parameter_list(request))
+        except ValueError:
+            return reply  # even the essentials are too big: the edge counts the encode error
+        if not left_out:
+            return reply
+        self.counters["reply-trimmed"] += 1
+        log.info(
+            format_event(
+                "reply-trimmed",
+                xid=f"0x{request.xid:08x}",
+                mac=request.mac,
+                max_size=reply.max_size,
+                left_out=",".join(str(code) for code in left_out),
+            )
+        )
+        return Reply(packet, reply.address, reply.port, reply.max_size)
+
     # -- logging -------------------------------------------------------------------------------
 
     def _log(
@@ -816,7 +913,7 @@ class DhcpService:
         local_port: int,
     ) -> None:
         level = logging.INFO if outcome.decision != "ignored" or outcome.notable else logging.DEBUG
-        if outcome.decision in ("NAK", "unknown-item"):
+        if outcome.decision in ("NAK", "unknown-item") or outcome.bad:
             level = logging.WARNING
         if not log.isEnabledFor(level):
             return
@@ -826,7 +923,7 @@ class DhcpService:
             "vendor_class": client.vendor_class or "-",
             "user_class": ",".join(client.user_classes) or "-",
             "arch": client.arch_name,
-            "client": _client_kind(client),
+            "client": client_kind(client),
             "decision": outcome.decision,
             "address": str(outcome.address) if outcome.address is not None else "-",
         }
@@ -845,6 +942,12 @@ class DhcpService:
             fields["port"] = local_port
         if outcome.reason:
             fields["reason"] = outcome.reason
+        if outcome.bad:
+            held = self.bad_lines.allow(self.clock())
+            if held is None:
+                return  # a burst of bad requests: counted, its lines held back
+            if held:
+                fields["held_back"] = held
         log.log(level, format_event(kind, **fields))
 
     def _log_options(self, direction: str, packet: DhcpPacket) -> None:
@@ -859,16 +962,6 @@ def _kind(request: DhcpPacket) -> str:
     if isinstance(mtype, MessageType):
         return mtype.name
     return f"TYPE{mtype}"
-
-
-def _client_kind(client: ClientInfo) -> str:
-    if client.is_ipxe:
-        return "ipxe"
-    if client.is_http_boot:
-        return "uefi-http"
-    if client.is_pxe:
-        return "pxe"
-    return "plain"
 
 
 def _override(

@@ -34,6 +34,7 @@ from netbootd.services.dhcp import (
     Pending,
     Reply,
 )
+from netbootd.services.dhcp_limits import LineBudget
 from netbootd.services.dhcp_watch import ServerWatch
 
 log = logging.getLogger("netbootd.dhcp")
@@ -197,6 +198,7 @@ class DhcpServer:
         self._waiting: set[asyncio.Future[None]] = set()
         self._last_busy_warning = -BUSY_WARNING_INTERVAL
         self.counters: Counter[str] = Counter()
+        self._malformed_lines = LineBudget()  # a flood of junk must not flood the log
 
     def all_counters(self) -> dict[str, int]:
         """The edge's counters (malformed, dropped, sent) and the service's, by outcome."""
@@ -311,11 +313,18 @@ class DhcpServer:
             packet = decode(data)
         except DhcpDecodeError as exc:
             self.counters["malformed"] += 1
-            log.warning(
-                format_event(
-                    "malformed", source=f"{source[0]}:{source[1]}", bytes=len(data), error=str(exc)
+            held = self._malformed_lines.allow(time.monotonic())
+            if held is not None:  # junk sent fast gets a burst of lines, then a count
+                fields = {"held_back": held} if held else {}
+                log.warning(
+                    format_event(
+                        "malformed",
+                        source=f"{source[0]}:{source[1]}",
+                        bytes=len(data),
+                        error=str(exc),
+                        **fields,
+                    )
                 )
-            )
             return
         if self._watch is not None and self._watch.is_probe(packet):
             self.counters["own-probe"] += 1  # our own question to other servers
