@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from netbootd.proto.dhcp import MAGIC_COOKIE, DhcpPacket, Op, Opt
+from netbootd.proto.dhcp import MAGIC_COOKIE, DhcpPacket, Opt, reply_to
 
 # RFC 951 §3: the vend field is 64 octets; RFC 1497 puts the cookie first and END last.
 VEND_SIZE = 64
@@ -66,17 +66,5 @@ def bootp_reply(
     kept, left_out = fit_vendor_area(
         (code, value) for code, value in options if code != Opt.MESSAGE_TYPE
     )
-    packet = DhcpPacket(
-        op=Op.BOOTREPLY,
-        xid=request.xid,
-        chaddr=request.chaddr,
-        htype=request.htype,
-        flags=request.flags,
-        ciaddr=request.ciaddr,
-        yiaddr=yiaddr,
-        siaddr=siaddr,
-        giaddr=request.giaddr,
-        file=file if len(file) < 128 else b"",
-        options=tuple(kept),
-    )
+    packet = reply_to(request, kept, ciaddr=request.ciaddr, yiaddr=yiaddr, siaddr=siaddr, file=file)
     return BootpReply(packet, left_out)

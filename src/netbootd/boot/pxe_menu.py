@@ -37,11 +37,11 @@ from netbootd.proto.dhcp import (
     DhcpDecodeError,
     DhcpPacket,
     MessageType,
-    Op,
     Opt,
     decode_suboptions,
     ip_option,
     pxe_vendor_options,
+    reply_to,
 )
 
 # PXE 2.1 Table 2-1, the PXE vendor sub-options of option 43.
@@ -304,18 +304,7 @@ def answer_boot_item(
     if uuid is not None:
         options.append((Opt.CLIENT_UUID, uuid))
     options += [(Opt.TFTP_SERVER, str(tftp).encode()), (Opt.BOOTFILE, name)]
-    packet = DhcpPacket(
-        op=Op.BOOTREPLY,
-        xid=request.xid,
-        chaddr=request.chaddr,
-        htype=request.htype,
-        flags=request.flags,
-        ciaddr=request.ciaddr,
-        siaddr=tftp,
-        giaddr=request.giaddr,
-        file=name if len(name) < 128 else b"",
-        options=tuple(options),
-    )
+    packet = reply_to(request, options, ciaddr=request.ciaddr, siaddr=tftp, file=name)
     return ItemAnswer(position, item, packet, f"pxe-menu {menu.name} item {position}")
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "option_name",
     "parameter_list",
     "pxe_vendor_options",
+    "reply_to",
     "u8_option",
     "u16_option",
     "u32_option",
@@ -444,6 +445,33 @@ class DhcpPacket:
         merged = [(code, updates.pop(code, value)) for code, value in self.options]
         merged.extend(updates.items())
         return replace(self, options=tuple(merged))
+
+
+def reply_to(
+    request: DhcpPacket,
+    options: Iterable[tuple[int, bytes]],
+    *,
+    ciaddr: IPv4Address = _ZERO,
+    yiaddr: IPv4Address = _ZERO,
+    siaddr: IPv4Address = _ZERO,
+    file: bytes = b"",
+) -> DhcpPacket:
+    """A BOOTREPLY to ``request``: its xid, hardware address, flags and relay agent (RFC 2131
+    §4.3.1, table 3) with the given fields. A boot file name of 128 octets or more does not fit
+    the ``file`` field (127 and a NUL) and is left for option 67 alone."""
+    return DhcpPacket(
+        op=Op.BOOTREPLY,
+        xid=request.xid,
+        chaddr=request.chaddr,
+        htype=request.htype,
+        flags=request.flags,
+        ciaddr=ciaddr,
+        yiaddr=yiaddr,
+        siaddr=siaddr,
+        giaddr=request.giaddr,
+        file=file if len(file) < _FILE_SIZE else b"",
+        options=tuple(options),
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from netbootd.proto.dhcp import (
     ips_option,
     parameter_list,
     pxe_vendor_options,
+    reply_to,
     u32_option,
 )
 from netbootd.proto.dhcp_fit import fit
@@ -658,14 +659,9 @@ class DhcpService:
         self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome, reason: str
     ) -> Reply:
         outcome.decision, outcome.reason = "NAK", reason
-        packet = DhcpPacket(
-            op=Op.BOOTREPLY,
-            xid=request.xid,
-            chaddr=request.chaddr,
-            htype=request.htype,
-            flags=request.flags,
-            giaddr=request.giaddr,
-            options=(
+        packet = reply_to(
+            request,
+            (
                 (Opt.MESSAGE_TYPE, bytes([MessageType.NAK])),
                 (Opt.SERVER_ID, ip_option(self.settings.server)),
                 *with_agent_info(request, [(Opt.MESSAGE, reason.encode())]),
@@ -796,23 +792,17 @@ class DhcpService:
             if not boot.over_http:
                 options.append((Opt.TFTP_SERVER, str(next_server).encode()))
             options.append((Opt.BOOTFILE, name))
-            # The file field holds 127 bytes and a NUL; longer names travel in option 67 only.
-            file_field = name if len(name) < 128 else b""
+            file_field = name
         if subnet is not None:
             options = _override(options, self._options(subnet, host), request)
         options = with_agent_info(request, options)
-        packet = DhcpPacket(
-            op=Op.BOOTREPLY,
-            xid=request.xid,
-            chaddr=request.chaddr,
-            htype=request.htype,
-            flags=request.flags,
+        packet = reply_to(
+            request,
+            options,
             ciaddr=request.ciaddr if mtype == MessageType.ACK else ZERO,
             yiaddr=yiaddr,
             siaddr=next_server,
-            giaddr=request.giaddr,
             file=file_field,
-            options=tuple(options),
         )
         address, port = reply_destination(request, mtype)
         return Reply(packet, address, port, _max_size(request))
