@@ -372,8 +372,8 @@ async def test_max_leases_holds_for_a_request_without_an_offer() -> None:
     service, _ = flood_service(DhcpLimits(max_leases=2))
     for i in range(2):
         assert await lease_for(service, f"52:54:00:00:02:{i:02x}") is not None
-    # INIT-REBOOT from a client the book does not know, for a free address: no new lease.
-    straight = request(MessageType.REQUEST, mac="52:54:00:00:02:09", requested="10.64.0.50")
+    # A renewal from a client the book does not know, for a free address: no new lease.
+    straight = request(MessageType.REQUEST, mac="52:54:00:00:02:09", ciaddr="10.64.0.50")
     assert await service.handle(straight, local_port=67, source=SRC) is None
     assert service.counters["refused-new-client"] == 1
     assert service.book.of("mac:52:54:00:00:02:09") is None

@@ -162,7 +162,11 @@ async def test_request_for_another_server_drops_our_offer() -> None:
 
 @pytest.mark.parametrize(
     ("requested", "reason"),
-    [("10.99.1.5", "not on this network"), ("10.99.0.50", "not in the pool")],
+    [
+        ("10.99.1.5", "not on this network"),
+        ("10.99.0.50", "not in the pool"),
+        ("10.99.0.101", "10.99.0.101 is not this client's: no record of it"),
+    ],
 )
 async def test_init_reboot_nak(requested: str, reason: str) -> None:
     service, _, _ = make_service()
@@ -171,6 +175,22 @@ async def test_init_reboot_nak(requested: str, reason: str) -> None:
     assert nak is not None and (nak.address, nak.port) == (BCAST, 68)
     assert reason in (nak.packet.get(Opt.MESSAGE) or b"").decode()
     assert nak.packet.yiaddr == IPv4Address(0)
+
+
+async def test_init_reboot_gets_back_only_the_clients_own_address() -> None:
+    service, _, _ = make_service()
+    await ask(service, request(MessageType.DISCOVER))
+    ack = await ask(
+        service, request(MessageType.REQUEST, requested="10.99.0.100", server_id="10.99.0.1")
+    )
+    assert mtype(ack) == MessageType.ACK
+    # Back from a reboot, asking for its own address: ACK; for another one: NAK, so that it
+    # starts over with a DISCOVER at once (RFC 2131 §4.3.2).
+    again = await ask(service, request(MessageType.REQUEST, requested="10.99.0.100"))
+    assert mtype(again) == MessageType.ACK
+    wrong = await ask(service, request(MessageType.REQUEST, requested="10.99.0.101"))
+    assert mtype(wrong) == MessageType.NAK
+    assert b"its lease is 10.99.0.100" in (wrong.packet.get(Opt.MESSAGE) or b"")  # type: ignore[union-attr]
 
 
 async def test_address_of_another_client_is_naked() -> None:
@@ -281,7 +301,19 @@ async def test_proxy_offers_boot_information_only() -> None:
     assert p.file == b"undionly.kpxe"
     # The site server's job: REQUEST on 67 and non-PXE clients are not ours.
     assert await ask(service, request(MessageType.REQUEST, vendor_class=BIOS_PXE)) is None
+    to_site = request(MessageType.REQUEST, vendor_class=BIOS_PXE, server_id="10.99.0.254")
+    assert await ask(service, to_site) is None
     assert await ask(service, request(MessageType.DISCOVER)) is None
+    # A REQUEST on 67 that names this server (it took the proxy offer as a server's): the boot
+    # information again, and no address.
+    to_us = request(
+        MessageType.REQUEST, vendor_class=BIOS_PXE, arch=0, uuid=True, server_id=str(SERVER)
+    )
+    again = await ask(service, to_us)
+    assert mtype(again) == MessageType.ACK and again is not None
+    assert again.packet.yiaddr == IPv4Address(0) and again.packet.get(Opt.LEASE_TIME) is None
+    assert again.packet.file == b"undionly.kpxe"
+    assert again.packet.get(Opt.CLIENT_UUID) == UUID_OPTION
     ack = await ask(
         service,
         request(MessageType.REQUEST, vendor_class=BIOS_PXE, arch=0, ciaddr="10.99.0.57"),

@@ -465,7 +465,14 @@ class DhcpService:
             owner = self.reservations.owner(address)
             if owner is not None:
                 return self._nak(request, client, outcome, f"{address} is reserved for {owner}")
-            if self.book.of(key) is None:
+            mine = self.book.of(key)
+            if state == "init-reboot" and (mine is None or mine.address != address):
+                # RFC 2131 §4.3.2: a client coming back asks for the address it had. One this
+                # server never gave it gets a NAK (as from dhcpd's and Kea's "authoritative"),
+                # and the client starts over with a DISCOVER at once.
+                had = f"its lease is {mine.address}" if mine is not None else "no record of it"
+                return self._nak(request, client, outcome, f"{address} is not this client's: {had}")
+            if mine is None:
                 # A client with no record asking straight for an address takes a new lease.
                 pool = next(pool for pool in subnet.pools if address in pool)
                 why = refusal(self.book, pool, self.settings.limits, offering=False)
@@ -690,6 +697,16 @@ class DhcpService:
             return self._reply(
                 request, client, MessageType.OFFER, outcome, yiaddr=ZERO, lease=False
             )
+        if (
+            local_port == DHCP_SERVER_PORT
+            and mtype == MessageType.REQUEST
+            and _opt_ip(request, Opt.SERVER_ID) == self.settings.server
+        ):
+            # A client that took the proxy's offer for a server's and asks it, at port 67: the
+            # boot information again, with no address (the site server's REQUESTs name that
+            # server and are not ours to answer).
+            outcome.decision = "PROXY-ACK"
+            return self._reply(request, client, MessageType.ACK, outcome, yiaddr=ZERO, lease=False)
         if local_port == PXE_PORT and mtype in (MessageType.REQUEST, MessageType.INFORM):
             # The client has its address now and asks us directly, at port 4011; answer to
             # the address and port it asked from.
