@@ -76,11 +76,16 @@ def dhcp_options(log: str) -> dict[tuple[str, str], dict[str, str]]:
     return found
 
 
+def transactions(events: list[LogEvent]) -> list[LogEvent]:
+    """netbootd's one line per DHCP transaction (not the --log-dhcp detail lines)."""
+    return [ev for ev in events if ev.svc == "dhcp" and ev.get("decision")]
+
+
 def boot_answers(events: list[LogEvent], mac: str) -> list[LogEvent]:
     return [
         ev
-        for ev in events
-        if ev.svc == "dhcp" and ev.get("mac").lower() == mac and ev.get("file", "-") != "-"
+        for ev in transactions(events)
+        if ev.get("mac").lower() == mac and ev.get("file", "-") != "-"
     ]
 
 
@@ -145,7 +150,7 @@ def test_proxy_beside_kea(
 
     # netbootd only added boot information, never an address.
     events = server.events()
-    ours = [ev for ev in events if ev.svc == "dhcp" and ev.get("mac").lower() == vm.mac]
+    ours = [ev for ev in transactions(events) if ev.get("mac").lower() == vm.mac]
     decisions = {ev.get("decision") for ev in ours}
     assert decisions & {"PROXY-OFFER", "PROXY-ACK"}, [ev.line for ev in ours]
     assert not decisions & {"OFFER", "ACK", "NAK"}, [ev.line for ev in ours]
@@ -230,7 +235,7 @@ def test_proxy_on_the_dhcp_servers_host(
     assert any(ev.get("mac") == vm.mac for ev in site.events() if ev.get("decision") == "ACK")
     assert vm.mac in {lease.mac for lease in site.leases()}
     events = server.events()
-    ours = [ev for ev in events if ev.svc == "dhcp" and ev.get("mac").lower() == vm.mac]
+    ours = [ev for ev in transactions(events) if ev.get("mac").lower() == vm.mac]
     assert ours and all(ev.get("port") == "4011" for ev in ours), [ev.line for ev in ours]
     assert {ev.get("decision") for ev in ours} <= {"PROXY-ACK", "ignored"}
     answers = boot_answers(events, vm.mac)
