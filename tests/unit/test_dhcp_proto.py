@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from netbootd.proto.dhcp import (
     BOOTP_MIN_SIZE,
+    HEADER_SIZE,
     MAGIC_COOKIE,
     DhcpDecodeError,
     DhcpPacket,
@@ -824,3 +825,26 @@ def test_option_names_and_codes() -> None:
         option_code("255")
     with pytest.raises(ValueError, match="unknown option name 'nope'"):
         option_code("nope")
+
+
+def test_relay_agent_information_stays_last_in_the_options_field_under_overload() -> None:
+    agent = bytes([1, 4]) + b"eth0"
+    packet = DhcpPacket(
+        op=Op.BOOTREPLY,
+        xid=1,
+        chaddr=bytes(6),
+        options=(
+            (Opt.MESSAGE_TYPE, bytes([MessageType.ACK])),
+            (119, b"\x03lab\x00" * 70),  # 350 octets: the options field alone cannot hold it
+            (Opt.AGENT_INFO, agent),
+        ),
+    )
+    wire = encode(packet, max_size=576)
+    codes, at = [], HEADER_SIZE + len(MAGIC_COOKIE)
+    while wire[at] != Opt.END:  # the options field itself, as a relay agent reads it
+        codes.append(wire[at])
+        at += 2 + wire[at + 1]
+    assert Opt.OVERLOAD in codes  # the rest went to file/sname
+    assert codes[-1] == Opt.AGENT_INFO  # RFC 3046 §2.1: last, and never spilled
+    assert decode(wire).get(Opt.AGENT_INFO) == agent
+    assert decode(wire).get(119) == b"\x03lab\x00" * 70

@@ -228,6 +228,35 @@ async def test_decline_quarantines_the_address() -> None:
     assert store.rows[IPv4Address("10.99.0.100")].state is LeaseState.DECLINED
     again = await ask(service, request(MessageType.DISCOVER))
     assert again is not None and again.packet.yiaddr == IPv4Address("10.99.0.101")
+    # The client's new offer does not take the quarantine away: the address stays out.
+    held = service.book.at(IPv4Address("10.99.0.100"))
+    assert held is not None and held.state is LeaseState.DECLINED
+    other = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:09"))
+    assert other is None  # .101 is offered, .100 quarantined: the pool is full
+
+
+async def test_a_broken_option_57_costs_no_lease() -> None:
+    service, store, _ = make_service()
+    await ask(service, request(MessageType.DISCOVER))
+    broken = request(
+        MessageType.REQUEST,
+        requested="10.99.0.100",
+        server_id="10.99.0.1",
+        extra=((Opt.MAX_MESSAGE_SIZE, b"\x05\xdc\x00"),),
+    )
+    assert await ask(service, broken) is None
+    assert store.rows == {}  # refused before anything was written
+    assert service.counters["bad-request:option"] == 1
+
+
+async def test_a_nak_through_a_relay_asks_for_broadcast() -> None:
+    service, _, _ = make_service()
+    nak = await ask(
+        service, request(MessageType.REQUEST, requested="10.99.0.50", giaddr="10.99.0.2")
+    )
+    assert mtype(nak) == MessageType.NAK and nak is not None
+    assert nak.packet.broadcast  # RFC 2131 §4.3.2: the relay must broadcast it to the client
+    assert (nak.address, nak.port) == (IPv4Address("10.99.0.2"), 67)
 
 
 async def test_no_ack_when_the_lease_cannot_be_stored() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from ipaddress import IPv4Address, IPv4Network
 
@@ -17,6 +18,7 @@ from netbootd.config import DhcpMode
 from netbootd.logfmt import parse_event
 from netbootd.proto.dhcp import HEADER_SIZE, MAGIC_COOKIE, MessageType, Op, Opt, encode
 from netbootd.services.dhcp import DhcpService, DhcpSettings
+from netbootd.services.dhcp_limits import DhcpLimits
 from tests.dhcp_clients import BIOS_PXE, request
 from tests.unit.test_dhcp_service import SERVER, Clock, MemoryStore, ask, mtype, with_inventory
 
@@ -285,6 +287,21 @@ async def test_dynamic_bootp_leases_a_pool_address_durably_for_ever() -> None:
     assert again is not None and again.packet.yiaddr == IPv4Address("10.0.5.100")
     other = await ask(service, request(None, mac="52:54:00:00:00:43", giaddr=RELAY))
     assert other is not None and other.packet.yiaddr == IPv4Address("10.0.5.101")
+
+
+async def test_dynamic_bootp_meets_the_cap_on_leases() -> None:
+    service, store, _ = make_service(dynamic_bootp=True)
+    service.settings = dataclasses.replace(service.settings, limits=DhcpLimits(max_leases=1))
+    first = await ask(service, request(None, mac="52:54:00:00:00:42", giaddr=RELAY))
+    assert first is not None and first.packet.yiaddr == IPv4Address("10.0.5.100")
+    # The first pool is at its cap: the next client gets the second pool's address.
+    second = await ask(service, request(None, mac="52:54:00:00:00:43", giaddr=RELAY))
+    assert second is not None and second.packet.yiaddr == IPv4Address("10.0.5.150")
+    # A BOOTP lease is for good: a flood of made-up MACs must not take the pools with them.
+    assert await ask(service, request(None, mac="52:54:00:00:00:44", giaddr=RELAY)) is None
+    assert service.counters["refused-new-client"] == 1 and len(store.rows) == 2
+    # The client it knows is still answered.
+    assert await ask(service, request(None, mac="52:54:00:00:00:42", giaddr=RELAY)) is not None
 
 
 async def test_dynamic_bootp_sends_no_reply_when_the_lease_cannot_be_stored() -> None:

@@ -193,3 +193,35 @@ async def test_close_concludes_what_is_being_written() -> None:
     await closing
     assert server.all_counters()["REQUEST:ACK"] == 1
     assert server.counters["unsent-closing"] == 1
+
+
+async def test_a_failed_release_does_not_take_back_an_address_given_again() -> None:
+    server, store, sock, endpoint = make_server()
+    server.received(endpoint, discover(1), RELAY)
+    await turns(2)
+    (offer,) = [data for data, _ in sock.sent]
+    server.received(endpoint, request_for(offer), RELAY)
+    await turns(2)
+    store.land()
+    await turns(2)
+    address = decode(offer).yiaddr
+    release = request(MessageType.RELEASE, mac=mac(1), xid=9, ciaddr=str(address))
+    server.received(endpoint, encode(release), RELAY)
+    await turns(2)
+    released = store.queued[:]  # the release's write, still on its way
+    # Meanwhile another client asks for that address, and its write queues behind.
+    other = request(
+        MessageType.REQUEST, mac=mac(2), xid=10, giaddr=RELAY[0], requested=str(address),
+        server_id=str(SERVER),
+    )  # fmt: skip
+    server.received(endpoint, encode(other), RELAY)
+    await turns(2)
+    assert len(store.queued) == 2
+    # The release's batch fails, the other client's lands.
+    released[0][1].set_exception(StoreError("database is locked"))
+    store.queued = store.queued[1:]
+    store.land()
+    await turns(3)
+    holder = server._service.book.at(address)
+    assert holder is not None and holder.mac == mac(2)  # not put back to the first client
+    assert kinds(sock)[-1] == MessageType.ACK

@@ -136,6 +136,10 @@ class LeaseBook:
         self._by_address[lease.address] = lease
         if lease.state is not LeaseState.DECLINED:
             self._by_client[lease.client] = lease
+        elif old is not None and old.address == lease.address:
+            # A quarantined address is nobody's: the client that declined it no longer holds
+            # it, and its next lease must not take the quarantine away with the old one.
+            del self._by_client[lease.client]
         self._uncount(lease.address)
         self._count(lease)
 

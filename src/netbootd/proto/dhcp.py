@@ -451,20 +451,22 @@ def reply_to(
     request: DhcpPacket,
     options: Iterable[tuple[int, bytes]],
     *,
+    flags: int | None = None,
     ciaddr: IPv4Address = _ZERO,
     yiaddr: IPv4Address = _ZERO,
     siaddr: IPv4Address = _ZERO,
     file: bytes = b"",
 ) -> DhcpPacket:
     """A BOOTREPLY to ``request``: its xid, hardware address, flags and relay agent (RFC 2131
-    §4.3.1, table 3) with the given fields. A boot file name of 128 octets or more does not fit
-    the ``file`` field (127 and a NUL) and is left for option 67 alone."""
+    §4.3.1, table 3) with the given fields; ``flags`` are the request's unless given. A boot file
+    name of 128 octets or more does not fit the ``file`` field (127 and a NUL) and is left for
+    option 67 alone."""
     return DhcpPacket(
         op=Op.BOOTREPLY,
         xid=request.xid,
         chaddr=request.chaddr,
         htype=request.htype,
-        flags=request.flags,
+        flags=request.flags if flags is None else flags,
         ciaddr=ciaddr,
         yiaddr=yiaddr,
         siaddr=siaddr,
@@ -605,6 +607,11 @@ def encode(packet: DhcpPacket, *, max_size: int = MIN_MAX_MESSAGE_SIZE) -> bytes
         return _wire(packet, packet.sname, packet.file, options_field)
     message_type, rest = _split_message_type(_checked_options(packet.options))
     pieces = [*message_type, *rest]
+    # RFC 3046 §2.1: relay agent information goes last, and in the options field itself, where
+    # relay agents look for it; it never spills into file or sname.
+    agent = [piece for piece in rest if piece[0] == Opt.AGENT_INFO]
+    if agent:
+        rest = [piece for piece in rest if piece[0] != Opt.AGENT_INFO]
 
     sname, file = packet.sname, packet.file
     if sum(2 + len(value) for _, value in pieces) + 1 <= budget:
@@ -612,7 +619,7 @@ def encode(packet: DhcpPacket, *, max_size: int = MIN_MAX_MESSAGE_SIZE) -> bytes
     else:
         # RFC 2131 §4.1 / RFC 2132 §9.3: the fields named by option 52 carry options instead.
         # The overload option (3 octets) and END take room from the options field.
-        head_size = sum(2 + len(value) for _, value in message_type) + 3 + 1
+        head_size = sum(2 + len(value) for _, value in [*message_type, *agent]) + 3 + 1
         capacities = [budget - head_size]
         spill_to: list[int] = []
         if not packet.file:
@@ -641,7 +648,7 @@ def encode(packet: DhcpPacket, *, max_size: int = MIN_MAX_MESSAGE_SIZE) -> bytes
                 else:
                     sname = field
         head = [*message_type, (int(Opt.OVERLOAD), bytes((overload,)))]
-        options_field = _serialise([*head, *regions[0]])
+        options_field = _serialise([*head, *regions[0], *agent])
 
     return _wire(packet, sname, file, options_field)
 

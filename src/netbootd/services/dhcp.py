@@ -37,6 +37,7 @@ from netbootd.boot.leases import (
 from netbootd.boot.policy import BootDecision, BootPolicy
 from netbootd.boot.pxe_menu import (
     NO_MENUS,
+    USE_BOOTFILE_OPTION,
     PxeMenu,
     PxeMenus,
     answer_boot_item,
@@ -64,7 +65,6 @@ from netbootd.proto.dhcp import (
     ip_option,
     ips_option,
     parameter_list,
-    pxe_vendor_options,
     reply_to,
     u32_option,
 )
@@ -88,7 +88,7 @@ FOREVER = float("inf")  # the end of a lease that never ends (RFC 2131 §3.3: al
 
 # PXE 2.1 §2.4.3 option 43 sub-option 6 (PXE_DISCOVERY_CONTROL), bit 3: a boot file name is in
 # the offer; download it without boot-server discovery or a menu.
-_PXE_USE_BOOTFILE = pxe_vendor_options([(6, bytes([0x08]))])
+_BROADCAST = 0x8000  # RFC 2131 §2, the BROADCAST bit of flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +239,9 @@ class DhcpService:
         step: _Step = None
         kind = _kind(request)
         try:
+            # Read up front what the reply needs later: a broken option 57 must not surface
+            # only once a lease is on disk.
+            _max_size(request)
             step = self._dispatch(request, client, outcome, local_port, source)
         except DhcpDecodeError as exc:
             # A well-framed packet whose option contents are broken (a 3-byte option 50, say).
@@ -369,7 +372,7 @@ class DhcpService:
         if mtype == MessageType.RELEASE:
             return self._release(request, outcome)
         if mtype == MessageType.DECLINE:
-            return self._decline(request, outcome)
+            return self._decline(request, outcome, subnet)
         if mtype == MessageType.INFORM:
             return self._inform(request, client, outcome, subnet)
         outcome.reason = f"message type {mtype} is not for a server"
@@ -384,23 +387,22 @@ class DhcpService:
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
         requested = _opt_ip(request, Opt.REQUESTED_IP)
         address = self._reservation(request, key, now, subnet)
-        if address is None and subnet.pools and self.book.of(key) is None:
-            # A new client meets the caps only when every pool of its subnet is at one.
-            refusals = [refusal(self.book, pool, self.settings.limits) for pool in subnet.pools]
-            if all(refusals):
-                self._refuse(request, outcome, refusals[0] or "", now)
+        pools = subnet.pools
+        if address is None and pools and self.book.of(key) is None:
+            pools = self._open_pools(request, outcome, subnet, now, offering=True)
+            if not pools:
                 return None
         if address is None:
-            if not subnet.pools:
+            if not pools:
                 outcome.reason = f"{subnet} has no pool"
                 return None
             address = choose_in_pools(
-                subnet.pools, self.book, key, now, requested, reserved=self.reservations
+                pools, self.book, key, now, requested, reserved=self.reservations
             )
         if address is None:
-            pools = ",".join(str(pool) for pool in subnet.pools)
-            outcome.reason = f"pool {pools} is full"
-            log.warning(format_event("pool-full", pool=pools, mac=request.mac))
+            names = ",".join(str(pool) for pool in pools)
+            outcome.reason = f"pool {names} is full"
+            log.warning(format_event("pool-full", pool=names, mac=request.mac))
             return None
         current = self.book.at(address)
         if current is None or current.client != key or current.state is not LeaseState.BOUND:
@@ -413,6 +415,26 @@ class DhcpService:
         return self._reply(
             request, client, MessageType.OFFER, outcome, yiaddr=address, subnet=subnet
         )
+
+    def _open_pools(
+        self,
+        request: DhcpPacket,
+        outcome: _Outcome,
+        subnet: Subnet,
+        now: float,
+        *,
+        offering: bool,
+    ) -> tuple[AddressRange, ...]:
+        """The pools of ``subnet`` where a new client may still take an address; when none,
+        the client is refused (a counter, the throttled warning) and () comes back."""
+        limits = self.settings.limits
+        refusals = [
+            (pool, refusal(self.book, pool, limits, offering=offering)) for pool in subnet.pools
+        ]
+        open_pools = tuple(pool for pool, why in refusals if why is None)
+        if not open_pools:
+            self._refuse(request, outcome, refusals[0][1] or "", now)
+        return open_pools
 
     def _refuse(self, request: DhcpPacket, outcome: _Outcome, why: str, now: float) -> None:
         """Silence for a new client past a cap; a warning a minute at most, however many."""
@@ -501,6 +523,8 @@ class DhcpService:
         self.book.put(lease)
 
         def undo() -> None:
+            if self.book.at(lease.address) is not lease:
+                return  # the address has moved on meanwhile (a later change that did land)
             if previous is None:
                 self.book.remove(lease.address)
             else:
@@ -564,9 +588,13 @@ class DhcpService:
         def released() -> None:
             outcome.decision, outcome.address = "released", address
 
-        return self._persist(address, outcome, released, lambda: self.book.put(lease))
+        def undo() -> None:
+            if self.book.at(address) is None:  # unless another client has it by now
+                self.book.put(lease)
 
-    def _decline(self, request: DhcpPacket, outcome: _Outcome) -> _Step:
+        return self._persist(address, outcome, released, undo)
+
+    def _decline(self, request: DhcpPacket, outcome: _Outcome, subnet: Subnet) -> _Step:
         key = client_key(request.mac, request.get(Opt.CLIENT_ID))
         address = _opt_ip(request, Opt.REQUESTED_IP)
         lease = self.book.at(address) if address is not None else None
@@ -574,16 +602,19 @@ class DhcpService:
             outcome.reason = "DECLINE for an address this client does not hold"
             return None
         # RFC 2131 §4.3.3: the address is in use by someone else; keep it out of the pool.
-        quarantine = Lease(
-            address, key, request.mac, LeaseState.DECLINED, self.clock() + self.settings.lease_time
-        )
+        until = self.clock() + subnet.settings.lease_time
+        quarantine = Lease(address, key, request.mac, LeaseState.DECLINED, until)
         self.book.put(quarantine)
 
         def quarantined() -> None:
             outcome.decision, outcome.address = "quarantined", address
             log.warning(format_event("declined", address=str(address), mac=request.mac))
 
-        return self._persist(quarantine, outcome, quarantined, lambda: self.book.put(lease))
+        def undo() -> None:
+            if self.book.at(address) is quarantine:
+                self.book.put(lease)
+
+        return self._persist(quarantine, outcome, quarantined, undo)
 
     def _inform(
         self, request: DhcpPacket, client: ClientInfo, outcome: _Outcome, subnet: Subnet
@@ -611,7 +642,13 @@ class DhcpService:
                     f"BOOTP request with no reservation on {subnet}, and dynamic-bootp is off"
                 )
                 return None
-            address = choose_in_pools(subnet.pools, self.book, key, now, reserved=self.reservations)
+            pools = subnet.pools
+            if pools and self.book.of(key) is None:
+                # A lease for good, for a client with no record: the caps on leases hold.
+                pools = self._open_pools(request, outcome, subnet, now, offering=False)
+                if not pools:
+                    return None
+            address = choose_in_pools(pools, self.book, key, now, reserved=self.reservations)
             if address is None:
                 outcome.reason = f"no free address in the pools of {subnet} for BOOTP"
                 return None
@@ -668,7 +705,8 @@ class DhcpService:
         outcome.decision, outcome.reason = "NAK", reason
         packet = reply_to(
             request,
-            (
+            flags=request.flags | _BROADCAST if request.giaddr != ZERO else request.flags,
+            options=(
                 (Opt.MESSAGE_TYPE, bytes([MessageType.NAK])),
                 (Opt.SERVER_ID, ip_option(self.settings.server)),
                 *with_agent_info(request, [(Opt.MESSAGE, reason.encode())]),
@@ -798,7 +836,7 @@ class DhcpService:
             options.append((Opt.VENDOR_CLASS, b"HTTPClient"))
         elif client.is_pxe:
             options.append((Opt.VENDOR_CLASS, b"PXEClient"))
-            offered = menu.vendor_options if menu is not None else _PXE_USE_BOOTFILE
+            offered = menu.vendor_options if menu is not None else USE_BOOTFILE_OPTION
             options.append((Opt.VENDOR_SPECIFIC, offered))
         uuid = request.get(Opt.CLIENT_UUID)
         if uuid is not None and client.is_pxe:
@@ -844,7 +882,12 @@ class DhcpService:
             if host.boot_file.startswith(("http://", "https://")):
                 return BootDecision(None, None, host.boot_file, why), True
             return BootDecision(None, host.boot_file, None, why), True
-        return self.policy.decide(client, resolution), resolution is not None
+        # The inventory's default profile is for every client: only a machine or a group of
+        # its own makes the decision this machine's.
+        chosen = resolution is not None and (
+            resolution.machine is not None or resolution.group is not None
+        )
+        return self.policy.decide(client, resolution), chosen
 
     def _next_server(self, host: HostEntry | None) -> IPv4Address:
         """siaddr: the host entry's next-server, else the configured one, else this server."""

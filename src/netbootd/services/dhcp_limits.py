@@ -34,8 +34,8 @@ def refusal(
 ) -> str | None:
     """The cap a new client of ``pool`` meets, as a short reason, or None when it may have one.
 
-    ``offering`` is False for a client that asks for a lease without an offer (a REQUEST in
-    INIT-REBOOT, or after its offer expired): only ``max-leases`` applies then.
+    ``offering`` is False for a client that asks for a lease without an offer (a REQUEST
+    while renewing, a dynamic BOOTP client): only ``max-leases`` applies then.
     ``book`` must be up to date (:meth:`LeaseBook.expire` called for the present moment).
     """
     if offering and book.offers >= limits.max_offers:
