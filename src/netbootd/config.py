@@ -97,6 +97,14 @@ class Config(BaseModel):
     # Seconds between two probes for other DHCP servers on the segment (authoritative mode);
     # 0 never probes (their broadcast replies to clients are still heard).
     dhcp_probe_interval: float = Field(default=600.0, ge=0, le=86400)
+
+    @field_validator("dhcp_probe_interval")
+    @classmethod
+    def _probe_interval(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("probes go at most once a second (or 0: never)")
+        return value
+
     tftp_upload_dir: Path | None = None
     tftp_upload_max_size: int = Field(default=1024**3, ge=0)
     # PXE boot menus by client class, from [[pxe-menu]] and [pxe-prompt] (or the flags).

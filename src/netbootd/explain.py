@@ -112,7 +112,10 @@ async def explain(config: Config, client: ClientDescription) -> str:
     out += _section("match", _match_lines(app, resolution))
     out += _section("DHCP reply", await _reply_lines(app, packet))
     decision = app.boot_policy().decide(info, resolution)
-    menu = config.pxe_menus.for_client(info) if resolution is None else None
+    own = resolution is not None and (
+        resolution.machine is not None or resolution.group is not None
+    )
+    menu = config.pxe_menus.for_client(info) if not own else None
     if menu is not None and menu.direct is None:
         # The client picks an item, then asks for its file: each item is shown instead.
         out += _section(f"PXE menu {menu.name}", _menu_lines(menu))

@@ -18,6 +18,7 @@ This module judges replies and builds probes; it owns no socket and writes no lo
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -62,14 +63,12 @@ class ServerWatch:
         self._heard: dict[IPv4Address, _Heard] = {}
         # A locally administered, unicast address (IEEE 802: bit 1 set, bit 0 clear).
         self.probe_mac = bytes((0x02,)) + secrets.token_bytes(5)
-        self._probe_xids: set[int] = set()
+        self._probe_xids: deque[int] = deque(maxlen=16)  # the latest probes
 
     def probe(self) -> DhcpPacket:
         """A new probe: a broadcast DISCOVER from the probe's hardware address."""
         xid = secrets.randbits(32)
-        self._probe_xids.add(xid)
-        if len(self._probe_xids) > 16:
-            self._probe_xids.pop()
+        self._probe_xids.append(xid)
         return DhcpPacket(
             op=Op.BOOTREQUEST,
             xid=xid,

@@ -123,7 +123,9 @@ class SqliteLeaseStore:
             changes = [change for change, _ in batch]
             try:
                 await self._run(functools.partial(self._write, changes))
-            except sqlite3.Error as exc:
+            except Exception as exc:
+                # SQLite's errors, and any other (a full disk, a closed executor): a caller
+                # left waiting would hold its transaction, and shutdown, for ever.
                 error = StoreError(f"cannot write lease database {self._path}: {exc}")
                 for _, done in batch:
                     if not done.done():
