@@ -291,3 +291,15 @@ def test_tftp_threads_and_busy_poll_from_the_file(tmp_path: Path) -> None:
     site.write_text("tftp-busy-poll-us = 20000\n")
     with pytest.raises(ConfigError, match=r"tftp-busy-poll-us: .*less than or equal to 10000"):
         parse(*base)
+
+
+def test_probe_interval_for_other_dhcp_servers(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    base = ("--no-dhcp", "--root", str(tmp_path), "--config", str(site))
+    site.write_text("")
+    assert parse(*base).dhcp_probe_interval == 600
+    site.write_text("dhcp-probe-interval = 0\n")
+    assert parse(*base).dhcp_probe_interval == 0
+    site.write_text("dhcp-probe-interval = 0.01\n")
+    with pytest.raises(ConfigError, match=r"dhcp-probe-interval: probes go at most once a second"):
+        parse(*base)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from ipaddress import IPv4Address
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
@@ -314,3 +315,23 @@ async def test_broadcast_item_request_on_port_67_and_proxy_ack_without_item() ->
     assert proxy_ack is not None and proxy_ack.packet.message_type == MessageType.ACK
     assert proxy_ack.packet.get(Opt.VENDOR_SPECIFIC) == TWO_ITEM_MENU
     assert proxy_ack.packet.file == b""
+
+
+async def test_the_inventorys_default_profile_leaves_the_menu_to_undescribed_clients() -> None:
+    from netbootd.boot.inventory import Inventory, Machine, Method, Profile
+    from netbootd.services.machines import BootSetup, Machines, ServerAddress
+
+    service = with_menus(make_service()[0], bios_menus(LINUX, DISK))
+    profiles = {"p": Profile("p", Method.IPXE, kernel="vmlinuz")}
+    described = Machine("one", mac="52:54:00:00:00:01", profile="p")
+    inventory = Inventory(profiles=profiles, machines={"one": described}, default_profile="p")
+    setup = BootSetup(inventory, MappingProxyType({}), Path("/nonexistent"))
+    service.machines = Machines(setup, ServerAddress(str(SERVER)))
+    # A client the inventory does not describe gets the menu, default profile or not ...
+    other = await ask(service, request(MessageType.DISCOVER, vendor_class=BIOS_PXE, arch=0))
+    assert other is not None and other.packet.get(Opt.VENDOR_SPECIFIC) == TWO_ITEM_MENU
+    # ... and the machine it describes boots its own profile.
+    mine = request(MessageType.DISCOVER, mac="52:54:00:00:00:01", vendor_class=BIOS_PXE, arch=0)
+    own = await ask(service, mine)
+    assert own is not None and own.packet.get(Opt.VENDOR_SPECIFIC) == bytes([6, 1, 8, 255])
+    assert own.packet.file != b""
