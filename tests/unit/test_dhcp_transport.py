@@ -15,7 +15,7 @@ import pytest
 from netbootd.boot.leases import AddressRange, Lease, LeaseBook
 from netbootd.boot.policy import BootPolicy
 from netbootd.config import DhcpMode
-from netbootd.proto.dhcp import MessageType, decode, encode
+from netbootd.proto.dhcp import HEADER_SIZE, MAGIC_COOKIE, MessageType, decode, encode
 from netbootd.services.dhcp import DhcpService, DhcpSettings
 from netbootd.store.leases import StoreError
 from netbootd.transport import dhcp as edge
@@ -225,3 +225,31 @@ async def test_a_failed_release_does_not_take_back_an_address_given_again() -> N
     holder = server._service.book.at(address)
     assert holder is not None and holder.mac == mac(2)  # not put back to the first client
     assert kinds(sock)[-1] == MessageType.ACK
+
+
+async def test_a_discover_dropped_under_load_is_never_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(edge, "MAX_QUEUED", 2)
+    server, _, sock, endpoint = make_server()
+    broken = discover(1)[:-4] + bytes([60, 40, 1, 2])  # option 53 first, a truncated one later
+    server.received(endpoint, broken, RELAY)
+    assert server.counters["malformed"] == 0  # queued as it came, not decoded yet
+    server.received(endpoint, discover(2), RELAY)
+    server.received(endpoint, discover(3), RELAY)  # the queue is full: the oldest goes
+    await turns(3)
+    assert server.counters["dropped-busy"] == 1 and server.counters["malformed"] == 0
+    assert sorted(decode(data).xid for data, _ in sock.sent) == [2, 3]
+
+
+async def test_a_discover_with_its_message_type_further_on_is_answered() -> None:
+    server, _, sock, endpoint = make_server()
+    head = discover(5)[: HEADER_SIZE + len(MAGIC_COOKIE)]
+    # Option 61 first, option 53 second: known only once decoded.
+    client_id = b"\x01client-5"
+    options = bytes([61, len(client_id)]) + client_id + bytes([53, 1, MessageType.DISCOVER, 255])
+    wire = (head + options).ljust(300, b"\0")
+    assert edge._peek_message_type(wire) is None
+    server.received(endpoint, wire, RELAY)
+    await turns(2)
+    assert kinds(sock) == [MessageType.OFFER]

@@ -25,7 +25,17 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from netbootd.logfmt import format_event
-from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, decode, encode
+from netbootd.proto.dhcp import (
+    HEADER_SIZE,
+    MAGIC_COOKIE,
+    DhcpDecodeError,
+    DhcpPacket,
+    MessageType,
+    Op,
+    Opt,
+    decode,
+    encode,
+)
 from netbootd.services.dhcp import (
     BROADCAST,
     DHCP_CLIENT_PORT,
@@ -52,6 +62,23 @@ _FINISHING = frozenset(
 )
 
 _Queued = tuple["_Endpoint", DhcpPacket, tuple[str, int]]
+_QueuedNew = tuple["_Endpoint", DhcpPacket | bytes, tuple[str, int]]  # bytes: not decoded yet
+_FIRST_OPTION = HEADER_SIZE + len(MAGIC_COOKIE)
+
+
+def _peek_message_type(data: bytes) -> int | None:
+    """Option 53 of a request, when it is the first option (where nearly every client puts
+    it); None when it takes a decode to know."""
+    if (
+        len(data) > _FIRST_OPTION + 2
+        and data[0] == Op.BOOTREQUEST
+        and data[_FIRST_OPTION] == Opt.MESSAGE_TYPE
+        and data[_FIRST_OPTION + 1] == 1
+        and data[HEADER_SIZE:_FIRST_OPTION] == MAGIC_COOKIE
+    ):
+        return data[_FIRST_OPTION + 2]
+    return None
+
 
 READ_BATCH = 512  # datagrams taken from a socket each time it is readable
 RECEIVE_SIZE = 65535
@@ -193,7 +220,7 @@ class DhcpServer:
         self._prober: asyncio.Task[None] | None = None
         self._endpoints: list[_Endpoint] = []
         self._finishing: deque[_Queued] = deque()
-        self._new: deque[_Queued] = deque()
+        self._new: deque[_QueuedNew] = deque()
         self._turn: asyncio.Handle | None = None
         self._waiting: set[asyncio.Future[None]] = set()
         self._last_busy_warning = -BUSY_WARNING_INTERVAL
@@ -309,8 +336,37 @@ class DhcpServer:
             await asyncio.wait(list(self._waiting))
 
     def received(self, endpoint: _Endpoint, data: bytes, source: tuple[str, int]) -> None:
+        if _peek_message_type(data) == MessageType.DISCOVER:
+            # A new exchange, decoded when its turn comes: one dropped under load costs
+            # nothing more than its read.
+            self._queue_new(endpoint, data, source)
+            return
+        packet = self._decode(data, source)
+        if packet is None:
+            return
+        if packet.message_type in _FINISHING:
+            if len(self._waiting) + len(self._finishing) >= MAX_WAITING:
+                self._busy(source, "too many replies waiting for the lease store")
+                return
+            self._finishing.append((endpoint, packet, source))
+            if self._turn is None:
+                self._turn = asyncio.get_running_loop().call_soon(self._take_turn)
+        else:
+            self._queue_new(endpoint, packet, source)
+
+    def _queue_new(
+        self, endpoint: _Endpoint, item: DhcpPacket | bytes, source: tuple[str, int]
+    ) -> None:
+        if len(self._new) >= MAX_QUEUED:
+            _, _, dropped_from = self._new.popleft()
+            self._busy(dropped_from, "too many new exchanges queued; the oldest was dropped")
+        self._new.append((endpoint, item, source))
+        if self._turn is None:
+            self._turn = asyncio.get_running_loop().call_soon(self._take_turn)
+
+    def _decode(self, data: bytes, source: tuple[str, int]) -> DhcpPacket | None:
         try:
-            packet = decode(data)
+            return decode(data)
         except DhcpDecodeError as exc:
             self.counters["malformed"] += 1
             held = self._malformed_lines.allow(time.monotonic())
@@ -325,22 +381,7 @@ class DhcpServer:
                         **fields,
                     )
                 )
-            return
-        if self._watch is not None and self._watch.is_probe(packet):
-            self.counters["own-probe"] += 1  # our own question to other servers
-            return
-        if packet.message_type in _FINISHING:
-            if len(self._waiting) + len(self._finishing) >= MAX_WAITING:
-                self._busy(source, "too many replies waiting for the lease store")
-                return
-            self._finishing.append((endpoint, packet, source))
-        else:
-            if len(self._new) >= MAX_QUEUED:
-                _, _, dropped_from = self._new.popleft()
-                self._busy(dropped_from, "too many new exchanges queued; the oldest was dropped")
-            self._new.append((endpoint, packet, source))
-        if self._turn is None:
-            self._turn = asyncio.get_running_loop().call_soon(self._take_turn)
+            return None
 
     def _busy(self, source: tuple[str, int], reason: str) -> None:
         self.counters["dropped-busy"] += 1
@@ -364,12 +405,18 @@ class DhcpServer:
         for _ in range(min(FINISHING_PER_TURN, len(finishing))):
             self._answer(*finishing.popleft())
         for _ in range(min(NEW_PER_TURN, len(new))):
-            self._answer(*new.popleft())
+            endpoint, item, source = new.popleft()
+            packet = self._decode(item, source) if isinstance(item, bytes) else item
+            if packet is not None:
+                self._answer(endpoint, packet, source)
         if finishing or new:
             # Next turn, after the loop has read what arrived meanwhile.
             self._turn = asyncio.get_running_loop().call_soon(self._take_turn)
 
     def _answer(self, endpoint: _Endpoint, packet: DhcpPacket, source: tuple[str, int]) -> None:
+        if self._watch is not None and self._watch.is_probe(packet):
+            self.counters["own-probe"] += 1  # our own question to other servers
+            return
         try:
             step = self._service.answer(packet, local_port=endpoint.port, source=source)
         except Exception:
