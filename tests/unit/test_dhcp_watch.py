@@ -98,3 +98,12 @@ def test_an_answer_to_the_probe_names_the_server_as_such() -> None:
     assert heard is not None and heard.to_probe and heard.server == OTHER
     ordinary = watch.reply(reply(OTHER), "10.99.0.2", 1)
     assert ordinary is not None and not ordinary.to_probe
+
+
+def test_made_up_server_identifiers_do_not_grow_the_watch_without_end() -> None:
+    watch = ServerWatch(OWN)
+    for n in range(3000):
+        server = IPv4Address(int(IPv4Address("192.0.2.0")) + n)
+        assert watch.reply(reply(server), str(server), n) is not None
+    assert len(watch.servers) == 1024
+    assert IPv4Address(int(IPv4Address("192.0.2.0")) + 2999) in watch.servers

@@ -32,6 +32,7 @@ _BROADCAST_FLAG = 0x8000
 _PROBE_PARAMETERS = bytes((1, 3, 6))
 # A server still answering is named again after this many seconds of not being named.
 REPEAT_AFTER = 600.0
+MAX_SERVERS = 1024  # other servers remembered at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,13 @@ class ServerWatch:
                 return None
         if server == self._own or source == str(self._own):
             return None
-        heard = self._heard.setdefault(server, _Heard())
+        heard = self._heard.get(server)
+        if heard is None:
+            if len(self._heard) >= MAX_SERVERS:
+                # Replies with made-up server identifiers must not grow this without end: the
+                # server heard of first is forgotten (and named again if it speaks again).
+                del self._heard[next(iter(self._heard))]
+            heard = self._heard[server] = _Heard()
         heard.times += 1
         name = heard.named_at is None or now - heard.named_at >= self._repeat_after
         if name:
