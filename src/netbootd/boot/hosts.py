@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from netbootd.boot.subnets import Subnet, encode_options
+from netbootd.boot.subnets import Subnet, config_table, encode_options
 
 _MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _HOST_KEYS = (
@@ -121,13 +121,9 @@ def parse_hosts(raw: object) -> HostTable:
     return HostTable(_parse_host(table, index) for index, table in enumerate(raw, 1))
 
 
-def _parse_host(table: object, index: int) -> HostEntry:
+def _parse_host(raw: object, index: int) -> HostEntry:
     where = f"[[hosts]] #{index}"
-    if not isinstance(table, Mapping):
-        raise ValueError(f"{where}: a table is wanted")
-    unknown = sorted(set(table) - set(_HOST_KEYS))
-    if unknown:
-        raise ValueError(f"{where}: unknown key {unknown[0]!r} (one of: {', '.join(_HOST_KEYS)})")
+    table = config_table(raw, where, _HOST_KEYS)
     mac = _mac(table.get("mac"), where)
     client_id = _client_id(table.get("client-id"), where)
     if mac is None and client_id is None:

@@ -243,13 +243,19 @@ def _name(spec: SubnetSpec | Subnet) -> str:
     return f"{spec.label} ({spec.network})"
 
 
-def _parse_subnet(table: object, index: int) -> SubnetSpec:
-    label = f"[[subnets]] #{index}"
+def config_table(table: object, where: str, keys: Sequence[str]) -> Mapping[str, object]:
+    """One entry of an array of tables in the config file, with none but the given keys."""
     if not isinstance(table, Mapping):
-        raise ValueError(f"{label}: a table is wanted")
-    unknown = sorted(set(table) - set(_SUBNET_KEYS))
+        raise ValueError(f"{where}: a table is wanted")
+    unknown = sorted(set(table) - set(keys))
     if unknown:
-        raise ValueError(f"{label}: unknown key {unknown[0]!r} (one of: {', '.join(_SUBNET_KEYS)})")
+        raise ValueError(f"{where}: unknown key {unknown[0]!r} (one of: {', '.join(keys)})")
+    return table
+
+
+def _parse_subnet(raw: object, index: int) -> SubnetSpec:
+    label = f"[[subnets]] #{index}"
+    table = config_table(raw, label, _SUBNET_KEYS)
     if "network" not in table:
         raise ValueError(f'{label}: network is missing; a network like "10.0.5.0/24" is wanted')
     try:
