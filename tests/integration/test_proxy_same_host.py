@@ -100,9 +100,11 @@ def test_port_67_stays_with_the_dhcp_server(lab: Lab, tmp_path: Path) -> None:
         ]
 
     deadline = time.monotonic() + 20
-    while not acks() and time.monotonic() < deadline:
+    # Bound: the server acknowledged, and the client has taken the lease (its script ran).
+    while not (acks() and "obtained" in client.log_text()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert acks(), site.log_tail()
+    assert "obtained" in client.log_text(), client.log_text()
     os.kill(client.pid, signal.SIGUSR1)  # renew: a unicast REQUEST to dnsmasq's address
     deadline = time.monotonic() + 10
     while len(acks()) < 2 and time.monotonic() < deadline:
