@@ -607,11 +607,11 @@ def encode(packet: DhcpPacket, *, max_size: int = MIN_MAX_MESSAGE_SIZE) -> bytes
         return _wire(packet, packet.sname, packet.file, options_field)
     message_type, rest = _split_message_type(_checked_options(packet.options))
     pieces = [*message_type, *rest]
-    # RFC 3046 §2.1: relay agent information goes last, and in the options field itself, where
-    # relay agents look for it; it never spills into file or sname.
-    agent = [piece for piece in rest if piece[0] == Opt.AGENT_INFO]
-    if agent:
-        rest = [piece for piece in rest if piece[0] != Opt.AGENT_INFO]
+    # RFC 3046 §2.1: relay agent information, put last, stays last and in the options field
+    # itself, where relay agents look for it; it never spills into file or sname.
+    agent: list[tuple[int, bytes]] = []
+    while rest and rest[-1][0] == Opt.AGENT_INFO:
+        agent.insert(0, rest.pop())
 
     sname, file = packet.sname, packet.file
     if sum(2 + len(value) for _, value in pieces) + 1 <= budget:
