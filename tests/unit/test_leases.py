@@ -31,7 +31,7 @@ def test_range_parse_and_membership() -> None:
 def test_huge_range_is_not_materialised() -> None:
     big = AddressRange.parse("10.0.0.1-10.255.255.254")
     assert big.size == 2**24 - 2
-    assert choose_address(big, LeaseBook(), "c", 0.0) == IPv4Address("10.0.0.1")
+    assert choose_address((big,), LeaseBook(), "c", 0.0) == IPv4Address("10.0.0.1")
 
 
 def test_client_key_prefers_client_identifier() -> None:
@@ -42,18 +42,18 @@ def test_client_key_prefers_client_identifier() -> None:
 def test_previous_address_then_requested_then_first_free() -> None:
     book = LeaseBook([bound(B, "x", expires=5.0)])
     # x's lease expired at 5.0, but it is still x's previous address.
-    assert choose_address(POOL, book, "x", 10.0) == B
-    assert choose_address(POOL, book, "y", 10.0, requested=C) == C
-    assert choose_address(POOL, book, "y", 1.0) == A  # B still held by x at 1.0
-    assert choose_address(POOL, book, "y", 1.0, requested=B) == A
+    assert choose_address((POOL,), book, "x", 10.0) == B
+    assert choose_address((POOL,), book, "y", 10.0, requested=C) == C
+    assert choose_address((POOL,), book, "y", 1.0) == A  # B still held by x at 1.0
+    assert choose_address((POOL,), book, "y", 1.0, requested=B) == A
 
 
 def test_full_pool_and_quarantine() -> None:
     book = LeaseBook([bound(A, "a"), bound(B, "b")])
     book.put(Lease(C, "c", "m", LeaseState.DECLINED, 100.0))
     assert book.holder(C, 0.0) == ""
-    assert choose_address(POOL, book, "d", 0.0) is None
-    assert choose_address(POOL, book, "d", 200.0) == A  # all expired
+    assert choose_address((POOL,), book, "d", 0.0) is None
+    assert choose_address((POOL,), book, "d", 200.0) == A  # all expired
 
 
 def test_book_moves_client_and_forgets_old_address() -> None:
@@ -72,17 +72,17 @@ def test_first_free_goes_on_from_the_last_one_and_wraps() -> None:
     book = LeaseBook()
     given = []
     for n in range(3000):
-        address = choose_address(pool, book, f"c{n}", 0.0)
+        address = choose_address((pool,), book, f"c{n}", 0.0)
         assert address is not None
         book.put(Lease(address, f"c{n}", "m", LeaseState.OFFERED, 60.0))
         given.append(address)
     assert len(set(given)) == 3000 and given[0] == pool.first
     # Asking again without taking it gives the same address: the search is not consumed.
-    probe = choose_address(pool, book, "new", 0.0)
-    assert probe == choose_address(pool, book, "new", 0.0) == IPv4Address("10.1.11.185")
+    probe = choose_address((pool,), book, "new", 0.0)
+    assert probe == choose_address((pool,), book, "new", 0.0) == IPv4Address("10.1.11.185")
     # The offers lapse; the next free one is found, then the search wraps to the start.
     book.put(Lease(IPv4Address("10.1.19.136"), "last", "m", LeaseState.BOUND, 9e9))
-    assert choose_address(pool, book, "late", 120.0) == probe
+    assert choose_address((pool,), book, "late", 120.0) == probe
     for address in list(pool)[3000:4999]:
         book.put(Lease(address, str(address), "m", LeaseState.BOUND, 9e9))
-    assert choose_address(pool, book, "late", 120.0) == pool.first
+    assert choose_address((pool,), book, "late", 120.0) == pool.first

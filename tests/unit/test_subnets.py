@@ -14,12 +14,11 @@ import pytest
 from netbootd.app import App
 from netbootd.boot.bootp import VEND_SIZE, bootp_reply, fit_vendor_area
 from netbootd.boot.hosts import HostEntry, HostTable, parse_hosts
-from netbootd.boot.leases import AddressRange, Lease, LeaseBook, LeaseState
+from netbootd.boot.leases import AddressRange, Lease, LeaseBook, LeaseState, choose_address
 from netbootd.boot.subnets import (
     NetworkSettings,
     Subnet,
     check_server,
-    choose_in_pools,
     parse_subnets,
     subnet_for,
     with_agent_info,
@@ -71,7 +70,7 @@ def test_several_pools_are_used_in_turn() -> None:
     book = LeaseBook()
     got = []
     for n in range(4):
-        address = choose_in_pools(pools, book, f"mac:{n}", 0.0)
+        address = choose_address(pools, book, f"mac:{n}", 0.0)
         if address is not None:
             book.put(Lease(address, f"mac:{n}", str(n), LeaseState.BOUND, 100.0))
         got.append(str(address))
@@ -81,10 +80,10 @@ def test_several_pools_are_used_in_turn() -> None:
 def test_the_previous_and_the_requested_address_come_first_in_any_pool() -> None:
     pools = (AddressRange.parse("10.0.5.10-10.0.5.20"), AddressRange.parse("10.0.5.50-10.0.5.60"))
     book = LeaseBook([Lease(IPv4Address("10.0.5.55"), "mac:a", "a", LeaseState.BOUND, 10.0)])
-    assert choose_in_pools(pools, book, "mac:a", 50.0) == IPv4Address("10.0.5.55")
+    assert choose_address(pools, book, "mac:a", 50.0) == IPv4Address("10.0.5.55")
     wanted = IPv4Address("10.0.5.58")
-    assert choose_in_pools(pools, book, "mac:b", 5.0, wanted) == wanted
-    assert choose_in_pools(pools, book, "mac:b", 5.0, wanted, reserved={wanted}) == IPv4Address(
+    assert choose_address(pools, book, "mac:b", 5.0, wanted) == wanted
+    assert choose_address(pools, book, "mac:b", 5.0, wanted, reserved={wanted}) == IPv4Address(
         "10.0.5.10"
     )
 
@@ -100,7 +99,7 @@ def test_a_slash_8_pool_is_never_enumerated(monkeypatch: pytest.MonkeyPatch) -> 
     book = LeaseBook()
     started = time.perf_counter()
     for n in range(1000):
-        address = choose_in_pools(subnet.pools, book, f"mac:{n}", 0.0)
+        address = choose_address(subnet.pools, book, f"mac:{n}", 0.0)
         assert address is not None
         book.put(Lease(address, f"mac:{n}", str(n), LeaseState.BOUND, 100.0))
     assert time.perf_counter() - started < 2.0

@@ -1,7 +1,7 @@
 """Lease bookkeeping and address choice, pure.
 
 :class:`LeaseBook` is the in-memory index of who holds which address (bound leases, pending
-offers, declined addresses); :func:`choose_address` picks an address for a client from a pool.
+offers, declined addresses); :func:`choose_address` picks an address for a client from its pools.
 Neither touches a disk, a socket or a clock: the caller passes ``now`` and persists what must
 last (see ``netbootd.store``).
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
@@ -240,7 +240,7 @@ class LeaseBook:
 
 
 def choose_address(
-    pool: AddressRange,
+    pools: Sequence[AddressRange],
     book: LeaseBook,
     client: str,
     now: float,
@@ -248,21 +248,31 @@ def choose_address(
     *,
     reserved: Container[IPv4Address] = frozenset(),
 ) -> IPv4Address | None:
-    """Pick an address in ``pool`` for ``client``, or None when the pool is full.
+    """Pick an address in any of ``pools`` for ``client``, or None when they are all full.
 
     RFC 2131 §4.3.1 order: the client's current or previous address, then the address it asked
-    for (option 50) if free, then any free address. ``reserved`` addresses belong to other
-    machines and are never picked.
+    for (option 50) if free, then the first free address of the first pool with one.
+    ``reserved`` addresses belong to other machines and are never picked. Pools stay ranges:
+    nothing is enumerated but the probes.
     """
 
-    def free(address: IPv4Address) -> bool:
-        return address not in reserved and book.holder(address, now) is None
+    def in_pools(address: IPv4Address) -> bool:
+        return any(address in pool for pool in pools)
 
     previous = book.of(client)
-    if previous is not None and previous.address in pool and previous.address not in reserved:
+    if previous is not None and in_pools(previous.address) and previous.address not in reserved:
         owner = book.holder(previous.address, now)
         if owner is None or owner == client:
             return previous.address
-    if requested is not None and requested in pool and free(requested):
+    if (
+        requested is not None
+        and in_pools(requested)
+        and requested not in reserved
+        and book.holder(requested, now) is None
+    ):
         return requested
-    return book.first_free(pool, now, reserved)
+    for pool in pools:
+        found = book.first_free(pool, now, reserved)
+        if found is not None:
+            return found
+    return None

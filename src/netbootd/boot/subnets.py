@@ -10,12 +10,12 @@ touches a socket or a clock: ``now`` is passed in, like everywhere in ``boot``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TypeVar
 
-from netbootd.boot.leases import AddressRange, LeaseBook
+from netbootd.boot.leases import AddressRange
 from netbootd.proto.dhcp import DhcpPacket, Opt, encode_option_value, option_code
 
 _ZERO = IPv4Address(0)
@@ -120,44 +120,6 @@ def _containing(subnets: Sequence[Subnet], address: IPv4Address) -> Subnet | Non
     for subnet in subnets:
         if address in subnet.network:
             return subnet
-    return None
-
-
-def choose_in_pools(
-    pools: Sequence[AddressRange],
-    book: LeaseBook,
-    client: str,
-    now: float,
-    requested: IPv4Address | None = None,
-    *,
-    reserved: Container[IPv4Address] = frozenset(),
-) -> IPv4Address | None:
-    """Pick an address in any of ``pools`` for ``client``, or None when they are all full.
-
-    The order of :func:`netbootd.boot.leases.choose_address` over several pools: the client's
-    current or previous address, then the one it asked for, then the first free address of the
-    first pool with one. Pools stay ranges: nothing is enumerated but the probes.
-    """
-
-    def in_pools(address: IPv4Address) -> bool:
-        return any(address in pool for pool in pools)
-
-    previous = book.of(client)
-    if previous is not None and in_pools(previous.address) and previous.address not in reserved:
-        owner = book.holder(previous.address, now)
-        if owner is None or owner == client:
-            return previous.address
-    if (
-        requested is not None
-        and in_pools(requested)
-        and requested not in reserved
-        and book.holder(requested, now) is None
-    ):
-        return requested
-    for pool in pools:
-        found = book.first_free(pool, now, reserved)
-        if found is not None:
-            return found
     return None
 
 

@@ -32,6 +32,7 @@ from netbootd.boot.leases import (
     Lease,
     LeaseBook,
     LeaseState,
+    choose_address,
     client_key,
 )
 from netbootd.boot.policy import BootDecision, BootPolicy
@@ -47,7 +48,6 @@ from netbootd.boot.pxe_menu import (
 from netbootd.boot.subnets import (
     NetworkSettings,
     Subnet,
-    choose_in_pools,
     subnet_for,
     with_agent_info,
 )
@@ -396,7 +396,7 @@ class DhcpService:
             if not pools:
                 outcome.reason = f"{subnet} has no pool"
                 return None
-            address = choose_in_pools(
+            address = choose_address(
                 pools, self.book, key, now, requested, reserved=self.reservations
             )
         if address is None:
@@ -648,7 +648,7 @@ class DhcpService:
                 pools = self._open_pools(request, outcome, subnet, now, offering=False)
                 if not pools:
                     return None
-            address = choose_in_pools(pools, self.book, key, now, reserved=self.reservations)
+            address = choose_address(pools, self.book, key, now, reserved=self.reservations)
             if address is None:
                 outcome.reason = f"no free address in the pools of {subnet} for BOOTP"
                 return None
