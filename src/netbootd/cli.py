@@ -22,12 +22,11 @@ from netbootd.app import App, StartError, serve
 from netbootd.boot.client import BootClass, BootKey, boot_key_name, parse_boot_key
 from netbootd.config import Config, ConfigError, build, load_file
 from netbootd.explain import ClientDescription, explain
+from netbootd.logsetup import setup_logging
 from netbootd.proto.dhcp import encode_option_value, option_code
 
 EXIT_BAD_USAGE = 2
 EXIT_CANNOT_RUN = 1
-
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s %(message)s"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -350,7 +349,7 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
 
 
 def _explain(config: Config, args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    setup_logging(logging.WARNING)
     client = ClientDescription(
         mac=args.mac,
         arch=args.arch,
@@ -403,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _explain(config, args)
     if args.command == "installed":
         return _installed(config, args)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    setup_logging(logging.INFO)
 
     try:
         _run(serve(config))
