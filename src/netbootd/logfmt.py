@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 
 _BARE = re.compile(r'^[^\s"=]+$')
+_PLAIN_ASCII = re.compile(r"[!#-<>-~]+")  # printable ASCII but space, '"' and '='
+
 _TOKEN = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
 _UNESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)")
 
@@ -45,11 +47,10 @@ def _escape(char: str) -> str:
 def format_event(event: str, **fields: object) -> str:
     """Render ``event`` and its fields, in the order given, as one line."""
     parts = [event]
-    bare = _BARE.match
+    plain = _PLAIN_ASCII.fullmatch  # the usual value: one check, no quoting
     for key, value in fields.items():
         text = value if isinstance(value, str) else ("" if value is None else str(value))
-        plain = text and bare(text) and text.isprintable()
-        parts.append(f"{key}={text}" if plain else f"{key}={_quote(text)}")
+        parts.append(f"{key}={text}" if plain(text) else f"{key}={_quote(text)}")
     return " ".join(parts)
 
 

@@ -13,6 +13,7 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from types import MappingProxyType
 from typing import TypeVar
 
 from netbootd.boot.leases import AddressRange
@@ -44,6 +45,36 @@ class Subnet:
     pools: tuple[AddressRange, ...] = ()
     settings: NetworkSettings = field(default_factory=NetworkSettings)
     label: str = ""  # how logs and errors name it: "dhcp-range", "[[subnets]] #2"
+    # Wire forms made once, for every reply on this subnet: options 51, 58 and 59 of a lease;
+    # the mask (1); the network's own options (28, 3, 6, 15), in that order; and the
+    # operator's options by code.
+    lease_options: tuple[tuple[int, bytes], ...] = field(init=False, repr=False, compare=False)
+    mask_option: tuple[int, bytes] = field(init=False, repr=False, compare=False)
+    network_options: tuple[tuple[int, bytes], ...] = field(init=False, repr=False, compare=False)
+    own_options: Mapping[int, bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        lease_time = settings.lease_time
+        found = [(int(Opt.BROADCAST), self.network.broadcast_address.packed)]
+        if settings.routers:
+            found.append((int(Opt.ROUTER), b"".join(a.packed for a in settings.routers)))
+        if settings.dns_servers:
+            found.append((int(Opt.DNS), b"".join(a.packed for a in settings.dns_servers)))
+        if settings.domain_name:
+            found.append((int(Opt.DOMAIN_NAME), settings.domain_name.encode()))
+        wire = {
+            "lease_options": (
+                (int(Opt.LEASE_TIME), _u32(lease_time)),
+                (int(Opt.RENEWAL_TIME), _u32(lease_time // 2)),
+                (int(Opt.REBINDING_TIME), _u32(lease_time * 7 // 8)),
+            ),
+            "mask_option": (int(Opt.SUBNET_MASK), self.network.netmask.packed),
+            "network_options": tuple(found),
+            "own_options": MappingProxyType(dict(settings.options)),
+        }
+        for name, value in wire.items():
+            object.__setattr__(self, name, value)
 
     def in_pools(self, address: IPv4Address) -> bool:
         return any(address in pool for pool in self.pools)
@@ -89,6 +120,12 @@ class SubnetSpec:
             bootp_lease_time=_own(self.bootp_lease_time, defaults.bootp_lease_time),
         )
         return Subnet(self.network, self.pools, settings, self.label)
+
+
+def _u32(n: int) -> bytes:
+    if not 0 <= n <= 0xFFFFFFFF:
+        raise ValueError(f"{n} does not fit in 32 bits")
+    return n.to_bytes(4, "big")
 
 
 def _own(mine: _T | None, theirs: _T) -> _T:

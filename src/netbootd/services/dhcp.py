@@ -16,10 +16,11 @@ made per packet, and the store writes every change queued meanwhile in one trans
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -63,10 +64,8 @@ from netbootd.proto.dhcp import (
     decode_u16,
     describe,
     ip_option,
-    ips_option,
     parameter_list,
     reply_to,
-    u32_option,
 )
 from netbootd.proto.dhcp_fit import fit
 from netbootd.services.dhcp_detail import client_kind, detail_lines
@@ -818,18 +817,13 @@ class DhcpService:
             outcome.decision, outcome.reason = "ignored", boot.reason
             return None
         options: list[tuple[int, bytes]] = [
-            (Opt.MESSAGE_TYPE, bytes([mtype])),
-            (Opt.SERVER_ID, ip_option(settings.server)),
+            (Opt.MESSAGE_TYPE, _MESSAGE_TYPE_VALUES[mtype]),
+            (Opt.SERVER_ID, settings.server.packed),
         ]
         if lease and subnet is not None:
-            lease_time = subnet.settings.lease_time
-            options += [
-                (Opt.LEASE_TIME, u32_option(lease_time)),
-                (Opt.RENEWAL_TIME, u32_option(lease_time // 2)),
-                (Opt.REBINDING_TIME, u32_option(lease_time * 7 // 8)),
-            ]
+            options += subnet.lease_options
         if subnet is not None:
-            options.append((Opt.SUBNET_MASK, ip_option(subnet.network.netmask)))
+            options.append(subnet.mask_option)
             options += self._network_options(request, subnet, host)
         if client.is_http_boot:
             # UEFI HTTP Boot (UEFI 2.x §24.7) only takes offers that say HTTPClient.
@@ -845,7 +839,7 @@ class DhcpService:
         if boot.filename is not None:
             name = boot.filename.encode()
             if not boot.over_http:
-                options.append((Opt.TFTP_SERVER, str(next_server).encode()))
+                options.append((Opt.TFTP_SERVER, _dotted(next_server)))
             options.append((Opt.BOOTFILE, name))
             file_field = name
         if subnet is not None:
@@ -896,12 +890,11 @@ class DhcpService:
         return self.settings.next_server or self.settings.server
 
     @staticmethod
-    def _options(subnet: Subnet, host: HostEntry | None) -> dict[int, bytes]:
+    def _options(subnet: Subnet, host: HostEntry | None) -> Mapping[int, bytes]:
         """The operator's own options for this client: the subnet's, then the host's."""
-        mine = dict(subnet.settings.options)
-        if host is not None:
-            mine.update(host.options)
-        return mine
+        if host is None or not host.options:
+            return subnet.own_options
+        return {**subnet.own_options, **dict(host.options)}
 
     def _network_options(
         self,
@@ -912,16 +905,7 @@ class DhcpService:
         requested_only: bool = True,
     ) -> list[tuple[int, bytes]]:
         """The network's options the client asked for (all of them if it sent no list)."""
-        settings = subnet.settings
-        found: list[tuple[int, bytes]] = [
-            (Opt.BROADCAST, ip_option(subnet.network.broadcast_address))
-        ]
-        if settings.routers:
-            found.append((Opt.ROUTER, ips_option(settings.routers)))
-        if settings.dns_servers:
-            found.append((Opt.DNS, ips_option(settings.dns_servers)))
-        if settings.domain_name:
-            found.append((Opt.DOMAIN_NAME, settings.domain_name.encode()))
+        found = list(subnet.network_options)
         hostname = host.hostname if host is not None else None
         if hostname is None and self.machines is not None:
             machine = self.machines.setup.inventory.machine_by_mac(request.mac)
@@ -1005,6 +989,15 @@ class DhcpService:
             log.info("%s xid=0x%08x %s", direction, packet.xid, line.strip())
 
 
+_MESSAGE_TYPE_VALUES = {mtype: bytes((mtype,)) for mtype in MessageType}
+
+
+@functools.lru_cache(maxsize=256)
+def _dotted(address: IPv4Address) -> bytes:
+    """An address as dotted-quad text (option 66)."""
+    return str(address).encode()
+
+
 def _kind(request: DhcpPacket) -> str:
     mtype = request.message_type
     if mtype is None:
@@ -1016,7 +1009,7 @@ def _kind(request: DhcpPacket) -> str:
 
 def _override(
     options: list[tuple[int, bytes]],
-    mine: dict[int, bytes],
+    mine: Mapping[int, bytes],
     request: DhcpPacket,
     *,
     requested_only: bool = True,
