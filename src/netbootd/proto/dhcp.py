@@ -699,6 +699,25 @@ def _serialise_simple(options: Sequence[tuple[int, bytes]], budget: int) -> byte
 
 
 def _check_header(packet: DhcpPacket) -> None:
+    if (
+        packet.op in (1, 2)  # BOOTREQUEST, BOOTREPLY
+        and 0 <= packet.htype <= 0xFF
+        and 0 <= packet.hops <= 0xFF
+        and 0 <= packet.xid <= 0xFFFFFFFF
+        and 0 <= packet.secs <= 0xFFFF
+        and 0 <= packet.flags <= 0xFFFF
+        and len(packet.chaddr) <= _CHADDR_SIZE
+        and len(packet.sname) <= _SNAME_SIZE
+        and len(packet.file) <= _FILE_SIZE
+        and b"\x00" not in packet.sname
+        and b"\x00" not in packet.file
+    ):
+        return  # the usual packet, checked in one expression
+    _explain_header(packet)
+
+
+def _explain_header(packet: DhcpPacket) -> None:
+    """Raise ValueError naming what in the header cannot be encoded."""
     if packet.op not in (Op.BOOTREQUEST, Op.BOOTREPLY):
         raise ValueError(f"op must be 1 or 2, not {packet.op}")
     for name, value, limit in (

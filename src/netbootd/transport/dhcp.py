@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 import time
@@ -454,8 +455,16 @@ class DhcpServer:
             self.counters["encode-error"] += 1
             log.exception(format_event("encode-error", xid=f"0x{reply.packet.xid:08x}"))
             return
-        destination = str(reply.address) if reply.address != IPv4Address(0) else str(BROADCAST)
-        if endpoint.sendto(data, (destination, reply.port)):
+        if endpoint.sendto(data, (_destination(reply.address), reply.port)):
             self.counters["sent"] += 1
         else:
             self.counters["send-failed"] += 1
+
+
+@functools.lru_cache(maxsize=1024)
+def _destination(address: IPv4Address) -> str:
+    """The text form ``sendto`` takes; the unspecified address means the broadcast."""
+    return str(address if address != _UNSPECIFIED else BROADCAST)
+
+
+_UNSPECIFIED = IPv4Address(0)
