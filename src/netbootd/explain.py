@@ -111,10 +111,7 @@ async def explain(config: Config, client: ClientDescription) -> str:
     resolution = app.machines.resolve_client(info) if app.machines is not None else None
     out += _section("match", _match_lines(app, resolution))
     out += _section("DHCP reply", await _reply_lines(app, packet))
-    decision = app.boot_policy().decide(info, resolution)
-    own = resolution is not None and (
-        resolution.machine is not None or resolution.group is not None
-    )
+    decision, own = _boot_choice(app, packet, resolution)
     menu = config.pxe_menus.for_client(info) if not own else None
     if menu is not None and menu.direct is None:
         # The client picks an item, then asks for its file: each item is shown instead.
@@ -128,6 +125,19 @@ async def explain(config: Config, client: ClientDescription) -> str:
 
     out += _fetches(app, info.mac, decision.path, is_ipxe=info.is_ipxe)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _boot_choice(
+    app: App, packet: DhcpPacket, resolution: Resolution | None
+) -> tuple[BootDecision, bool]:
+    """What the client boots, and whether it was chosen for this machine: as the DHCP
+    service decides it (a [[hosts]] boot-file first) when it runs here, else the policy's."""
+    if app.config.dhcp_mode is not DhcpMode.OFF and app.interface is not None:
+        return app.dhcp_service(LeaseBook(), None).boot_choice(packet)
+    own = resolution is not None and (
+        resolution.machine is not None or resolution.group is not None
+    )
+    return app.boot_policy().decide(classify(packet), resolution), own
 
 
 def _menu_lines(menu: PxeMenu) -> list[str]:

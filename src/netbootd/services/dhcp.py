@@ -856,6 +856,16 @@ class DhcpService:
         address, port = reply_destination(request, mtype)
         return Reply(packet, address, port, _max_size(request))
 
+    def boot_choice(self, request: DhcpPacket) -> tuple[BootDecision, bool]:
+        """What the client of ``request`` is told to boot, as a reply would tell it (its host
+        entry first), and whether that was decided for this machine; for ``explain``."""
+        host = (
+            self.reservations.host(request)
+            if self.settings.mode is DhcpMode.AUTHORITATIVE
+            else None
+        )
+        return self._boot(classify(request), ZERO, host)
+
     def _boot(
         self,
         client: ClientInfo,
