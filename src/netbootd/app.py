@@ -381,15 +381,19 @@ class App:
             found["http"] = dict(self.http.counters)
         return found
 
+    def log_counters(self) -> None:
+        """One ``counters`` line per service: at stop, and on SIGUSR1 (as dnsmasq does)."""
+        for service, counts in self.counters().items():
+            summary = ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
+            log.info(format_event("counters", service=service, counts=summary))
+
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
             self._watcher = None
-        for service, counts in self.counters().items():
-            summary = ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
-            log.info(format_event("counters", service=service, counts=summary))
+        self.log_counters()
         for server in (self.dhcp, self.tftp, self.http):
             if server is not None:
                 with contextlib.suppress(Exception):
@@ -400,13 +404,14 @@ class App:
 
 
 async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM."""
+    """Run until SIGINT or SIGTERM; SIGUSR1 logs the counters so far."""
     app = App(config)
     app.prepare()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, app.log_counters)
     await app.start()
     try:
         await stop.wait()

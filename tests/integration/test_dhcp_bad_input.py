@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from ipaddress import IPv4Address
@@ -121,7 +122,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def _counters(server: NetbootdServer) -> dict[str, int]:
-    for event in server.events():
+    """The last DHCP counters line: the one logged at stop."""
+    for event in reversed(server.events()):
         if event.event == "counters" and event.get("service") == "dhcp":
             pairs = (item.split("=") for item in event.get("counts").split(","))
             return {key: int(value) for key, value in pairs}
@@ -155,7 +157,16 @@ def test_bad_datagram_then_a_client_served(lab: Lab, tmp_path: Path, case: str) 
     )
     assert sent.returncode == 0, f"the valid DISCOVER went unanswered\n{server.log_tail()}"
     assert server.alive()
+    # SIGUSR1 logs the counters so far, and the server goes on.
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGUSR1)
+    live = server.wait_event(
+        lambda ev: ev.event == "counters" and ev.get("service") == "dhcp", timeout=10
+    )
+    assert server.alive()
     server.stop()
+    offers = _counters(server)["DISCOVER:OFFER"]
+    assert f"DISCOVER:OFFER={offers}" in live.get("counts").split(",")
     lines = [ev for ev in server.events() if _about_the_bad_datagram(ev)]
     assert [ev.event for ev in lines] == [event], "\n".join(ev.line for ev in lines)
     text = server.log_text()
