@@ -105,14 +105,14 @@ def setup_logging(level: int, stream: TextIO | None = None) -> None:
     """Send netbootd's log lines, at ``level`` and above, to ``stream`` (stderr).
 
     Like ``logging.basicConfig``, it leaves a root logger that already has handlers alone."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
     # Record fields no line uses are not gathered (the logging HOWTO's "Optimization").
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup: no line shows it
-    root = logging.getLogger()
-    if root.handlers:
-        return
     handler = TurnBufferedHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(LineFormatter())
     root.addHandler(handler)

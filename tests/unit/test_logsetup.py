@@ -156,5 +156,7 @@ def test_setup_leaves_configured_logging_alone() -> None:
     before = list(root.handlers)
     if not before:
         pytest.skip("the root logger has no handler to keep")
+    source_lookup = logging._srcfile
     setup_logging(logging.INFO, io.StringIO())
     assert root.handlers == before
+    assert logging._srcfile == source_lookup  # its records keep what they had
