@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
 
 from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, Opt, decode_suboptions, decode_text
+from netbootd.proto.values import packet_value
 
 
 class Arch(IntEnum):
@@ -176,7 +176,7 @@ _VENDOR_ARCH = re.compile(r"^(PXEClient|HTTPClient):Arch:(\d{5})")
 _IPXE_USER_CLASS = "iPXE"
 
 
-@dataclass(frozen=True, slots=True)
+@packet_value
 class ClientInfo:
     """What netbootd knows about a client from one DHCP request."""
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address
 
+from netbootd.proto.values import packet_value
+
 
 @dataclass(frozen=True, slots=True)
 class AddressRange:
@@ -61,7 +63,7 @@ class LeaseState(StrEnum):
     DECLINED = "declined"  # a client said the address is in use (RFC 2131 §3.1.5); quarantined
 
 
-@dataclass(frozen=True, slots=True)
+@packet_value
 class Lease:
     address: IPv4Address
     client: str  # the client key: see client_key()

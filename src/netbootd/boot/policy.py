@@ -23,6 +23,7 @@ from netbootd.boot.client import (
 )
 from netbootd.boot.inventory import Method, Resolution
 from netbootd.boot.render import machine_prefix
+from netbootd.proto.values import packet_value
 
 # The loaders of the pxelinux and GRUB methods, by the names they are served under.
 PXELINUX_LOADER = "pxelinux.0"
@@ -71,7 +72,7 @@ def is_ipxe_binary(path: str) -> bool:
     return path.rsplit("/", 1)[-1] in IPXE_BINARIES
 
 
-@dataclass(frozen=True, slots=True)
+@packet_value
 class BootDecision:
     """The outcome of the policy for one client."""
 

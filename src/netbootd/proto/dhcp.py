@@ -15,9 +15,11 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from enum import IntEnum, StrEnum
 from ipaddress import IPv4Address
+
+from netbootd.proto.values import packet_value
 
 __all__ = [
     "BOOTP_MIN_SIZE",
@@ -380,7 +382,7 @@ def _encode_kind(kind: OptionKind, value: object) -> bytes:
 # The packet
 
 
-@dataclass(frozen=True, slots=True)
+@packet_value
 class DhcpPacket:
     """One BOOTP/DHCP message (RFC 2131 §2), with options already joined per RFC 3396.
 

@@ -68,6 +68,7 @@ from netbootd.proto.dhcp import (
     reply_to,
 )
 from netbootd.proto.dhcp_fit import fit
+from netbootd.proto.values import packet_value
 from netbootd.services.dhcp_detail import client_kind, detail_lines
 from netbootd.services.dhcp_limits import DhcpLimits, LineBudget, Throttle, refusal
 from netbootd.services.hosts import Reservations
@@ -133,7 +134,7 @@ class DhcpSettings:
         return (Subnet(self.network, pools, settings, "dhcp-range"),)
 
 
-@dataclass(frozen=True, slots=True)
+@packet_value
 class Reply:
     packet: DhcpPacket
     address: IPv4Address
