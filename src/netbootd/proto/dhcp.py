@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import field, replace
 from enum import IntEnum, StrEnum
 from ipaddress import IPv4Address
 
@@ -382,6 +382,9 @@ def _encode_kind(kind: OptionKind, value: object) -> bytes:
 # The packet
 
 
+_MESSAGE_TYPES: dict[int, MessageType] = {mtype.value: mtype for mtype in MessageType}
+
+
 @packet_value
 class DhcpPacket:
     """One BOOTP/DHCP message (RFC 2131 §2), with options already joined per RFC 3396.
@@ -405,16 +408,22 @@ class DhcpPacket:
     sname: bytes = b""
     file: bytes = b""
     options: tuple[tuple[int, bytes], ...] = ()
+    # The options by code, made on the first lookup (a request is asked for a dozen of them).
+    _by_code: dict[int, bytes] | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     def get(self, code: int) -> bytes | None:
         """Return the value of option ``code``, or None when the packet does not carry it."""
-        for have, value in self.options:
-            if have == code:
-                return value
-        return None
+        by_code = self._by_code
+        if by_code is None:
+            # The first of a code wins, should a hand-built packet list one twice.
+            by_code = dict(reversed(self.options))
+            object.__setattr__(self, "_by_code", by_code)
+        return by_code.get(code)
 
     def __contains__(self, code: object) -> bool:
-        return any(have == code for have, _ in self.options)
+        return isinstance(code, int) and self.get(code) is not None
 
     @property
     def message_type(self) -> MessageType | int | None:
@@ -426,10 +435,7 @@ class DhcpPacket:
         value = self.get(Opt.MESSAGE_TYPE)
         if value is None or len(value) != 1:
             return None
-        try:
-            return MessageType(value[0])
-        except ValueError:
-            return value[0]
+        return _MESSAGE_TYPES.get(value[0], value[0])
 
     @property
     def broadcast(self) -> bool:
@@ -680,24 +686,26 @@ def _serialise_simple(options: Sequence[tuple[int, bytes]], budget: int) -> byte
     """The options field for the usual case, in one pass: every value under 256 octets, the
     whole within ``budget``, option 53 (if any) first. None when the general path is needed
     (long values, overload) or when the options are invalid, which that path reports."""
-    out = bytearray()
-    seen: set[int] = set()
-    head = b""
+    parts: list[bytes] = [b""]  # option 53 goes in front
+    codes = [code for code, _ in options]
+    if len(set(codes)) != len(codes) or _OVERLOAD_CODE in codes:
+        return None
     for code, value in options:
         size = len(value)
-        if size > _MAX_VALUE or not 1 <= code <= 254 or code == Opt.OVERLOAD or code in seen:
+        if size > _MAX_VALUE or not 0 < code < _END_CODE:
             return None
-        seen.add(code)
-        if code == Opt.MESSAGE_TYPE:
-            head = bytes((code, size)) + value
-            continue
-        out.append(code)
-        out.append(size)
-        out += value
-    if len(head) + len(out) + 1 > budget:
-        return None
-    out.append(Opt.END)
-    return head + out
+        if code == _MESSAGE_TYPE_CODE:
+            parts[0] = bytes((code, size)) + value
+        else:
+            parts.append(bytes((code, size)))
+            parts.append(value)
+    parts.append(_END_OCTET)
+    wire = b"".join(parts)
+    return wire if len(wire) <= budget else None
+
+
+_OVERLOAD_CODE, _MESSAGE_TYPE_CODE, _END_CODE = int(Opt.OVERLOAD), int(Opt.MESSAGE_TYPE), 255
+_END_OCTET = bytes((_END_CODE,))
 
 
 def _check_header(packet: DhcpPacket) -> None:
