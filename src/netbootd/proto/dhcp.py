@@ -519,6 +519,36 @@ def decode(data: bytes) -> DhcpPacket:
 
     instances: list[tuple[int, bytes]] = []
     _parse_region(data, _OPTIONS_START, len(data), instances, "options")
+    options: tuple[tuple[int, bytes], ...]
+    if len({code for code, _ in instances}) == len(instances) and not any(
+        code == _OVERLOAD_CODE for code, _ in instances
+    ):
+        options = tuple(instances)  # the usual request: each code once, no overload
+    else:
+        options, sname, file = _aggregate(data, instances, sname, file)
+    return DhcpPacket(
+        op=op,
+        xid=xid,
+        chaddr=chaddr[:hlen],
+        htype=htype,
+        hops=hops,
+        secs=secs,
+        flags=flags,
+        ciaddr=_address(ciaddr),
+        yiaddr=_address(yiaddr),
+        siaddr=_address(siaddr),
+        giaddr=_address(giaddr),
+        sname=_cstring(sname),
+        file=_cstring(file),
+        options=options,
+    )
+
+
+def _aggregate(
+    data: bytes, instances: list[tuple[int, bytes]], sname: bytes, file: bytes
+) -> tuple[tuple[tuple[int, bytes], ...], bytes, bytes]:
+    """The options of a packet that overloads file or sname or splits an option (RFC 3396),
+    each code joined into one; with what is left of sname and file as text."""
     # RFC 2131 §4.1: option 52 is only honoured in the options field itself.
     overload_parts = [value for code, value in instances if code == Opt.OVERLOAD]
     overload = 0
@@ -540,23 +570,8 @@ def decode(data: bytes) -> DhcpPacket:
     for code, value in instances:
         if code != Opt.OVERLOAD:
             joined.setdefault(code, []).append(value)
-
-    return DhcpPacket(
-        op=op,
-        xid=xid,
-        chaddr=chaddr[:hlen],
-        htype=htype,
-        hops=hops,
-        secs=secs,
-        flags=flags,
-        ciaddr=_address(ciaddr),
-        yiaddr=_address(yiaddr),
-        siaddr=_address(siaddr),
-        giaddr=_address(giaddr),
-        sname=_cstring(sname),
-        file=_cstring(file),
-        options=tuple((code, b"".join(parts)) for code, parts in joined.items()),
-    )
+    options = tuple((code, b"".join(parts)) for code, parts in joined.items())
+    return options, sname, file
 
 
 def _address(raw: bytes) -> IPv4Address:
