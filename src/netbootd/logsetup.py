@@ -31,17 +31,23 @@ class LineFormatter(logging.Formatter):
         self._second_text = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        second = int(record.created)
+        return self.time_text(record.created, record.msecs)
+
+    def time_text(self, created: float, msecs: float) -> str:
+        second = int(created)
         if second != self._second:
             self._second_text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
             self._second = second
-        return f"{self._second_text},{int(record.msecs):03d}"
+        return f"{self._second_text},{int(msecs):03d}"
+
+    def line(self, created: float, msecs: float, levelname: str, name: str, message: str) -> str:
+        return f"{self.time_text(created, msecs)} {levelname:<7} {name} {message}"
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:
             return super().format(record)  # the traceback's lines follow
         message = record.getMessage()
-        return f"{self.formatTime(record)} {record.levelname:<7} {record.name} {message}"
+        return self.line(record.created, record.msecs, record.levelname, record.name, message)
 
 
 class TurnBufferedHandler(logging.Handler):
@@ -50,6 +56,8 @@ class TurnBufferedHandler(logging.Handler):
     def __init__(self, stream: TextIO) -> None:
         super().__init__()
         self.stream = stream
+        self.line_formatter = LineFormatter()
+        self.setFormatter(self.line_formatter)
         self._lines: list[str] = []
         self._scheduled: asyncio.AbstractEventLoop | None = None  # the loop a write awaits
 
@@ -59,13 +67,19 @@ class TurnBufferedHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        self._add(line, record.levelno)
+
+    def emit_line(self, level: int, name: str, message: str) -> None:
+        """What ``emit`` does for a record of ``message`` from logger ``name``, without one."""
+        created = time.time()
+        msecs = int((created - int(created)) * 1000)
+        levelname = logging.getLevelName(level)
+        self._add(self.line_formatter.line(created, msecs, levelname, name, message), level)
+
+    def _add(self, line: str, level: int) -> None:
         with self._guard():
             self._lines.append(line)
-            if (
-                record.levelno >= logging.WARNING
-                or len(self._lines) >= MAX_BUFFERED
-                or not self._later()
-            ):
+            if level >= logging.WARNING or len(self._lines) >= MAX_BUFFERED or not self._later():
                 self._write()
 
     def _guard(self) -> threading.RLock:
@@ -101,6 +115,26 @@ class TurnBufferedHandler(logging.Handler):
             self._write()
 
 
+class _Direct:
+    handler: TurnBufferedHandler | None = None  # set up here as the only way out: see log_line
+
+
+def log_line(logger: logging.Logger, level: int, message: str) -> None:
+    """``logger.log(level, message)``, for the lines a busy server writes most (a DHCP
+    transaction each). When :func:`setup_logging` installed its handler, the only one, the
+    line goes straight to it, formatted alike, without the ``LogRecord`` and the handler
+    chain that cost as much as the rest of the transaction's line. netbootd adds no handler or
+    filter of its own after that; where logging was set up by someone else (a test runner, an
+    embedding program), this is ``logger.log``."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _Direct.handler
+    if handler is None:
+        logger.log(level, message)
+        return
+    handler.emit_line(level, logger.name, message)
+
+
 def setup_logging(level: int, stream: TextIO | None = None) -> None:
     """Send netbootd's log lines, at ``level`` and above, to ``stream`` (stderr).
 
@@ -114,6 +148,6 @@ def setup_logging(level: int, stream: TextIO | None = None) -> None:
     logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup: no line shows it
     handler = TurnBufferedHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(LineFormatter())
     root.addHandler(handler)
     root.setLevel(level)
+    _Direct.handler = handler

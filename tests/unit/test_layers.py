@@ -16,11 +16,21 @@ ALLOWED: dict[str, set[str]] = {
     "proto": {"proto"},
     "boot": {"proto", "boot"},
     "store": {"proto", "boot", "store"},
-    "services": {"proto", "boot", "store", "services", "config", "logfmt"},
-    "transport": {"proto", "boot", "store", "services", "transport", "config", "logfmt"},
-    "api": {"proto", "boot", "store", "services", "api", "config", "logfmt"},
+    "services": {"proto", "boot", "store", "services", "config", "logfmt", "logsetup"},
+    "transport": {
+        "proto",
+        "boot",
+        "store",
+        "services",
+        "transport",
+        "config",
+        "logfmt",
+        "logsetup",
+    },
+    "api": {"proto", "boot", "store", "services", "api", "config", "logfmt", "logsetup"},
     "config": {"proto", "boot", "config"},
     "logfmt": {"logfmt"},
+    "logsetup": {"logsetup"},
 }
 FORBIDDEN_IN_PURE = {"socket", "asyncio", "logging", "sqlite3", "aiohttp", "time", "os"}
 

@@ -6,10 +6,17 @@ import asyncio
 import io
 import logging
 import threading
+from collections.abc import Iterator
 
 import pytest
 
-from netbootd.logsetup import MAX_BUFFERED, LineFormatter, TurnBufferedHandler, setup_logging
+from netbootd.logsetup import (
+    MAX_BUFFERED,
+    LineFormatter,
+    TurnBufferedHandler,
+    log_line,
+    setup_logging,
+)
 
 
 class CountingStream(io.StringIO):
@@ -160,3 +167,59 @@ def test_setup_leaves_configured_logging_alone() -> None:
     setup_logging(logging.INFO, io.StringIO())
     assert root.handlers == before
     assert logging._srcfile == source_lookup  # its records keep what they had
+
+
+@pytest.fixture
+def installed() -> Iterator[io.StringIO]:
+    """setup_logging on a root logger without handlers, as in the server; undone after."""
+    from netbootd import logsetup
+
+    root = logging.getLogger()
+    flags = ("logThreads", "logProcesses", "logMultiprocessing", "_srcfile")
+    saved_flags = {name: getattr(logging, name) for name in flags}
+    saved = (list(root.handlers), root.level, logsetup._Direct.handler)
+    root.handlers = []
+    stream = io.StringIO()
+    try:
+        setup_logging(logging.INFO, stream)
+        yield stream
+    finally:
+        root.handlers, level, logsetup._Direct.handler = saved
+        root.setLevel(level)
+        for name, value in saved_flags.items():
+            setattr(logging, name, value)
+
+
+def test_log_line_goes_straight_to_the_installed_handler_formatted_alike(
+    installed: io.StringIO,
+) -> None:
+    logger = logging.getLogger("netbootd.dhcp")
+    before = logging.LogRecord.__init__
+
+    def no_records(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a LogRecord was made")
+
+    logging.LogRecord.__init__ = no_records  # type: ignore[method-assign]
+    try:
+        log_line(logger, logging.INFO, "DISCOVER xid=0x1 decision=OFFER")
+        log_line(logger, logging.DEBUG, "not at this level")
+        log_line(logger, logging.WARNING, "DISCOVER decision=ignored")
+    finally:
+        logging.LogRecord.__init__ = before  # type: ignore[method-assign]
+    logger.info("through the logger")
+    text = installed.getvalue().splitlines()
+    assert [line[24:] for line in text] == [
+        "INFO    netbootd.dhcp DISCOVER xid=0x1 decision=OFFER",
+        "WARNING netbootd.dhcp DISCOVER decision=ignored",
+        "INFO    netbootd.dhcp through the logger",
+    ]
+    assert all(line[4] == "-" and line[19] == "," for line in text)
+
+
+def test_log_line_is_logger_log_where_logging_was_set_up_elsewhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="netbootd.dhcp"):
+        log_line(logging.getLogger("netbootd.dhcp"), logging.INFO, "REQUEST decision=ACK")
+        log_line(logging.getLogger("netbootd.dhcp"), logging.DEBUG, "not at this level")
+    assert [r.getMessage() for r in caplog.records] == ["REQUEST decision=ACK"]

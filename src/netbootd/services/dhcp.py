@@ -54,6 +54,7 @@ from netbootd.boot.subnets import (
 )
 from netbootd.config import DhcpMode
 from netbootd.logfmt import format_event
+from netbootd.logsetup import log_line
 from netbootd.proto.dhcp import (
     DhcpDecodeError,
     DhcpPacket,
@@ -993,7 +994,7 @@ class DhcpService:
                 return  # a burst of bad requests: counted, its lines held back
             if held:
                 fields["held_back"] = held
-        log.log(level, format_event(kind, **fields))
+        log_line(log, level, format_event(kind, **fields))
 
     def _log_options(self, direction: str, packet: DhcpPacket) -> None:
         for line in describe(packet):
