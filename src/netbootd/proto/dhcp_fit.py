@@ -90,11 +90,17 @@ def _fits_without_overload(packet: DhcpPacket, max_size: int) -> bool:
     # The test encode() makes before it needs option 52 (RFC 3396 splits counted in): cheap,
     # and true for nearly every reply, which then is encoded once only, by the caller.
     budget = max(max_size, MIN_MAX_MESSAGE_SIZE) - _IP_UDP_HEADERS - _FIXED
+    sizes = [len(value) for _, value in packet.options]
+    if max(sizes, default=0) <= _MAX_PIECE:
+        return 1 + 2 * len(sizes) + sum(sizes) <= budget  # no option is split
     need = 1
-    for _, value in packet.options:
-        pieces = max(1, -(-len(value) // 255))
-        need += 2 * pieces + len(value)
+    for size in sizes:
+        pieces = max(1, -(-size // _MAX_PIECE))
+        need += 2 * pieces + size
     return need <= budget
+
+
+_MAX_PIECE = 255  # octets of one option instance (RFC 3396 splits longer ones)
 
 
 def _encodes(packet: DhcpPacket, max_size: int) -> bool:

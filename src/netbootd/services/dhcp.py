@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -971,7 +972,7 @@ class DhcpService:
             "arch": client.arch_name,
             "client": client_kind(client),
             "decision": outcome.decision,
-            "address": str(outcome.address) if outcome.address is not None else "-",
+            "address": _text(outcome.address) if outcome.address is not None else "-",
         }
         if client.ndi is not None:
             fields["ndi"] = client.ndi
@@ -983,7 +984,7 @@ class DhcpService:
             fields["file"] = outcome.boot.filename or "-"
             fields["why"] = outcome.boot.reason
         if request.giaddr != ZERO:
-            fields["relay"] = str(request.giaddr)
+            fields["relay"] = _text(request.giaddr)
         if local_port != DHCP_SERVER_PORT:
             fields["port"] = local_port
         if outcome.reason:
@@ -1008,6 +1009,11 @@ _MESSAGE_TYPE_VALUES = {mtype: bytes((mtype,)) for mtype in MessageType}
 def _dotted(address: IPv4Address) -> bytes:
     """An address as dotted-quad text (option 66)."""
     return str(address).encode()
+
+
+def _text(address: IPv4Address) -> str:
+    """``str(address)``, in C: a log line has one or two of them."""
+    return socket.inet_ntoa(address.packed)
 
 
 def _kind(request: DhcpPacket) -> str:
