@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from netbootd.boot.bootp import bootp_reply
-from netbootd.boot.client import ClientInfo, classify
+from netbootd.boot.client import ClientInfo, arch_name, classify
 from netbootd.boot.hosts import HostEntry, HostTable
 from netbootd.boot.inventory import Resolution
 from netbootd.boot.leases import (
@@ -964,38 +964,45 @@ class DhcpService:
             level = logging.WARNING
         if not log.isEnabledFor(level):
             return
-        fields: dict[str, object] = {
-            "xid": f"0x{request.xid:08x}",
-            "mac": request.mac,
-            "vendor_class": client.vendor_class or "-",
-            "user_class": ",".join(client.user_classes) or "-",
-            "arch": client.arch_name,
-            "client": client_kind(client),
+        held = 0
+        if outcome.bad:
+            allowed = self.bad_lines.allow(self.clock())
+            if allowed is None:
+                return  # a burst of bad requests: counted, its lines held back
+            held = allowed
+        # What a burst of clients have in common (their classes, what they boot) is rendered
+        # once; what is each client's own, each time. The fields stay in this order.
+        own: dict[str, object] = {
             "decision": outcome.decision,
             "address": _text(outcome.address) if outcome.address is not None else "-",
         }
         if client.ndi is not None:
-            fields["ndi"] = client.ndi
+            own["ndi"] = client.ndi
         if outcome.menu:
-            fields["menu"] = outcome.menu
+            own["menu"] = outcome.menu
         if outcome.item:
-            fields["item"] = outcome.item
+            own["item"] = outcome.item
+        parts = [
+            format_event(kind, xid=f"0x{request.xid:08x}", mac=request.mac),
+            _client_part(
+                client.vendor_class, client.user_classes, client.arch, client_kind(client)
+            ),
+            format_event("", **own)[1:],
+        ]
         if outcome.boot is not None:
-            fields["file"] = outcome.boot.filename or "-"
-            fields["why"] = outcome.boot.reason
+            parts.append(_boot_part(outcome.boot.filename, outcome.boot.reason))
+        tail: dict[str, object] = {}
         if request.giaddr != ZERO:
-            fields["relay"] = _text(request.giaddr)
+            tail["relay"] = _text(request.giaddr)
         if local_port != DHCP_SERVER_PORT:
-            fields["port"] = local_port
+            tail["port"] = local_port
         if outcome.reason:
-            fields["reason"] = outcome.reason
-        if outcome.bad:
-            held = self.bad_lines.allow(self.clock())
-            if held is None:
-                return  # a burst of bad requests: counted, its lines held back
-            if held:
-                fields["held_back"] = held
-        log_line(log, level, format_event(kind, **fields))
+            tail["reason"] = outcome.reason
+        if held:
+            tail["held_back"] = held
+        if tail:
+            parts.append(format_event("", **tail)[1:])
+        log_line(log, level, " ".join(parts))
 
     def _log_options(self, direction: str, packet: DhcpPacket) -> None:
         for line in describe(packet):
@@ -1009,6 +1016,26 @@ _MESSAGE_TYPE_VALUES = {mtype: bytes((mtype,)) for mtype in MessageType}
 def _dotted(address: IPv4Address) -> bytes:
     """An address as dotted-quad text (option 66)."""
     return str(address).encode()
+
+
+@functools.lru_cache(maxsize=1024)
+def _client_part(
+    vendor_class: str, user_classes: tuple[str, ...], arch: int | None, kind: str
+) -> str:
+    """The client's classes as a transaction line shows them."""
+    return format_event(
+        "",
+        vendor_class=vendor_class or "-",
+        user_class=",".join(user_classes) or "-",
+        arch=arch_name(arch),
+        client=kind,
+    )[1:]
+
+
+@functools.lru_cache(maxsize=1024)
+def _boot_part(filename: str | None, reason: str) -> str:
+    """What the client boots, and why, as a transaction line shows them."""
+    return format_event("", file=filename or "-", why=reason)[1:]
 
 
 def _text(address: IPv4Address) -> str:
