@@ -86,3 +86,29 @@ def test_first_free_goes_on_from_the_last_one_and_wraps() -> None:
     for address in list(pool)[3000:4999]:
         book.put(Lease(address, str(address), "m", LeaseState.BOUND, 9e9))
     assert choose_address((pool,), book, "late", 120.0) == pool.first
+
+
+class CountingReserved:
+    """An empty ``reserved`` container that counts the addresses it is asked about."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def __contains__(self, address: object) -> bool:
+        self.asked += 1
+        return False
+
+
+def test_a_full_pool_is_known_full_without_a_walk() -> None:
+    pool = AddressRange.parse("10.2.0.1-10.2.3.232")  # 1000 addresses
+    book = LeaseBook(Lease(a, str(a), "m", LeaseState.BOUND, 100.0) for a in pool)
+    reserved = CountingReserved()
+    for n in range(50):
+        assert choose_address((pool,), book, f"new{n}", 10.0, reserved=reserved) is None
+    assert reserved.asked == 0
+    # One lease ends: the count says so, and the walk finds its address.
+    book.put(Lease(IPv4Address("10.2.1.1"), "10.2.1.1", "m", LeaseState.BOUND, 20.0))
+    assert choose_address((pool,), book, "late", 30.0, reserved=reserved) == IPv4Address("10.2.1.1")
+    assert 0 < reserved.asked <= pool.size
+    # Leases that end later than the last look at the clock are seen ended all the same.
+    assert choose_address((pool,), book, "later", 200.0) is not None

@@ -221,9 +221,13 @@ class LeaseBook:
 
         The search goes on from the address it found last time, wrapping round: a burst of new
         clients costs a probe or two each, not a walk over every address already leased (a
-        pool of thousands would make each DISCOVER a scan of all of them).
+        pool of thousands would make each DISCOVER a scan of all of them). A pool with a live
+        lease on every address is known full from its count, without a probe.
         """
         size, first = pool.size, int(pool.first)
+        self.expire(now)  # so that the pool's count is of the leases still held at ``now``
+        if self.count(pool).leases >= size:
+            return None  # a live lease on every address: a full pool is not walked again
         start = self._cursor.get(pool, 0) % size
         for step in range(size):
             offset = (start + step) % size
