@@ -83,7 +83,7 @@ def client_key(mac: str, client_id: bytes | None) -> str:
     return "mac:" + mac
 
 
-@dataclass(frozen=True, slots=True)
+@packet_value
 class PoolCount:
     """How much of a pool is taken: live leases of any state, and among them, open offers."""
 
