@@ -46,7 +46,12 @@ def _escape(char: str) -> str:
 
 def format_event(event: str, **fields: object) -> str:
     """Render ``event`` and its fields, in the order given, as one line."""
-    parts = [event]
+    return f"{event} {format_fields(**fields)}" if fields else event
+
+
+def format_fields(**fields: object) -> str:
+    """The ``key=value`` part of an event line, for a line put together from parts."""
+    parts = []
     plain = _PLAIN_ASCII.fullmatch  # the usual value: one check, no quoting
     for key, value in fields.items():
         text = value if isinstance(value, str) else ("" if value is None else str(value))

@@ -54,7 +54,7 @@ from netbootd.boot.subnets import (
     with_agent_info,
 )
 from netbootd.config import DhcpMode
-from netbootd.logfmt import format_event
+from netbootd.logfmt import format_event, format_fields
 from netbootd.logsetup import log_line
 from netbootd.proto.dhcp import (
     DhcpDecodeError,
@@ -987,7 +987,7 @@ class DhcpService:
             _client_part(
                 client.vendor_class, client.user_classes, client.arch, client_kind(client)
             ),
-            format_event("", **own)[1:],
+            format_fields(**own),
         ]
         if outcome.boot is not None:
             parts.append(_boot_part(outcome.boot.filename, outcome.boot.reason))
@@ -1001,7 +1001,7 @@ class DhcpService:
         if held:
             tail["held_back"] = held
         if tail:
-            parts.append(format_event("", **tail)[1:])
+            parts.append(format_fields(**tail))
         log_line(log, level, " ".join(parts))
 
     def _log_options(self, direction: str, packet: DhcpPacket) -> None:
@@ -1023,19 +1023,18 @@ def _client_part(
     vendor_class: str, user_classes: tuple[str, ...], arch: int | None, kind: str
 ) -> str:
     """The client's classes as a transaction line shows them."""
-    return format_event(
-        "",
+    return format_fields(
         vendor_class=vendor_class or "-",
         user_class=",".join(user_classes) or "-",
         arch=arch_name(arch),
         client=kind,
-    )[1:]
+    )
 
 
 @functools.lru_cache(maxsize=1024)
 def _boot_part(filename: str | None, reason: str) -> str:
     """What the client boots, and why, as a transaction line shows them."""
-    return format_event("", file=filename or "-", why=reason)[1:]
+    return format_fields(file=filename or "-", why=reason)
 
 
 def _text(address: IPv4Address) -> str:
