@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Container, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
 
@@ -28,10 +28,18 @@ class AddressRange:
 
     first: IPv4Address
     last: IPv4Address
+    # The bounds as ints, made once: a range is asked about, and hashed, on every request.
+    _low: int = field(init=False, repr=False, compare=False, hash=False)
+    _high: int = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if int(self.last) < int(self.first):
             raise ValueError(f"range {self.first}-{self.last} ends before it starts")
+        object.__setattr__(self, "_low", int(self.first))
+        object.__setattr__(self, "_high", int(self.last))
+
+    def __hash__(self) -> int:
+        return hash((self._low, self._high))
 
     @classmethod
     def parse(cls, text: str) -> AddressRange:
@@ -42,12 +50,12 @@ class AddressRange:
 
     @property
     def size(self) -> int:
-        return int(self.last) - int(self.first) + 1
+        return self._high - self._low + 1
 
     def __contains__(self, address: object) -> bool:
         if not isinstance(address, IPv4Address):
             return False
-        return int(self.first) <= int(address) <= int(self.last)
+        return self._low <= int(address) <= self._high
 
     def __iter__(self) -> Iterator[IPv4Address]:
         # Lazily: a pool may be a /8, and is never materialised.
@@ -95,12 +103,13 @@ class LeaseBook:
     """Every address netbootd has promised, bound or quarantined, indexed both ways."""
 
     def __init__(self, leases: Iterable[Lease] = ()) -> None:
-        self._by_address: dict[IPv4Address, Lease] = {}
+        # Keyed by the address as an int: an IPv4Address hashes through a hex string.
+        self._by_address: dict[int, Lease] = {}
         self._by_client: dict[str, Lease] = {}
         self._cursor: dict[AddressRange, int] = {}  # where each pool's last free address was
         # Leases counted as live (not yet seen expired by expire()), and their expiry heap; a
         # heap entry whose lease is no longer the live one at its address is stale and skipped.
-        self._live: dict[IPv4Address, Lease] = {}
+        self._live: dict[int, Lease] = {}
         self._expiry: list[tuple[float, int, Lease]] = []
         self._sequence = itertools.count()
         self._offers = 0
@@ -115,14 +124,14 @@ class LeaseBook:
         return iter(list(self._by_address.values()))
 
     def at(self, address: IPv4Address) -> Lease | None:
-        return self._by_address.get(address)
+        return self._by_address.get(int(address))
 
     def of(self, client: str) -> Lease | None:
         return self._by_client.get(client)
 
     def holder(self, address: IPv4Address, now: float) -> str | None:
         """Who holds ``address`` at ``now`` ("" for a quarantined address), or None if free."""
-        lease = self._by_address.get(address)
+        lease = self._by_address.get(int(address))
         if lease is None or lease.expires <= now:
             return None
         return "" if lease.state is LeaseState.DECLINED else lease.client
@@ -130,12 +139,13 @@ class LeaseBook:
     def put(self, lease: Lease) -> None:
         old = self._by_client.get(lease.client)
         if old is not None and old.address != lease.address:
-            self._by_address.pop(old.address, None)
+            self._by_address.pop(int(old.address), None)
             self._uncount(old.address)
-        previous_owner = self._by_address.get(lease.address)
+        key = int(lease.address)
+        previous_owner = self._by_address.get(key)
         if previous_owner is not None and previous_owner.client != lease.client:
             self._by_client.pop(previous_owner.client, None)
-        self._by_address[lease.address] = lease
+        self._by_address[key] = lease
         if lease.state is not LeaseState.DECLINED:
             self._by_client[lease.client] = lease
         elif old is not None and old.address == lease.address:
@@ -172,7 +182,7 @@ class LeaseBook:
         dropped = 0
         while heap and heap[0][0] <= now:
             _, _, lease = heapq.heappop(heap)
-            if self._live.get(lease.address) is not lease:
+            if self._live.get(int(lease.address)) is not lease:
                 continue  # replaced or removed since
             if lease.state is LeaseState.OFFERED:
                 self.remove(lease.address)
@@ -181,7 +191,8 @@ class LeaseBook:
                 self._uncount(lease.address)
         if len(heap) > 2 * len(self._live) + 64:
             # Renewals leave stale entries behind; rebuild once they outnumber the live ones.
-            self._expiry = [entry for entry in heap if self._live.get(entry[2].address) is entry[2]]
+            live = self._live
+            self._expiry = [entry for entry in heap if live.get(int(entry[2].address)) is entry[2]]
             heapq.heapify(self._expiry)
         return dropped
 
@@ -191,7 +202,7 @@ class LeaseBook:
         return len(self._expiry)
 
     def _count(self, lease: Lease) -> None:
-        self._live[lease.address] = lease
+        self._live[int(lease.address)] = lease
         heapq.heappush(self._expiry, (lease.expires, next(self._sequence), lease))
         offered = lease.state is LeaseState.OFFERED
         self._offers += offered
@@ -201,7 +212,7 @@ class LeaseBook:
                 counts[1] += offered
 
     def _uncount(self, address: IPv4Address) -> None:
-        lease = self._live.pop(address, None)
+        lease = self._live.pop(int(address), None)
         if lease is None:
             return
         offered = lease.state is LeaseState.OFFERED
@@ -238,7 +249,7 @@ class LeaseBook:
         return None
 
     def remove(self, address: IPv4Address) -> Lease | None:
-        lease = self._by_address.pop(address, None)
+        lease = self._by_address.pop(int(address), None)
         self._uncount(address)
         if lease is not None and self._by_client.get(lease.client) is lease:
             del self._by_client[lease.client]
