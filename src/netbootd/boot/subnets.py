@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from netbootd.boot.leases import AddressRange
-from netbootd.proto.dhcp import DhcpPacket, Opt, encode_option_value, option_code
+from netbootd.proto.dhcp import DhcpPacket, Opt, encode_option_value, option_code, u32_option
 
 _ZERO = IPv4Address(0)
 _T = TypeVar("_T")
@@ -65,9 +65,9 @@ class Subnet:
             found.append((int(Opt.DOMAIN_NAME), settings.domain_name.encode()))
         wire = {
             "lease_options": (
-                (int(Opt.LEASE_TIME), _u32(lease_time)),
-                (int(Opt.RENEWAL_TIME), _u32(lease_time // 2)),
-                (int(Opt.REBINDING_TIME), _u32(lease_time * 7 // 8)),
+                (int(Opt.LEASE_TIME), u32_option(lease_time)),
+                (int(Opt.RENEWAL_TIME), u32_option(lease_time // 2)),
+                (int(Opt.REBINDING_TIME), u32_option(lease_time * 7 // 8)),
             ),
             "mask_option": (int(Opt.SUBNET_MASK), self.network.netmask.packed),
             "network_options": tuple(found),
@@ -120,12 +120,6 @@ class SubnetSpec:
             bootp_lease_time=_own(self.bootp_lease_time, defaults.bootp_lease_time),
         )
         return Subnet(self.network, self.pools, settings, self.label)
-
-
-def _u32(n: int) -> bytes:
-    if not 0 <= n <= 0xFFFFFFFF:
-        raise ValueError(f"{n} does not fit in 32 bits")
-    return n.to_bytes(4, "big")
 
 
 def _own(mine: _T | None, theirs: _T) -> _T:
