@@ -842,7 +842,7 @@ class DhcpService:
         if boot.filename is not None:
             name = boot.filename.encode()
             if not boot.over_http:
-                options.append((Opt.TFTP_SERVER, _dotted(next_server)))
+                options.append((Opt.TFTP_SERVER, address_text(next_server).encode()))
             options.append((Opt.BOOTFILE, name))
             file_field = name
         if subnet is not None:
@@ -974,7 +974,7 @@ class DhcpService:
         # once; what is each client's own, each time. The fields stay in this order.
         own: dict[str, object] = {
             "decision": outcome.decision,
-            "address": _text(outcome.address) if outcome.address is not None else "-",
+            "address": address_text(outcome.address) if outcome.address is not None else "-",
         }
         if client.ndi is not None:
             own["ndi"] = client.ndi
@@ -993,7 +993,7 @@ class DhcpService:
             parts.append(_boot_part(outcome.boot.filename, outcome.boot.reason))
         tail: dict[str, object] = {}
         if request.giaddr != ZERO:
-            tail["relay"] = _text(request.giaddr)
+            tail["relay"] = address_text(request.giaddr)
         if local_port != DHCP_SERVER_PORT:
             tail["port"] = local_port
         if outcome.reason:
@@ -1010,12 +1010,6 @@ class DhcpService:
 
 
 _MESSAGE_TYPE_VALUES = {mtype: bytes((mtype,)) for mtype in MessageType}
-
-
-@functools.lru_cache(maxsize=256)
-def _dotted(address: IPv4Address) -> bytes:
-    """An address as dotted-quad text (option 66)."""
-    return str(address).encode()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1037,8 +1031,8 @@ def _boot_part(filename: str | None, reason: str) -> str:
     return format_fields(file=filename or "-", why=reason)
 
 
-def _text(address: IPv4Address) -> str:
-    """``str(address)``, in C: a log line has one or two of them."""
+def address_text(address: IPv4Address) -> str:
+    """``str(address)``, in C: each reply and its log line need one or two."""
     return socket.inet_ntoa(address.packed)
 
 

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import logging
 import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from ipaddress import IPv4Address
 
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import (
@@ -41,9 +39,11 @@ from netbootd.services.dhcp import (
     BROADCAST,
     DHCP_CLIENT_PORT,
     DHCP_SERVER_PORT,
+    ZERO,
     DhcpService,
     Pending,
     Reply,
+    address_text,
 )
 from netbootd.services.dhcp_limits import LineBudget
 from netbootd.services.dhcp_watch import ServerWatch
@@ -350,8 +350,7 @@ class DhcpServer:
                 self._busy(source, "too many replies waiting for the lease store")
                 return
             self._finishing.append((endpoint, packet, source))
-            if self._turn is None:
-                self._turn = asyncio.get_running_loop().call_soon(self._take_turn)
+            self._schedule_turn()
         else:
             self._queue_new(endpoint, packet, source)
 
@@ -362,6 +361,9 @@ class DhcpServer:
             _, _, dropped_from = self._new.popleft()
             self._busy(dropped_from, "too many new exchanges queued; the oldest was dropped")
         self._new.append((endpoint, item, source))
+        self._schedule_turn()
+
+    def _schedule_turn(self) -> None:
         if self._turn is None:
             self._turn = asyncio.get_running_loop().call_soon(self._take_turn)
 
@@ -411,8 +413,7 @@ class DhcpServer:
             if packet is not None:
                 self._answer(endpoint, packet, source)
         if finishing or new:
-            # Next turn, after the loop has read what arrived meanwhile.
-            self._turn = asyncio.get_running_loop().call_soon(self._take_turn)
+            self._schedule_turn()  # next turn, after the loop has read what arrived meanwhile
 
     def _answer(self, endpoint: _Endpoint, packet: DhcpPacket, source: tuple[str, int]) -> None:
         if self._watch is not None and self._watch.is_probe(packet):
@@ -455,16 +456,9 @@ class DhcpServer:
             self.counters["encode-error"] += 1
             log.exception(format_event("encode-error", xid=f"0x{reply.packet.xid:08x}"))
             return
-        if endpoint.sendto(data, (_destination(reply.address), reply.port)):
+        # The unspecified address means the broadcast.
+        destination = reply.address if reply.address != ZERO else BROADCAST
+        if endpoint.sendto(data, (address_text(destination), reply.port)):
             self.counters["sent"] += 1
         else:
             self.counters["send-failed"] += 1
-
-
-@functools.lru_cache(maxsize=1024)
-def _destination(address: IPv4Address) -> str:
-    """The text form ``sendto`` takes; the unspecified address means the broadcast."""
-    return str(address if address != _UNSPECIFIED else BROADCAST)
-
-
-_UNSPECIFIED = IPv4Address(0)
