@@ -113,6 +113,14 @@ async def turns(count: int = 1) -> None:
         await asyncio.sleep(0)
 
 
+async def offered(server: edge.DhcpServer, endpoint: edge._Endpoint, sock: SocketStandIn) -> bytes:
+    """A DISCOVER from client 1 through the relay, and the OFFER it got."""
+    server.received(endpoint, discover(1), RELAY)
+    await turns(2)
+    (offer,) = [data for data, _ in sock.sent]
+    return offer
+
+
 async def test_requests_are_answered_before_queued_discovers() -> None:
     server, store, sock, endpoint = make_server()
     for n in range(4):
@@ -160,9 +168,7 @@ async def test_a_full_queue_drops_its_oldest_new_exchange(
 
 async def test_no_ack_leaves_before_the_lease_is_durable() -> None:
     server, store, sock, endpoint = make_server()
-    server.received(endpoint, discover(1), RELAY)
-    await turns(2)
-    (offer,) = [data for data, _ in sock.sent]
+    offer = await offered(server, endpoint, sock)
     sock.sent.clear()
     server.received(endpoint, request_for(offer), RELAY)
     await turns(3)
@@ -181,9 +187,7 @@ async def test_no_ack_leaves_before_the_lease_is_durable() -> None:
 
 async def test_close_concludes_what_is_being_written() -> None:
     server, store, sock, endpoint = make_server()
-    server.received(endpoint, discover(1), RELAY)
-    await turns(2)
-    (offer,) = [data for data, _ in sock.sent]
+    offer = await offered(server, endpoint, sock)
     server.received(endpoint, request_for(offer), RELAY)
     await turns(2)
     closing = asyncio.ensure_future(server.close())
@@ -197,9 +201,7 @@ async def test_close_concludes_what_is_being_written() -> None:
 
 async def test_a_failed_release_does_not_take_back_an_address_given_again() -> None:
     server, store, sock, endpoint = make_server()
-    server.received(endpoint, discover(1), RELAY)
-    await turns(2)
-    (offer,) = [data for data, _ in sock.sent]
+    offer = await offered(server, endpoint, sock)
     server.received(endpoint, request_for(offer), RELAY)
     await turns(2)
     store.land()
