@@ -134,9 +134,7 @@ def _boot_choice(
     service decides it (a [[hosts]] boot-file first) when it runs here, else the policy's."""
     if app.config.dhcp_mode is not DhcpMode.OFF and app.interface is not None:
         return app.dhcp_service(LeaseBook(), None).boot_choice(packet)
-    own = resolution is not None and (
-        resolution.machine is not None or resolution.group is not None
-    )
+    own = resolution is not None and resolution.chosen
     return app.boot_policy().decide(classify(packet), resolution), own
 
 

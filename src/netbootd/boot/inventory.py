@@ -371,6 +371,12 @@ class Resolution:
     group: Group | None
     reasons: tuple[str, ...]
 
+    @property
+    def chosen(self) -> bool:
+        """Whether a machine or a group of its own chose the profile: the inventory's default
+        profile is for every client, so it does not make the decision this machine's."""
+        return self.machine is not None or self.group is not None
+
 
 def _profile(inventory: Inventory, name: str, chooser: str) -> Profile:
     try:

@@ -889,11 +889,7 @@ class DhcpService:
             if host.boot_file.startswith(("http://", "https://")):
                 return BootDecision(None, None, host.boot_file, why), True
             return BootDecision(None, host.boot_file, None, why), True
-        # The inventory's default profile is for every client: only a machine or a group of
-        # its own makes the decision this machine's.
-        chosen = resolution is not None and (
-            resolution.machine is not None or resolution.group is not None
-        )
+        chosen = resolution is not None and resolution.chosen
         return self.policy.decide(client, resolution), chosen
 
     def _next_server(self, host: HostEntry | None) -> IPv4Address:
