@@ -367,6 +367,7 @@ class App:
             watch=watch,
             probe_interval=config.dhcp_probe_interval,
             optional=optional,
+            multicast=config.pxe_menus.multicast,
         )
         await self.dhcp.start()
 

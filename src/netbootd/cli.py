@@ -228,6 +228,12 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         "(0: at once, 255: wait for the user); without CLASS, for every menu",
     )
     parser.add_argument(
+        "--pxe-multicast",
+        metavar="ADDRESS",
+        help="a multicast group (239.x.y.z) PXE clients may send their menu choice to, at port "
+        "4011, before they try the boot servers the menu names; this server listens on it",
+    )
+    parser.add_argument(
         "--inventory",
         type=Path,
         metavar="DIR",
@@ -331,6 +337,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "boot": {boot_key_name(key): path for key, path in args.boot},
         "pxe-menu": args.pxe_service or None,
         "pxe-prompt": args.pxe_prompt or None,
+        "pxe-multicast": args.pxe_multicast,
     }
     if flags["dhcp-range"] is not None or flags["proxy"] or flags["dhcp"] is False:
         # A mode given on the command line replaces the file's mode entirely.

@@ -220,6 +220,7 @@ _FILE_KEYS = {
     "tftp-upload-max-size",
     "pxe-menu",
     "pxe-prompt",
+    "pxe-multicast",
     "dhcp-max-offers",
     "dhcp-max-offers-per-pool",
     "max-leases",
@@ -276,8 +277,12 @@ def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: st
     try:
         return _validate(merged)
     except PxeMenuError as exc:
-        flagged = flags.get("pxe-menu") or flags.get("pxe-prompt")
-        origin = "--pxe-service/--pxe-prompt" if flagged else source
+        if str(exc).startswith("pxe-multicast:"):
+            origin = "--pxe-multicast" if flags.get("pxe-multicast") else source
+        elif flags.get("pxe-menu") or flags.get("pxe-prompt"):
+            origin = "--pxe-service/--pxe-prompt"
+        else:
+            origin = source
         raise ConfigError(f"{origin + ': ' if origin else ''}{exc}") from exc
     except ValidationError as exc:
         raise _explain(exc, source, flags) from exc
@@ -285,14 +290,19 @@ def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: st
         raise ConfigError(f"{source + ': ' if source else ''}{exc}") from exc
 
 
+_MENU_KEYS = ("pxe-menu", "pxe-prompt", "pxe-multicast")
+
+
 def _validate(merged: Mapping[str, Any]) -> Config:
     values: dict[str, Any] = {}
     for key, value in merged.items():
-        if key in {"proxy", "dhcp", "dhcp-range", "subnets", "hosts", "pxe-menu", "pxe-prompt"}:
+        if key in _MENU_KEYS or key in {"proxy", "dhcp", "dhcp-range", "subnets", "hosts"}:
             continue
         values[key.replace("-", "_")] = value
-    if "pxe-menu" in merged or "pxe-prompt" in merged:
-        values["pxe_menus"] = build_menus(merged.get("pxe-menu"), merged.get("pxe-prompt"))
+    if any(key in merged for key in _MENU_KEYS):
+        values["pxe_menus"] = build_menus(
+            merged.get("pxe-menu"), merged.get("pxe-prompt"), merged.get("pxe-multicast")
+        )
     dhcp_on = merged.get("dhcp", True)
     proxy = merged.get("proxy", False)
     dhcp_range = merged.get("dhcp-range")

@@ -7,7 +7,8 @@ with a one-item menu and no prompt: no menu at all, the file straight away. (c) 
 own PXE (PxeBcBoot.c): a two-item menu (iPXE, local disk) with a 2 s prompt boots iPXE, which
 then asks again as iPXE, is not offered iPXE again, and runs the script. (a) and (c) run once
 with netbootd as the DHCP server and once as a proxyDHCP beside a site DHCP server (dnsmasq,
-addresses only).
+addresses only). (d) The firmwares of (a) and (c), told a discovery multicast group (the
+latter beside dnsmasq): each sends its choice to the group, where netbootd answers it.
 
 netbootd runs with no ``--boot`` flags: without the menu, BIOS clients would get
 ``undionly.kpxe`` and never reach pxelinux, so a menu that is not sent fails (a) and (b).
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.e2e
 
 BOOT_TIMEOUT = 240
 PROMPT = "Press F8 for the netbootd menu"
+GROUP = "239.255.40.11"  # PXE boot server discovery by multicast
 
 
 def _dhcp(server: NetbootdServer, mac: str) -> list[LogEvent]:
@@ -101,6 +103,39 @@ def test_bios_ipxe_rom_two_item_menu(
     assert not _served(server, "undionly.kpxe")
 
 
+def test_bios_ipxe_rom_asks_through_the_multicast_group(
+    lab: Lab, pxelinux_root: Path, tmp_path: Path
+) -> None:
+    """With ``--pxe-multicast``, the offer names the group, and iPXE (which tries the group
+    before the listed servers, src/net/udp/dhcp.c) sends its choice there."""
+    server = NetbootdServer(
+        lab,
+        pxelinux_root,
+        state_dir=tmp_path / "state",
+        log_path=lab.workdir / "netbootd.log",
+        boot=(),
+        extra_args=[
+            "--pxe-service=bios,Linux through pxelinux,pxelinux.0",
+            "--pxe-service=bios,Boot from the local disk,local",
+            f"--pxe-prompt=bios,{PROMPT},0",
+            f"--pxe-multicast={GROUP}",
+        ],
+    ).start()
+    vm = start_vm(lab)
+
+    seconds = vm.wait_for(BOOT_MARKER, timeout=BOOT_TIMEOUT)
+    print(f"\nBIOS iPXE ROM, PXE menu, choice sent to {GROUP}: booted after {seconds:.1f} s")
+    events = _dhcp(server, vm.mac)
+    items = [ev for ev in events if ev.get("decision") == "BOOT-ITEM-ACK"]
+    assert items, [ev.line for ev in events]
+    assert (items[0].get("item"), items[0].get("port"), items[0].get("to")) == (
+        "1",
+        "4011",
+        GROUP,
+    )
+    assert _served(server, "pxelinux.0") and _served(server, KERNEL_NAME)
+
+
 def test_bios_one_item_menu_boots_without_prompt(
     lab: Lab, pxelinux_root: Path, tmp_path: Path
 ) -> None:
@@ -128,10 +163,11 @@ def test_bios_one_item_menu_boots_without_prompt(
     assert "Booting from PXE menu" not in vm.console_text()
 
 
-@pytest.mark.parametrize("proxy", [False, True], ids=["authoritative", "proxy"])
+@pytest.mark.parametrize("setup", ["authoritative", "proxy", "proxy-multicast"])
 def test_uefi_edk2_pxe_menu(
-    proxy: bool, lab: Lab, ipxe_root: Path, tmp_path: Path, firmware_prerequisites: None
+    setup: str, lab: Lab, ipxe_root: Path, tmp_path: Path, firmware_prerequisites: None
 ) -> None:
+    proxy, multicast = setup.startswith("proxy"), setup.endswith("multicast")
     if proxy:
         _site_dhcp(lab, ipxe_root, tmp_path)
     server = NetbootdServer(
@@ -145,6 +181,7 @@ def test_uefi_edk2_pxe_menu(
             "--pxe-service=uefi,iPXE over the network,snponly.efi",
             "--pxe-service=uefi,Boot from the local disk,local",
             f"--pxe-prompt=uefi,{PROMPT},2",
+            *([f"--pxe-multicast={GROUP}"] if multicast else []),
         ],
         proxy=proxy,
     ).start()
@@ -168,6 +205,8 @@ def test_uefi_edk2_pxe_menu(
         "snponly.efi",
         "4011",
     )
+    # EDK2 multicasts its choice when the offer names a group (UefiPxeBcDxe), else unicasts it.
+    assert items[0].get("to") == (GROUP if multicast else ""), items[0].line
     # iPXE, once loaded, is not offered the menu (whose network item is iPXE) again.
     chained = [
         ev

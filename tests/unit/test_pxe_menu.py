@@ -206,6 +206,63 @@ async def test_ipxe_is_not_offered_ipxe_again() -> None:
     assert menu == b"\x80\x01\x05Linux"
 
 
+def test_multicast_discovery_bytes() -> None:
+    menus = build_menus([LINUX, DISK], PROMPT, "239.255.40.11")
+    assert menus.multicast == IPv4Address("239.255.40.11")
+    menu = menus.by_key[BootClass.BIOS]
+    # Multicast allowed (bit 1 clear), broadcast not (bit 0); the group in sub-option 7 right
+    # after it; the rest as without it, the listed servers kept for unicast after multicast.
+    group = bytes([7, 4, 239, 255, 40, 11])
+    assert menu.vendor_options(IPv4Address("10.99.0.1")) == (
+        bytes([6, 1, 0x01]) + group + TWO_ITEM_MENU[3:]
+    )
+    # iPXE itself, offered the menu without its own item, keeps the group.
+    ipxe = request(MessageType.DISCOVER, vendor_class=BIOS_PXE, arch=0, ipxe=True)
+    chained = menus.for_client(classify(ipxe))
+    assert chained is not None and chained.multicast == menus.multicast
+    # --log-dhcp shows it decoded.
+    from netbootd.proto.dhcp import DhcpPacket, Op
+
+    packet = DhcpPacket(Op.BOOTREPLY, 1, bytes(6), options=((43, menu.vendor_options(SERVER)),))
+    (line,) = describe(packet)
+    assert "discovery-control=0x01 discovery-mcast=239.255.40.11 boot-servers=" in line
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("10.0.0.1", "an IPv4 multicast address"),
+        ("not an address", "an IPv4 multicast address"),
+        (5, "an IPv4 multicast address"),
+        ("224.0.0.5", "kept for routing protocols"),
+    ],
+)
+def test_multicast_errors(raw: object, message: str) -> None:
+    with pytest.raises(PxeMenuError, match=f"^pxe-multicast: .*{message}"):
+        build_menus([LINUX], None, raw)
+
+
+def test_multicast_needs_a_menu(tmp_path: Path) -> None:
+    with pytest.raises(PxeMenuError, match=r"^pxe-multicast: boot-item requests are for"):
+        build_menus(None, None, "239.1.2.3")
+    args = make_parser().parse_args(
+        ["serve", "--interface=lo", "--root=/srv", "--pxe-multicast=239.1.2.3"]
+    )
+    with pytest.raises(ConfigError, match=r"^--pxe-multicast: pxe-multicast: boot-item"):
+        config_from_args(args)
+    path = tmp_path / "netbootd.toml"
+    path.write_text(
+        'interface = "lo"\nroot = "/srv"\npxe-multicast = "10.1.2.3"\n'
+        '[[pxe-menu]]\narch = "bios"\ntext = "Linux"\nfile = "pxelinux.0"\n'
+    )
+    with pytest.raises(ConfigError, match=r"netbootd\.toml: pxe-multicast: an IPv4 multicast"):
+        build(load_file(path), {}, str(path))
+    path.write_text(path.read_text().replace("10.1.2.3", "239.1.2.3"))
+    config = build(load_file(path), {}, str(path))
+    assert config.pxe_menus.multicast == IPv4Address("239.1.2.3")
+    assert config.pxe_menus.by_key[BootClass.BIOS].multicast == IPv4Address("239.1.2.3")
+
+
 def test_describe_decodes_pxe_suboptions() -> None:
     from netbootd.proto.dhcp import DhcpPacket, Op
 

@@ -12,16 +12,19 @@ This module holds the configured menus (validated from the config file's entries
 option 43 value of an offer, and answers a boot-item request. Pure: no sockets, no logging, no
 clock; the DHCP service calls it and sends what it returns.
 
-Multicast discovery (PXE_DISCOVERY_MCAST_ADDR, 7) is not offered: every item's boot server is
-named in PXE_BOOT_SERVERS and reached by unicast, which both EDK2 and iPXE do, and which crosses
-relays where multicast does not.
+How the client finds the boot server of an item (PXE 2.1 §2.2.5, Boot Server Discovery): by
+unicast to the servers PXE_BOOT_SERVERS (8) names, always offered, since it crosses relays; and,
+when a discovery multicast address is configured, first by multicast to that group at port 4011
+(PXE_DISCOVERY_MCAST_ADDR, 7), so that the boot servers listening on the group answer (iPXE tries
+the multicast address, then the listed servers, src/net/udp/dhcp.c). Broadcast discovery stays
+off (bit 0): a broadcast request reaches every DHCP server of the segment, at port 67.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
 
 from netbootd.boot.client import (
@@ -46,6 +49,7 @@ from netbootd.proto.dhcp import (
 
 # PXE 2.1 Table 2-1, the PXE vendor sub-options of option 43.
 DISCOVERY_CONTROL = 6
+DISCOVERY_MULTICAST = 7
 BOOT_SERVERS = 8
 BOOT_MENU = 9
 MENU_PROMPT = 10
@@ -63,6 +67,7 @@ LOCAL_BOOT = 0
 LOCAL_USE_BASE = 0x8000
 MAX_TYPE = 0xFFFE
 
+_LOCAL_CONTROL = IPv4Network("224.0.0.0/24")  # RFC 5771: routing protocols, never a site's
 WAIT_FOR_USER = 255  # PXE_MENU_PROMPT timeout: no timeout, show the menu and wait
 _MAX_SUBOPTION = 255
 _MAX_TEXT = 70  # EDK2 shows at most 70 characters of a menu line
@@ -106,6 +111,7 @@ class PxeMenu:
     key: BootKey
     items: tuple[MenuItem, ...]
     prompt: Prompt | None = None
+    multicast: IPv4Address | None = None  # the discovery group, when clients may multicast
 
     @property
     def name(self) -> str:
@@ -134,10 +140,17 @@ class PxeMenu:
         return pxe_vendor_options(self._suboptions(server))
 
     def _suboptions(self, server: IPv4Address) -> list[tuple[int, bytes]]:
-        # Discovery by unicast to the listed boot servers only (bits 0 and 1): nothing to
-        # broadcast to, and the answer may name a TFTP server other than the boot server
-        # (so bit 2, which EDK2 reads as "siaddr must be the listed server", stays off).
-        subs = [(DISCOVERY_CONTROL, bytes([NO_BROADCAST | NO_MULTICAST]))]
+        # Discovery by unicast to the listed boot servers, and first by multicast when a
+        # group is configured; never by broadcast (bit 0). The answer may name a TFTP server
+        # other than the boot server, so bit 2 (which EDK2 reads as "siaddr must be the listed
+        # server") stays off.
+        if self.multicast is None:
+            subs = [(DISCOVERY_CONTROL, bytes([NO_BROADCAST | NO_MULTICAST]))]
+        else:
+            subs = [
+                (DISCOVERY_CONTROL, bytes([NO_BROADCAST])),
+                (DISCOVERY_MULTICAST, self.multicast.packed),
+            ]
         servers = bytearray()
         for item in self.items:
             if item.local:
@@ -166,6 +179,7 @@ class PxeMenus:
     """Every configured menu, by client class or exact architecture."""
 
     by_key: Mapping[BootKey, PxeMenu] = field(default_factory=lambda: MappingProxyType({}))
+    multicast: IPv4Address | None = None  # the discovery group this server listens on
 
     def __bool__(self) -> bool:
         return bool(self.by_key)
@@ -190,7 +204,7 @@ class PxeMenus:
         items = tuple(i for i in menu.items if i.file is None or not is_ipxe_binary(i.file))
         if all(item.local for item in items):
             return None
-        return PxeMenu(menu.key, items, menu.prompt)
+        return PxeMenu(menu.key, items, menu.prompt, menu.multicast)
 
     def files(self) -> list[tuple[str, str]]:
         """(where, file) of every item served here, for the start-up check."""
@@ -312,15 +326,18 @@ def answer_boot_item(
 # Building the menus from the configuration
 
 
-def build_menus(entries: object, prompts: object) -> PxeMenus:
-    """Menus from the config file's ``[[pxe-menu]]`` entries and ``[pxe-prompt]`` table(s).
+def build_menus(entries: object, prompts: object, multicast: object = None) -> PxeMenus:
+    """Menus from the config file's ``[[pxe-menu]]`` entries, ``[pxe-prompt]`` table(s) and
+    ``pxe-multicast`` address.
 
     Each entry has ``arch`` (a client class or ``arch-N``), ``text``, and one of ``file`` (a
     boot file served here), ``local = true`` (boot from the local disk) or ``type`` (a boot
     server type served elsewhere, with ``server``). A prompt has ``text``, ``timeout`` and
     optionally ``arch``; one without ``arch`` serves every menu that has none of its own.
-    Raises :class:`PxeMenuError` naming the entry and key.
+    ``multicast``, when given, is the group every menu's clients may multicast their boot-item
+    requests to. Raises :class:`PxeMenuError` naming the entry and key.
     """
+    group = _multicast(multicast)
     items: dict[BootKey, list[MenuItem]] = {}
     for index, entry in enumerate(_tables(entries, "pxe-menu")):
         where = f"pxe-menu[{index}]"
@@ -344,7 +361,14 @@ def build_menus(entries: object, prompts: object) -> PxeMenus:
     for key in own:
         if key not in items:
             raise PxeMenuError(f"pxe-prompt: {boot_key_name(key)} has a prompt but no menu")
-    menus = {key: PxeMenu(key, tuple(found), own.get(key, shared)) for key, found in items.items()}
+    if group is not None and not items:
+        raise PxeMenuError(
+            "pxe-multicast: boot-item requests are for PXE menus; without a pxe-menu "
+            "entry (--pxe-service) no client would send one"
+        )
+    menus = {
+        key: PxeMenu(key, tuple(found), own.get(key, shared), group) for key, found in items.items()
+    }
     for menu in menus.values():
         _check_types(menu)
         size = sum(2 + len(value) for _, value in menu._suboptions(IPv4Address(0))) + 1
@@ -353,7 +377,26 @@ def build_menus(entries: object, prompts: object) -> PxeMenus:
                 f"pxe-menu for {menu.name}: its option 43 takes {size} octets, more than the "
                 f"{_MAX_SUBOPTION} PXE ROMs read; use fewer items or shorter texts"
             )
-    return PxeMenus(MappingProxyType(menus))
+    return PxeMenus(MappingProxyType(menus), group)
+
+
+def _multicast(raw: object) -> IPv4Address | None:
+    if raw is None:
+        return None
+    try:
+        address = IPv4Address(raw.strip() if isinstance(raw, str) else "")
+    except ValueError:
+        address = None
+    if address is None or not address.is_multicast:
+        raise PxeMenuError(
+            f"pxe-multicast: an IPv4 multicast address (224.0.0.0/4) is needed, not {raw!r}"
+        )
+    if address in _LOCAL_CONTROL:
+        raise PxeMenuError(
+            f"pxe-multicast: {address} is in 224.0.0.0/24, kept for routing protocols; "
+            "use a group of your site's, in 239.0.0.0/8"
+        )
+    return address
 
 
 def _tables(value: object, name: str) -> list[Mapping[str, object]]:

@@ -182,6 +182,7 @@ class _Outcome:
     menu: str = ""  # the PXE menu offered or asked from, by its client class
     item: int = 0  # the menu item asked for (1-based), 0 for none
     bad: str = ""  # what the peer got wrong, for a request that breaks the protocol
+    group: IPv4Address | None = None  # the multicast group the request was sent to
     resolution: Resolution | None = None  # the inventory's say, for --log-dhcp
 
     def reject(self, bad: str, reason: str) -> None:
@@ -226,9 +227,15 @@ class DhcpService:
         return step
 
     def answer(
-        self, request: DhcpPacket, *, local_port: int, source: tuple[str, int]
+        self,
+        request: DhcpPacket,
+        *,
+        local_port: int,
+        source: tuple[str, int],
+        group: IPv4Address | None = None,
     ) -> Reply | Pending | None:
         """Answer one request received on ``local_port`` from ``source``; None means silence.
+        ``group`` is the multicast group the request was sent to, if it was.
 
         A :class:`Pending` means the reply waits for the lease store: send what its
         :meth:`Pending.finish` gives once its ``durable`` future is done.
@@ -237,7 +244,7 @@ class DhcpService:
             self._log_options("received", request)
         self.book.expire(self.clock())
         client = classify(request)
-        outcome = _Outcome()
+        outcome = _Outcome(group=group)
         step: _Step = None
         kind = _kind(request)
         try:
@@ -992,6 +999,8 @@ class DhcpService:
             tail["relay"] = address_text(request.giaddr)
         if local_port != DHCP_SERVER_PORT:
             tail["port"] = local_port
+        if outcome.group is not None:
+            tail["to"] = address_text(outcome.group)
         if outcome.reason:
             tail["reason"] = outcome.reason
         if held:

@@ -19,9 +19,11 @@ import asyncio
 import errno
 import logging
 import socket
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from ipaddress import IPv4Address
 
 from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import (
@@ -39,6 +41,7 @@ from netbootd.services.dhcp import (
     BROADCAST,
     DHCP_CLIENT_PORT,
     DHCP_SERVER_PORT,
+    PXE_PORT,
     ZERO,
     DhcpService,
     Pending,
@@ -85,6 +88,9 @@ READ_BATCH = 512  # datagrams taken from a socket each time it is readable
 RECEIVE_SIZE = 65535
 RECEIVE_BUFFER = 4 * 1024 * 1024  # bytes of kernel receive queue per socket
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+_PKTINFO_SPACE = socket.CMSG_SPACE(12)  # struct in_pktinfo
 
 # What it means that another process holds a port we may do without.
 _HELD = {
@@ -101,6 +107,9 @@ class _Endpoint:
 
     Each time, it takes everything queued in the kernel (up to :data:`READ_BATCH` datagrams),
     so that the server, not the kernel's arrival order, decides what is answered first.
+
+    An endpoint that has joined a multicast ``group`` hands the datagrams sent to the group to
+    its :attr:`via_group` twin (same socket and port, ``group`` set), the others to itself.
     """
 
     def __init__(
@@ -108,16 +117,48 @@ class _Endpoint:
         port: int,
         sock: socket.socket,
         on_datagram: Callable[[_Endpoint, bytes, tuple[str, int]], None],
+        *,
+        group: IPv4Address | None = None,
+        parent: _Endpoint | None = None,
     ) -> None:
         self.port = port
+        self.group = group
         self._sock = sock
         self._on_datagram = on_datagram
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.closed = False
+        self._closed = False
+        self._parent = parent
+        self.via_group: _Endpoint | None = None
+        if group is not None and parent is None:
+            self.via_group = _Endpoint(port, sock, on_datagram, group=group, parent=self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed if self._parent is None else self._parent.closed
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self._sock.fileno(), self.readable)
+        reader = self.readable if self.via_group is None else self._readable_with_destination
+        loop.add_reader(self._sock.fileno(), reader)
+
+    def _readable_with_destination(self) -> None:
+        """:meth:`readable`, for a socket that also hears a multicast group (IP_PKTINFO)."""
+        assert self.via_group is not None and self.group is not None
+        group = self.group.packed
+        for _ in range(READ_BATCH):
+            try:
+                data, ancillary, _flags, addr = self._sock.recvmsg(RECEIVE_SIZE, _PKTINFO_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug(format_event("socket-error", port=self.port, error=str(exc)))
+                continue
+            endpoint = self
+            for level, kind, value in ancillary:
+                # struct in_pktinfo: ifindex (4), local address (4), header destination (4).
+                if level == socket.IPPROTO_IP and kind == IP_PKTINFO and value[8:12] == group:
+                    endpoint = self.via_group
+            self._on_datagram(endpoint, data, (addr[0], addr[1]))
 
     def readable(self) -> None:
         recvfrom = self._sock.recvfrom
@@ -147,9 +188,9 @@ class _Endpoint:
         return True
 
     def close(self) -> None:
-        if self.closed:
+        if self._closed or self._parent is not None:
             return
-        self.closed = True
+        self._closed = True
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
@@ -177,6 +218,22 @@ def _udp_socket(interface: str, port: int, *, shared: bool) -> socket.socket:
     return sock
 
 
+def _join(sock: socket.socket, interface: str, group: IPv4Address) -> None:
+    """Hear ``group`` on ``interface`` too, and learn each datagram's destination."""
+    try:
+        index = socket.if_nametoindex(interface)
+        # struct ip_mreqn: the group, no local address, the interface by index.
+        request = group.packed + bytes(4) + index.to_bytes(4, sys.byteorder)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, request)
+        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+        # Only the groups this socket joined, not every group the host is in.
+        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"cannot join multicast group {group} on {interface}: {exc.strerror or exc}"
+        ) from exc
+
+
 def _receive_buffer(sock: socket.socket) -> None:
     """A kernel queue that rides out a pause of the process (a busy host, a slow disk) without
     losing a burst; as root beyond the system's default limit."""
@@ -193,7 +250,8 @@ class DhcpServer:
     """DHCP endpoints on one interface, answering through a :class:`DhcpService`.
 
     With a :class:`ServerWatch`, it also listens on the client port for other servers' replies
-    and names each other server it hears in a warning. A port in ``optional`` that another
+    and names each other server it hears in a warning. With ``multicast``, the PXE port also
+    hears that group (PXE boot server discovery by multicast). A port in ``optional`` that another
     process on this host holds at start is left to it, with one warning, and the others are
     served; when it is free, it is served and shared with whoever binds it later.
     """
@@ -209,8 +267,10 @@ class DhcpServer:
         probe_interval: float = 0.0,
         probe_port: int = DHCP_SERVER_PORT,
         optional: tuple[int, ...] = (),
+        multicast: IPv4Address | None = None,
     ) -> None:
         self._service = service
+        self._multicast = multicast
         self._interface = interface
         self._ports = ports
         self._optional = optional
@@ -288,7 +348,15 @@ class DhcpServer:
         *,
         shared: bool,
     ) -> None:
-        endpoint = _Endpoint(port, self._socket(port, shared=shared), on_datagram)
+        sock = self._socket(port, shared=shared)
+        group = self._multicast if port == PXE_PORT else None
+        if group is not None:
+            try:
+                _join(sock, self._interface, group)
+            except OSError:
+                sock.close()
+                raise
+        endpoint = _Endpoint(port, sock, on_datagram, group=group)
         endpoint.start(asyncio.get_running_loop())
         self._endpoints.append(endpoint)
 
@@ -420,7 +488,9 @@ class DhcpServer:
             self.counters["own-probe"] += 1  # our own question to other servers
             return
         try:
-            step = self._service.answer(packet, local_port=endpoint.port, source=source)
+            step = self._service.answer(
+                packet, local_port=endpoint.port, source=source, group=endpoint.group
+            )
         except Exception:
             # A bug of ours must cost one reply, not the listener.
             self._internal_error(packet)
