@@ -141,6 +141,37 @@ async def test_second_client_gets_another_address_and_full_pool_is_silent() -> N
     assert service.counters["DISCOVER:ignored"] == 1
 
 
+async def test_full_pool_warns_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    service, _, clock = make_service()
+    for n in (1, 2):  # both addresses of the pool bound
+        mac = f"02:00:00:00:00:0{n}"
+        offer = await ask(service, request(MessageType.DISCOVER, mac=mac))
+        assert offer is not None
+        address, server = str(offer.packet.yiaddr), "10.99.0.1"
+        ack = await ask(
+            service,
+            request(MessageType.REQUEST, mac=mac, requested=address, server_id=server),
+        )
+        assert mtype(ack) == MessageType.ACK
+    caplog.set_level(logging.WARNING, logger="netbootd.dhcp")
+
+    def warnings() -> list[dict[str, str]]:
+        found = [parse_event(r.getMessage()) for r in caplog.records]
+        return [fields for event, fields in found if event == "pool-full"]
+
+    for n in range(20):  # a flood of new MACs
+        assert (
+            await ask(service, request(MessageType.DISCOVER, mac=f"02:00:00:00:01:{n:02x}")) is None
+        )
+    assert service.counters["pool-full"] == 20
+    assert [w["turned_away"] for w in warnings()] == ["1"]
+    clock.now += 61
+    assert await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:02:00")) is None
+    # The next line says how many were turned away since the last one.
+    assert [w["turned_away"] for w in warnings()] == ["1", "20"]
+    assert warnings()[1]["mac"] == "02:00:00:00:02:00"
+
+
 async def test_plain_client_gets_no_boot_file() -> None:
     service, _, _ = make_service()
     offer = await ask(service, request(MessageType.DISCOVER))

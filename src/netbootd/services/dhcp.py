@@ -214,6 +214,7 @@ class DhcpService:
         return Reservations(self.settings.hosts, self.machines)
 
     refusals: Throttle = field(default_factory=Throttle)  # the warning about caps met
+    full_pools: dict[str, Throttle] = field(default_factory=dict)  # warnings of full pools
     bad_lines: LineBudget = field(default_factory=LineBudget)  # lines about bad requests
 
     async def handle(
@@ -411,7 +412,14 @@ class DhcpService:
         if address is None:
             names = ",".join(str(pool) for pool in pools)
             outcome.reason = f"pool {names} is full"
-            log.warning(format_event("pool-full", pool=names, mac=request.mac))
+            self.counters["pool-full"] += 1
+            # A warning a minute per pool at most: a flood of new MACs against a full pool
+            # must not become a flood of lines.
+            count = self.full_pools.setdefault(names, Throttle()).event(now)
+            if count is not None:
+                log.warning(
+                    format_event("pool-full", pool=names, mac=request.mac, turned_away=count)
+                )
             return None
         current = self.book.at(address)
         if current is None or current.client != key or current.state is not LeaseState.BOUND:
