@@ -10,6 +10,8 @@ packages=(
   ipxe pxelinux syslinux-common grub-efi-amd64-signed linux-image-amd64 busybox-static cpio
   # network namespaces and real clients and peers
   iproute2 procps isc-dhcp-client isc-dhcp-relay bootpc dnsmasq-base atftp curl tcpdump
+  # site DHCP servers that netbootd runs beside as a proxyDHCP in the end-to-end tests
+  kea-dhcp4-server isc-dhcp-server
 )
 
 # Extra packages for one job (the benchmarks' peers), as "make bench-tftp" passes them.

@@ -1,17 +1,19 @@
-"""proxyDHCP beside Kea: UEFI and BIOS firmware get their address from Kea, their boot from us.
+"""proxyDHCP beside a site DHCP server: UEFI and BIOS firmware get their address from it, their
+boot from us.
 
-Kea (kea-dhcp4, addresses only, memfile leases) runs on a second host of the lab network as the
-site's DHCP server. netbootd, started with ``--proxy`` and no ``--boot`` flags, adds only the
-boot information (PXE 2.1 §2.2.3) to what the firmware hears, and serves the files from a root
-holding ``boot.ipxe``, a kernel and an initrd.
+Kea (kea-dhcp4, addresses only, memfile leases), and then ISC dhcpd (addresses only), runs on a
+second host of the lab network as the site's DHCP server. netbootd, started with ``--proxy``
+and no ``--boot`` flags, adds only the boot information (PXE 2.1 §2.2.3) to what the firmware
+hears, and serves the files from a root holding ``boot.ipxe``, a kernel and an initrd.
 
 (a) OVMF with EDK2's own PXE: its proxy offer names ``snponly.efi``; the iPXE it loads asks
 again and gets the script, never iPXE a second time. (b) SeaBIOS with the iPXE ROM of the e1000:
 iPXE from the start, it gets the script at once.
 
-Each case checks that the address is Kea's (its log and its lease file), that netbootd never
-offered or acknowledged an address, and, from ``--log-dhcp``, that each of netbootd's answers
-carries option 60 ``PXEClient`` and the client's UUID (option 97) as the client sent it.
+Each case checks that the address is the site server's (its log and its lease file), that
+netbootd never offered or acknowledged an address, and, from ``--log-dhcp``, that each of
+netbootd's answers carries option 60 ``PXEClient`` and the client's UUID (option 97) as the
+client sent it.
 
 Then the other layout PXE 2.1 describes: Kea and netbootd on one host. Kea holds port 67 and
 says ``PXEClient`` itself; netbootd serves port 4011 alone, and both firmwares boot through it.
@@ -26,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from netbootd_lab import BOOT_MARKER, KeaServer, Lab, LogEvent, NetbootdServer, start_vm
+from netbootd_lab.dhcpd import IscDhcpdServer
 from netbootd_lab.payload import CMDLINE_PREFIX, INITRD_NAME, IPXE_SCRIPT_NAME, KERNEL_NAME
 from netbootd_lab.vm import EDK2_NIC, IPXE_NIC, Firmware, UefiBoot
 
@@ -103,16 +106,21 @@ def check_pxe_options(server: NetbootdServer, answers: list[LogEvent]) -> None:
         assert sent.get("53") in ("OFFER", "ACK") and "51" not in sent, sent
 
 
+def _site_server(kind: str, lab: Lab, tmp_path: Path) -> KeaServer | IscDhcpdServer:
+    """The site's DHCP server on a second host of the lab network, addresses only."""
+    where = {"state_dir": tmp_path / "site-state", "log_path": lab.workdir / "site-dhcp.log"}
+    if kind == "kea":
+        return KeaServer(lab, host=lab.add_host("site"), **where).start()
+    return IscDhcpdServer(lab, host=lab.add_host("site"), **where).start()
+
+
+@pytest.mark.usefixtures("firmware_prerequisites")
+@pytest.mark.parametrize("site_kind", ["kea", "isc-dhcpd"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_proxy_beside_kea(
-    case: Case, lab: Lab, ipxe_root: Path, tmp_path: Path, firmware_prerequisites: None
+def test_proxy_beside_site_server(
+    case: Case, site_kind: str, lab: Lab, ipxe_root: Path, tmp_path: Path
 ) -> None:
-    site = KeaServer(
-        lab,
-        state_dir=tmp_path / "site-state",
-        log_path=lab.workdir / "site-dhcp.log",
-        host=lab.add_host("site"),
-    ).start()
+    site = _site_server(site_kind, lab, tmp_path)
     server = NetbootdServer(
         lab,
         ipxe_root,
@@ -132,20 +140,20 @@ def test_proxy_beside_kea(
 
     seconds = vm.wait_for(BOOT_MARKER, timeout=BOOT_TIMEOUT)
     vm.wait_for(CMDLINE_PREFIX, timeout=10)
-    print(f"\n{case.firmware}/{case.nic} through proxyDHCP beside Kea: {seconds:.1f} s")
+    print(f"\n{case.firmware}/{case.nic} through proxyDHCP beside {site_kind}: {seconds:.1f} s")
     cmdline = vm.kernel_cmdline()
     assert cmdline is not None
     args = cmdline.split()
     assert "netbootd.lab=ipxe" in args
     assert f"netbootd.platform={case.platform}" in args
 
-    # The address is Kea's: it logged the allocation and wrote the lease down.
+    # The address is the site server's: it logged the allocation and wrote the lease down.
     acked = [
         ev.get("address")
         for ev in site.events()
         if ev.get("decision") == "ACK" and ev.get("mac") == vm.mac
     ]
-    assert acked, f"Kea never allocated an address to the VM:\n{site.log_tail()}"
+    assert acked, f"{site_kind} never allocated an address to the VM:\n{site.log_tail()}"
     assert {lease.address for lease in site.leases() if lease.mac == vm.mac} == set(acked)
 
     # netbootd only added boot information, never an address.
