@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from netbootd.logfmt import format_event
 from netbootd.proto.dhcp import Opt, ips_option
 from netbootd.services.dhcp import DHCP_SERVER_PORT, PXE_PORT, DhcpService, DhcpSettings
 from netbootd.services.dhcp_limits import DhcpLimits
+from netbootd.services.dhcp_shares import Share
 from netbootd.services.dhcp_watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.inventory import InventoryError
@@ -32,6 +35,7 @@ from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpServer
 from netbootd.transport.netif import InterfaceError, InterfaceInfo, interface_info
 from netbootd.transport.tftp import TftpServer, TftpSettings
+from netbootd.workers import WorkerError, WorkerLink, Workers, die_with_parent
 
 log = logging.getLogger("netbootd")
 
@@ -83,7 +87,15 @@ class App:
     store: SqliteLeaseStore | None = None
     inventory: LiveInventory | None = None
     source: FileSource | None = None
+    # With dhcp-workers > 1: which worker this process is (0: the one that also serves TFTP,
+    # HTTP and port 4011, and starts the others).
+    share: Share | None = None
     _watcher: asyncio.Task[None] | None = None
+
+    @property
+    def dhcp_only(self) -> bool:
+        """A DHCP worker other than the first: it serves DHCP on port 67 and nothing else."""
+        return self.share is not None and self.share.index > 0
 
     @property
     def machines(self) -> Machines | None:
@@ -121,7 +133,7 @@ class App:
                 raise ConfigError(f"inventory {config.inventory}:\n{exc}") from exc
             if self.tree is not None:
                 self.source = BootFiles(self.tree, self.inventory.machines)
-        if self.tree is not None:
+        if self.tree is not None and not self.dhcp_only:
             self._check_boot_files(self.tree)
         if config.tftp_upload_dir is not None:
             self._check_upload_dir(config.tftp_upload_dir, config.root)
@@ -246,10 +258,10 @@ class App:
         try:
             if config.dhcp_mode is not DhcpMode.OFF:
                 await self._start_dhcp()
-            if config.tftp and self.source is not None:
+            if config.tftp and self.source is not None and not self.dhcp_only:
                 self.tftp = TftpServer(self.source, self._tftp_settings())
                 await self.tftp.start(host, config.tftp_port)
-            if config.http and self.source is not None:
+            if config.http and self.source is not None and not self.dhcp_only:
                 hook = self.inventory.mark_installed if self.inventory is not None else None
                 self.http = HttpServer(self.source, installed=hook)
                 await self.http.start(host, config.http_port)
@@ -260,8 +272,13 @@ class App:
             await self.stop()
             raise StartError(str(exc)) from exc
         if self.inventory is not None:
-            self.inventory.log_state("inventory-loaded")
+            if not self.dhcp_only:
+                self.inventory.log_state("inventory-loaded")
             self._watcher = asyncio.get_running_loop().create_task(self.inventory.watch())
+        if self.dhcp_only:
+            assert self.share is not None
+            log.info(format_event("dhcp-worker-ready", worker=self.share.index, pid=os.getpid()))
+            return
         log.info(
             format_event(
                 "ready",
@@ -325,6 +342,13 @@ class App:
                 config.dhcp_max_offers, config.dhcp_max_offers_per_pool, config.max_leases
             ),
         )
+        if self.share is not None:
+            share = self.share
+            settings = replace(
+                settings,
+                subnets=share.subnets(settings.subnets),
+                limits=share.limits(settings.limits),
+            )
         return DhcpService(settings, policy, book, store, machines=self.machines)
 
     async def _start_dhcp(self) -> None:
@@ -334,7 +358,12 @@ class App:
         if config.dhcp_mode is DhcpMode.AUTHORITATIVE:
             self.store = SqliteLeaseStore(config.state_dir / "leases.sqlite3")
             await self.store.open()
-            book = LeaseBook(await self.store.load())
+            leases = await self.store.load()
+            if self.share is not None:
+                # The other workers' leases are theirs alone: see dhcp_shares.
+                subnets = self.served_subnets()
+                leases = [lease for lease in leases if self.share.owns(lease, subnets)]
+            book = LeaseBook(leases)
         service = self.dhcp_service(book, self.store)
         served = service.settings.subnets
         if served and not any(self.interface.ip in subnet.network for subnet in served):
@@ -350,12 +379,12 @@ class App:
         # With PXE menus, an authoritative server is also the boot server the clients ask, by
         # unicast to port 4011, for the item they chose (PXE 2.1 §2.2.5).
         ports: tuple[int, ...] = (DHCP_SERVER_PORT,)
-        if config.dhcp_mode is DhcpMode.PROXY or config.pxe_menus:
+        if (config.dhcp_mode is DhcpMode.PROXY or config.pxe_menus) and not self.dhcp_only:
             ports = (DHCP_SERVER_PORT, PXE_PORT)
         # Another server handing out addresses beside ours is worth a warning; beside a proxy
         # it is the normal case.
         watch = None
-        if config.dhcp_mode is DhcpMode.AUTHORITATIVE:
+        if config.dhcp_mode is DhcpMode.AUTHORITATIVE and not self.dhcp_only:
             watch = ServerWatch(self.server_ip())
         # PXE 2.1 §2.2.3: beside a DHCP server on this same host (which then holds port 67
         # and says PXEClient itself), a proxyDHCP serves port 4011 alone.
@@ -368,6 +397,7 @@ class App:
             probe_interval=config.dhcp_probe_interval,
             optional=optional,
             multicast=config.pxe_menus.multicast,
+            worker=(self.share.index, self.share.count) if self.share is not None else None,
         )
         await self.dhcp.start()
 
@@ -383,10 +413,12 @@ class App:
         return found
 
     def log_counters(self) -> None:
-        """One ``counters`` line per service: at stop, and on SIGUSR1 (as dnsmasq does)."""
+        """One ``counters`` line per service: at stop, and on SIGUSR1 (as dnsmasq does). A
+        DHCP worker's lines say which worker's they are."""
+        worker = {"worker": self.share.index} if self.share is not None else {}
         for service, counts in self.counters().items():
             summary = ",".join(f"{k}={v}" for k, v in sorted(counts.items())) or "-"
-            log.info(format_event("counters", service=service, counts=summary))
+            log.info(format_event("counters", service=service, counts=summary, **worker))
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -404,9 +436,20 @@ class App:
             self.store = None
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM; SIGUSR1 logs the counters so far."""
-    app = App(config)
+async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = None) -> None:
+    """Run until SIGINT or SIGTERM; SIGUSR1 logs the counters so far.
+
+    With ``dhcp-workers`` above 1, this process is worker 0 and starts the others with
+    ``argv`` (its own arguments); ``worker`` is set in those (see :mod:`netbootd.workers`).
+    """
+    count = config.dhcp_workers
+    if worker is not None and not 0 < worker < count:
+        raise ConfigError(f"--dhcp-worker {worker}: dhcp-workers is {count}")
+    link = None
+    if worker is not None:
+        die_with_parent()
+        link = WorkerLink.from_environment()
+    app = App(config, share=Share(worker or 0, count) if count > 1 else None)
     app.prepare()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -414,8 +457,41 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, app.log_counters)
     await app.start()
+    workers = None
+    if link is not None:
+        if app.machines is not None:
+            app.machines.listeners.append(link.remembered)
+        link.ready()
+    elif count > 1:
+        machines = app.machines
+        workers = Workers(argv, count, machines.remember if machines is not None else None)
+        try:
+            await workers.start()
+        except WorkerError as exc:
+            await workers.stop()
+            await app.stop()
+            raise StartError(str(exc)) from exc
+
+        def counters_everywhere() -> None:
+            app.log_counters()
+            workers.signal(signal.SIGUSR1)
+
+        loop.add_signal_handler(signal.SIGUSR1, counters_everywhere)
+    ended: str | None = None
     try:
-        await stop.wait()
+        waits: list[asyncio.Future[object]] = [loop.create_task(stop.wait())]
+        if workers is not None:
+            waits.append(workers.ended)  # type: ignore[arg-type]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        if workers is not None and workers.ended.done():
+            ended = workers.ended.result()
+            log.error(format_event("dhcp-worker-ended", reason=ended, effect="netbootd stops"))
+        for waiting in waits:
+            waiting.cancel()
     finally:
         log.info(format_event("stopping"))
+        if workers is not None:
+            await workers.stop()
         await app.stop()
+    if ended is not None:
+        raise WorkerError(ended)

@@ -24,6 +24,7 @@ from netbootd.config import Config, ConfigError, build, load_file
 from netbootd.explain import ClientDescription, explain
 from netbootd.logsetup import setup_logging
 from netbootd.proto.dhcp import encode_option_value, option_code
+from netbootd.workers import WorkerError
 
 EXIT_BAD_USAGE = 2
 EXIT_CANNOT_RUN = 1
@@ -228,6 +229,14 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         "(0: at once, 255: wait for the user); without CLASS, for every menu",
     )
     parser.add_argument(
+        "--dhcp-workers",
+        type=int,
+        metavar="N",
+        help="processes answering DHCP in authoritative mode, each for its share of the "
+        "clients and of every pool (default 1)",
+    )
+    parser.add_argument("--dhcp-worker", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--pxe-multicast",
         metavar="ADDRESS",
         help="a multicast group (239.x.y.z) PXE clients may send their menu choice to, at port "
@@ -338,6 +347,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "pxe-menu": args.pxe_service or None,
         "pxe-prompt": args.pxe_prompt or None,
         "pxe-multicast": args.pxe_multicast,
+        "dhcp-workers": args.dhcp_workers,
     }
     if flags["dhcp-range"] is not None or flags["proxy"] or flags["dhcp"] is False:
         # A mode given on the command line replaces the file's mode entirely.
@@ -410,14 +420,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "installed":
         return _installed(config, args)
     setup_logging(logging.INFO)
-
+    own_args = list(argv) if argv is not None else sys.argv[1:]
+    if args.dhcp_worker is not None:
+        own_args = own_args[: own_args.index("--dhcp-worker")]  # what worker 0 was given
     try:
-        _run(serve(config))
+        _run(serve(config, own_args, args.dhcp_worker))
     except ConfigError as exc:
         print(f"netbootd: config error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE
     except StartError as exc:
         print(f"netbootd: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except WorkerError as exc:
+        print(f"netbootd: stopped: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     except KeyboardInterrupt:
         return 0

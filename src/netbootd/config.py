@@ -44,6 +44,9 @@ def _boot_path(value: str) -> str:
     return path
 
 
+MAX_DHCP_WORKERS = 16  # a process per core; more shares only cost memory
+
+
 class Config(BaseModel):
     """Everything netbootd needs to know to run, validated."""
 
@@ -114,6 +117,9 @@ class Config(BaseModel):
     dhcp_max_offers: int = Field(default=4096, ge=1, le=1_000_000)
     dhcp_max_offers_per_pool: int = Field(default=1024, ge=1, le=1_000_000)
     max_leases: int | None = Field(default=None, ge=1)
+    # Processes that answer DHCP (authoritative mode): each serves the clients whose hardware
+    # address ends in its share of the octet values, from its own part of every pool.
+    dhcp_workers: int = Field(default=1, ge=1, le=MAX_DHCP_WORKERS)
 
     @field_validator("dhcp_options", mode="before")
     @classmethod
@@ -159,6 +165,7 @@ class Config(BaseModel):
                 ("dhcp-range", self.dhcp_range is not None),
                 ("[[hosts]]", len(self.hosts) > 0),
                 ("dynamic-bootp", self.dynamic_bootp),
+                ("dhcp-workers", self.dhcp_workers > 1),
             ):
                 if given:
                     raise ValueError(
@@ -224,6 +231,7 @@ _FILE_KEYS = {
     "dhcp-max-offers",
     "dhcp-max-offers-per-pool",
     "max-leases",
+    "dhcp-workers",
 }
 
 

@@ -101,11 +101,11 @@ class TurnBufferedHandler(logging.Handler):
     def _write(self) -> None:
         if not self._lines:
             return
-        text = "\n".join(self._lines) + "\n"
-        self._lines.clear()
+        lines, self._lines = self._lines, []
         try:
-            self.stream.write(text)
-            self.stream.flush()
+            for text in _chunks(lines):
+                self.stream.write(text)
+                self.stream.flush()
         except (OSError, ValueError):
             pass  # stderr gone (a closed pipe): logging must not take the server down
 
@@ -113,6 +113,28 @@ class TurnBufferedHandler(logging.Handler):
         with self._guard():
             self._scheduled = None
             self._write()
+
+
+ATOMIC_WRITE = 4096  # PIPE_BUF: a write up to this size reaches a pipe whole
+
+
+def _chunks(lines: list[str]) -> list[str]:
+    """``lines`` joined into writes of whole lines of at most ATOMIC_WRITE octets each (a
+    longer line alone): the DHCP workers share stderr, and a pipe keeps such a write in one
+    piece, never mixed with another process's."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        cost = (len(line) if line.isascii() else len(line.encode())) + 1
+        if current and size + cost > ATOMIC_WRITE:
+            chunks.append("\n".join(current) + "\n")
+            current, size = [], 0
+        current.append(line)
+        size += cost
+    if current:
+        chunks.append("\n".join(current) + "\n")
+    return chunks
 
 
 class _Direct:

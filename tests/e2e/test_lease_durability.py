@@ -1,9 +1,10 @@
 """kill -9 under load loses no acknowledged lease, and a restarted netbootd gives none away twice.
 
-netbootd serves the lab bridge as the authoritative DHCP server. A relay agent on a second host
-(``dhcp_relay_load.py``) runs many DISCOVER/REQUEST exchanges at once and writes down every ACK
-it receives. In each round, once enough ACKs have come back, netbootd gets SIGKILL while
-requests are still in flight. Then:
+netbootd serves the lab bridge as the authoritative DHCP server, in one process and then with
+two DHCP workers (the first of which gets the SIGKILL; the kernel then kills the other). A
+relay agent on a second host (``dhcp_relay_load.py``) runs many DISCOVER/REQUEST exchanges at
+once and writes down every ACK it receives. In each round, once enough ACKs have come back,
+netbootd gets SIGKILL while requests are still in flight. Then:
 
 * every acknowledged lease is in the lease database, bound to the MAC it was acknowledged to;
 * every lease the database held before the round is still there, unchanged;
@@ -109,7 +110,7 @@ def start_load(
     return Load(process, out)
 
 
-def start_server(lab: Lab, root: Path, state: Path, round_no: int) -> NetbootdServer:
+def start_server(lab: Lab, root: Path, state: Path, round_no: int, workers: int) -> NetbootdServer:
     server = NetbootdServer(
         lab,
         root,
@@ -117,10 +118,12 @@ def start_server(lab: Lab, root: Path, state: Path, round_no: int) -> NetbootdSe
         log_path=lab.workdir / f"netbootd-{round_no}.log",
         dhcp_range=lab.dhcp_range(*POOL),
         boot=(),
-        extra_args=["--no-http"],
+        extra_args=["--no-http", f"--dhcp-workers={workers}"],
     )
     server.start()
     assert server.process is not None
+    if workers > 1:
+        server.wait_event(lambda ev: ev.event == "dhcp-workers", timeout=30)
     # The spawned pid is netbootd itself: ``ip netns exec`` and the script's interpreter line
     # exec in place, without a fork.
     cmdline = Path(f"/proc/{server.process.pid}/cmdline").read_bytes().split(b"\0")
@@ -147,6 +150,12 @@ def kill_when(server: NetbootdServer, load: Load, acks: int) -> tuple[int, float
     os.kill(server.process.pid, signal.SIGKILL)
     killed = time.monotonic()
     assert server.process.wait(10) == -signal.SIGKILL
+    # The other DHCP workers die with the first (the kernel sends them SIGKILL).
+    workers = [ev.get("pid") for ev in server.events() if ev.event == "dhcp-worker-ready"]
+    gone = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers):
+        assert time.monotonic() < gone, f"DHCP workers {workers} outlived the first"
+        time.sleep(0.01)
     return seen, seen / (killed - (first or killed) + 1e-9)
 
 
@@ -164,7 +173,8 @@ def stored_leases(state: Path) -> Stored:
     }
 
 
-def test_kill_9_under_load_loses_no_acked_lease(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-dhcp-workers"])
+def test_kill_9_under_load_loses_no_acked_lease(lab: Lab, tmp_path: Path, workers: int) -> None:
     root = tmp_path / "root"
     root.mkdir()
     state = tmp_path / "state"
@@ -172,7 +182,7 @@ def test_kill_9_under_load_loses_no_acked_lease(lab: Lab, tmp_path: Path) -> Non
 
     before: Stored = {}  # the database at the start of the round
     acked_all: Acks = {}  # every client ever acknowledged, with its last address
-    server = start_server(lab, root, state, 0)
+    server = start_server(lab, root, state, 0, workers)
     print()
     for round_no, kill_after in enumerate(KILL_AFTER, start=1):
         load = start_load(lab, host, f"load-{round_no}", mac_prefix=f"02:00:00:{round_no:02x}")
@@ -207,7 +217,7 @@ def test_kill_9_under_load_loses_no_acked_lease(lab: Lab, tmp_path: Path) -> Non
 
         acked_all.update(acks)
         before = after
-        server = start_server(lab, root, state, round_no)
+        server = start_server(lab, root, state, round_no, workers)
 
     # Every client acknowledged before a kill gets its own address back after the last one.
     remembered = tmp_path / "remembered"

@@ -77,6 +77,7 @@ def test_a_probe_is_a_broadcast_discover_from_a_made_up_address() -> None:
     assert probe.op == 1 and probe.message_type == MessageType.DISCOVER
     assert probe.broadcast  # so that every server broadcasts its OFFER, which the watch hears
     assert probe.chaddr[0] & 0b11 == 0b10  # locally administered, unicast
+    assert probe.chaddr[5] == 0  # with DHCP workers, a client of worker 0, which sends it
     assert probe.get(Opt.REQUESTED_IP) is None and probe.get(Opt.CLIENT_ID) is None
     assert watch.is_probe(probe)
     assert not watch.is_probe(reply(OTHER))

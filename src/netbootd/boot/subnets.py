@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 from types import MappingProxyType
 from typing import TypeVar
@@ -78,6 +78,20 @@ class Subnet:
 
     def in_pools(self, address: IPv4Address) -> bool:
         return any(address in pool for pool in self.pools)
+
+    def share(self, index: int, count: int) -> Subnet:
+        """This subnet with the ``index``-th of ``count`` contiguous parts of each pool, as one
+        of ``count`` DHCP workers serves it; a pool smaller than ``count`` has no part for
+        some. The parts of all ``count`` workers cover each pool exactly once."""
+        if not 0 <= index < count:
+            raise ValueError(f"share {index} of {count}")
+        parts = []
+        for pool in self.pools:
+            first = int(pool.first) + pool.size * index // count
+            last = int(pool.first) + pool.size * (index + 1) // count - 1
+            if first <= last:
+                parts.append(AddressRange(IPv4Address(first), IPv4Address(last)))
+        return replace(self, pools=tuple(parts))
 
     def is_client_address(self, address: IPv4Address) -> bool:
         """Whether ``address`` may be a client's here: inside, and not the network's own."""

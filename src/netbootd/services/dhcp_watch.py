@@ -62,8 +62,10 @@ class ServerWatch:
         self._own = own
         self._repeat_after = repeat_after
         self._heard: dict[IPv4Address, _Heard] = {}
-        # A locally administered, unicast address (IEEE 802: bit 1 set, bit 0 clear).
-        self.probe_mac = bytes((0x02,)) + secrets.token_bytes(5)
+        # A locally administered, unicast address (IEEE 802: bit 1 set, bit 0 clear). Its last
+        # octet is 0: with DHCP workers, that makes the probe a client of worker 0, the one
+        # that sends it and knows it for its own; the others leave it alone.
+        self.probe_mac = bytes((0x02,)) + secrets.token_bytes(4) + bytes(1)
         self._probe_xids: deque[int] = deque(maxlen=16)  # the latest probes
 
     def probe(self) -> DhcpPacket:

@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -214,6 +214,9 @@ class Machines:
         self._seen: OrderedDict[str, Seen] = OrderedDict()
         self._by_address: dict[str, str] = {}
         self._reserved = _reservations(setup.inventory)
+        # Told of every remember(): a DHCP worker passes what it learns on to the process
+        # that serves the files.
+        self.listeners: list[Callable[[ClientInfo, IPv4Address | None], None]] = []
 
     def replace(self, setup: BootSetup) -> None:
         self.setup = setup
@@ -235,6 +238,8 @@ class Machines:
         return self._reserved
 
     def remember(self, client: ClientInfo, address: IPv4Address | None) -> None:
+        for listener in self.listeners:
+            listener(client, address)
         mac = client.mac.lower()
         previous = self._seen.pop(mac, None)
         if address is None and previous is not None:

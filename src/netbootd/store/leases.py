@@ -12,7 +12,9 @@ used from that thread. Offers are not stored: they are promises of a few seconds
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,10 @@ CREATE INDEX IF NOT EXISTS leases_client ON leases (client);
 """
 
 
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+BUSY_TIMEOUT_MS = 10_000  # how long a write waits for another process's transaction
+
+
 class LeaseStore(Protocol):
     async def load(self) -> list[Lease]: ...
 
@@ -59,6 +65,7 @@ class SqliteLeaseStore:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netbootd-leases")
         self._db: sqlite3.Connection | None = None
+        self._turns = -1  # the lock file's descriptor, open while the database is
         self._pending: list[tuple[Lease | IPv4Address, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # transactions written
@@ -76,11 +83,20 @@ class SqliteLeaseStore:
             try:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+                # DHCP workers share the file, each writing its own clients' leases. They take
+                # turns through a lock file (see _write); should SQLite still find the
+                # database busy (another program reading it, say), it waits this long.
+                db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
                 db.executescript(_SCHEMA)
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot open lease database {self._path}: {exc}") from exc
+            try:
+                self._turns = os.open(self._path.with_name(self._path.name + ".lock"), _LOCK_FLAGS)
+            except OSError as exc:
+                db.close()
+                raise StoreError(f"cannot open lease database lock {self._path}: {exc}") from exc
             self._db = db
 
         await self._run(work)
@@ -138,8 +154,21 @@ class SqliteLeaseStore:
                     done.set_result(None)
 
     def _write(self, changes: list[Lease | IPv4Address]) -> None:
-        """One transaction for the whole batch, in order. Runs on the store's thread."""
+        """One transaction for the whole batch, in order. Runs on the store's thread.
+
+        Writers of other processes (DHCP workers) take turns with this one through an
+        exclusive lock on the lock file: the kernel wakes the next writer the moment the lock
+        is free, where SQLite's own wait for a busy database sleeps and polls, up to 100 ms.
+        """
         db = self._conn()
+        fcntl.flock(self._turns, fcntl.LOCK_EX)
+        try:
+            self._transaction(db, changes)
+        finally:
+            fcntl.flock(self._turns, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _transaction(db: sqlite3.Connection, changes: list[Lease | IPv4Address]) -> None:
         with db:
             db.execute("BEGIN IMMEDIATE")
             for change in changes:
@@ -171,6 +200,7 @@ class SqliteLeaseStore:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+                os.close(self._turns)
 
         await self._run(work)
         self._executor.shutdown(wait=True)

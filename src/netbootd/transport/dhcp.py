@@ -16,9 +16,11 @@ likeliest to have given up or retransmitted.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import logging
 import socket
+import struct
 import sys
 import time
 from collections import Counter, deque
@@ -196,10 +198,16 @@ class _Endpoint:
         self._sock.close()
 
 
-def _udp_socket(interface: str, port: int, *, shared: bool) -> socket.socket:
+def _udp_socket(
+    interface: str, port: int, *, shared: bool, worker_group: bool = False
+) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     try:
         _receive_buffer(sock)
+        if worker_group:
+            # The DHCP workers' sockets form one group on the port: the kernel hands each
+            # datagram to the worker that serves its client (see _steer_by_client).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if shared:
             # Linux lets sockets that all ask for SO_REUSEADDR share a UDP port, and then
             # hands each unicast datagram to one of them, whichever it picks: a server port
@@ -216,6 +224,39 @@ def _udp_socket(interface: str, port: int, *, shared: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+# The last octet of a DHCP message's chaddr (an Ethernet address's): what picks a client's
+# worker. A classic BPF program on the port's group of sockets picks the same: load that octet
+# of the UDP payload, take it modulo the number of workers, return it as the socket's index in
+# the group (the order the workers bound the port in). A datagram too short to have it makes
+# the program fail, which returns 0: the first worker, which counts it as malformed.
+CHADDR_LAST_OCTET = 28 + 5
+_BPF_LD_B_ABS = 0x30
+_BPF_ALU_MOD_K = 0x94
+_BPF_RET_A = 0x16
+SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
+
+
+def worker_of(data: bytes, workers: int) -> int:
+    """The index of the worker whose share ``data`` (a DHCP message) is."""
+    return data[CHADDR_LAST_OCTET] % workers if len(data) > CHADDR_LAST_OCTET else 0
+
+
+def _steer_by_client(sock: socket.socket, workers: int) -> None:
+    """Attach the program that picks a worker by :func:`worker_of` to ``sock``'s group."""
+    program = b"".join(
+        struct.pack("=HBBI", code, 0, 0, k)
+        for code, k in (
+            (_BPF_LD_B_ABS, CHADDR_LAST_OCTET),
+            (_BPF_ALU_MOD_K, workers),
+            (_BPF_RET_A, 0),
+        )
+    )
+    buffer = ctypes.create_string_buffer(program, len(program))
+    # struct sock_fprog: the number of instructions, then a pointer to them.
+    fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
 
 
 def _join(sock: socket.socket, interface: str, group: IPv4Address) -> None:
@@ -268,9 +309,11 @@ class DhcpServer:
         probe_port: int = DHCP_SERVER_PORT,
         optional: tuple[int, ...] = (),
         multicast: IPv4Address | None = None,
+        worker: tuple[int, int] | None = None,
     ) -> None:
         self._service = service
         self._multicast = multicast
+        self._worker = worker  # (index, count) of a DHCP worker: its share of the clients
         self._interface = interface
         self._ports = ports
         self._optional = optional
@@ -336,10 +379,20 @@ class DhcpServer:
             await asyncio.sleep(self._probe_interval)
 
     def _socket(self, port: int, *, shared: bool) -> socket.socket:
+        in_group = self._worker is not None and port == DHCP_SERVER_PORT
         try:
-            return _udp_socket(self._interface, port, shared=shared)
+            sock = _udp_socket(self._interface, port, shared=shared, worker_group=in_group)
         except OSError as exc:
             raise OSError(exc.errno, f"UDP port {port}: {exc.strerror or exc}") from exc
+        if in_group and self._worker is not None and self._worker[0] == 0:
+            try:
+                _steer_by_client(sock, self._worker[1])  # the first worker sets up the group
+            except OSError as exc:
+                sock.close()
+                raise OSError(
+                    exc.errno, f"UDP port {port}: cannot steer clients to workers: {exc}"
+                ) from exc
+        return sock
 
     async def _listen(
         self,
@@ -405,6 +458,13 @@ class DhcpServer:
             await asyncio.wait(list(self._waiting))
 
     def received(self, endpoint: _Endpoint, data: bytes, source: tuple[str, int]) -> None:
+        worker = self._worker
+        if (
+            worker is not None
+            and endpoint.port == DHCP_SERVER_PORT
+            and worker_of(data, worker[1]) != worker[0]
+        ):
+            return  # a broadcast, which every worker hears: another worker's client
         if _peek_message_type(data) == MessageType.DISCOVER:
             # A new exchange, decoded when its turn comes: one dropped under load costs
             # nothing more than its read.

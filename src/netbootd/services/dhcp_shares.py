@@ -1,0 +1,72 @@
+"""How DHCP workers divide the clients and the addresses between them.
+
+With ``dhcp-workers = N`` (authoritative mode), N processes answer DHCP. A client belongs to the
+worker numbered by the last octet of its hardware address modulo N: the kernel steers each
+datagram to that worker (see the DHCP transport), so a client's DISCOVER, REQUEST, renewals and
+RELEASE all meet the same lease book. Each worker hands out addresses from its own contiguous
+part of every pool only (:meth:`Subnet.share`), and keeps in its book only the leases of its
+part, plus, outside the pools (reservations), those of its own clients. No address is ever in
+two books, so no two workers can give it away, and each acknowledges a lease only once it is
+on disk, as a single process does.
+
+The caps on open offers and leases apply to each worker's part: each gets its share of them.
+
+Pure: no processes, no sockets, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netbootd.boot.leases import Lease
+from netbootd.boot.subnets import Subnet
+from netbootd.services.dhcp_limits import DhcpLimits
+
+
+def client_worker(mac: str, workers: int) -> int:
+    """The worker of the client with hardware address ``mac`` (``aa:bb:...`` text): its sixth
+    octet, the last of an Ethernet address, modulo ``workers``; 0 for a shorter one (the
+    octet is then the chaddr field's zero padding)."""
+    octets = mac.split(":")
+    if len(octets) < 6:
+        return 0
+    try:
+        return int(octets[5], 16) % workers
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """Worker ``index`` of ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"worker {self.index} of {self.count}")
+
+    def subnets(self, subnets: tuple[Subnet, ...]) -> tuple[Subnet, ...]:
+        return tuple(subnet.share(self.index, self.count) for subnet in subnets)
+
+    def limits(self, limits: DhcpLimits) -> DhcpLimits:
+        """Each worker's part of the caps (rounded up, never below one)."""
+
+        def part(cap: int) -> int:
+            return max(1, -(-cap // self.count))
+
+        return DhcpLimits(
+            part(limits.max_offers),
+            part(limits.max_offers_per_pool),
+            None if limits.max_leases is None else part(limits.max_leases),
+        )
+
+    def owns(self, lease: Lease, subnets: tuple[Subnet, ...]) -> bool:
+        """Whether ``lease`` belongs in this worker's book: its address is in this worker's
+        part of a pool, or outside every pool and the lease is of one of its clients."""
+        address = lease.address
+        for subnet in subnets:
+            if subnet.in_pools(address):
+                return subnet.share(self.index, self.count).in_pools(address)
+        return client_worker(lease.mac, self.count) == self.index
