@@ -1,4 +1,5 @@
-"""DHCP rate: netbootd against Kea (kea-dhcp4, memfile leases persisted), in the same run.
+"""DHCP rate: netbootd, in one process and with a DHCP worker per core, against Kea (kea-dhcp4,
+memfile leases persisted), in the same run.
 
 perfdhcp runs in a second namespace (joined to the server's bridge by a veth pair) as a relay
 agent: its address is the giaddr, on the lab network, so both servers answer it from their
@@ -26,13 +27,14 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import Server, comparison_table, console, have_root, make_workdir, start
 from netbootd_lab.kea import LEASE_FILE, kea_dhcp4_config, kea_environment, kea_executable
-from netbootd_lab.netns import Host, Lab, LabError
+from netbootd_lab.netns import Host, Lab, LabError, Process
 from netbootd_lab.perfdhcp import Exchange, parse_report, run_perfdhcp
 from netbootd_lab.servers import DHCP_PORT, netbootd_executable
 
@@ -42,7 +44,8 @@ CLIENT_ADDRESS = "10.96.0.2"  # perfdhcp's address, the giaddr of everything it 
 DEFAULT_RATES = "250,500,1000,2000,3000,4000,5000,6000,7000,8000,10000"
 MAX_DROPS = 2.5  # percent, for DISCOVER-OFFER and for REQUEST-ACK
 MIN_SENT = 0.975  # of rate x seconds: perfdhcp really offered the rate
-SERVERS = ("netbootd", "kea")
+WORKERS = os.cpu_count() or 2  # netbootd-workers: a DHCP worker per core
+SERVERS = ("netbootd", "netbootd-workers", "kea")
 PEER = "kea"
 
 
@@ -93,7 +96,7 @@ def kea_outside_lab() -> list[int]:
     return found
 
 
-def netbootd_server(lab: Lab, root: Path, state: Path) -> Server:
+def netbootd_server(lab: Lab, root: Path, state: Path, workers: int = 1) -> Server:
     argv = [
         str(netbootd_executable()),
         "serve",
@@ -103,6 +106,9 @@ def netbootd_server(lab: Lab, root: Path, state: Path) -> Server:
         "--state-dir", str(state),
         "--no-tftp", "--no-http",
     ]  # fmt: skip
+    if workers > 1:
+        argv += ["--dhcp-workers", str(workers)]
+        return Server("netbootd-workers", argv, {"PYTHONUNBUFFERED": "1"})
     return Server("netbootd", argv, {"PYTHONUNBUFFERED": "1"})
 
 
@@ -124,7 +130,7 @@ def kea_server(lab: Lab, work: Path, state: Path) -> Server:
 def leases_on_disk(server: str, state: Path) -> int | None:
     """Distinct leased addresses in the server's lease file once it has stopped."""
     try:
-        if server == "netbootd":
+        if server.startswith("netbootd"):
             db = sqlite3.connect(state / "leases.sqlite3")
             try:
                 (count,) = db.execute("SELECT count(*) FROM leases").fetchone()
@@ -138,9 +144,23 @@ def leases_on_disk(server: str, state: Path) -> int | None:
 
 
 def netbootd_counters(log: Path) -> str:
-    """The DHCP counters netbootd logs when it stops."""
-    match = re.search(r'netbootd counters service=dhcp counts="?([^"\n]*)', log.read_text())
-    return match[1] if match else "-"
+    """The DHCP counters netbootd logs when it stops (each worker's, with several)."""
+    found = re.findall(
+        r'netbootd counters service=dhcp counts="?([^"\n]*)"?(?: worker=(\d+))?', log.read_text()
+    )
+    if not found:
+        return "-"
+    shown = (f"worker {worker}: {counts}" if worker else counts for counts, worker in found)
+    return " | ".join(shown)
+
+
+def wait_for_workers(log: Path, proc: Process, timeout: float = 30) -> None:
+    """Until netbootd says all its DHCP workers are ready (each binds port 67 in turn)."""
+    deadline = time.monotonic() + timeout
+    while "dhcp-workers workers=" not in log.read_text(errors="replace"):
+        if not proc.alive() or time.monotonic() > deadline:
+            raise LabError(f"the DHCP workers did not start:\n{log.read_text()[-1500:]}")
+        time.sleep(0.1)
 
 
 def step(
@@ -149,6 +169,8 @@ def step(
     """One rate against a freshly started server; raise if the server fails or dies."""
     proc = start(lab, server, work, udp_ports={DHCP_PORT})
     try:
+        if server.name == "netbootd-workers":
+            wait_for_workers(work / f"{server.name}.log", proc)
         output = run_perfdhcp(client, lab.server_ip, rate=rate, seconds=seconds, clients=clients)
         if not proc.alive():
             raise LabError(f"{server.name} exited ({proc.returncode}) during the step")
@@ -164,7 +186,7 @@ def report_step(result: Step, extra: str) -> None:
     verdict = "clean" if result.clean else ("short" if not result.held else "drops")
     offer, ack = result.offer, result.ack
     console.print(
-        f"{result.server:8} {result.rate:>6}/s  "
+        f"{result.server:16} {result.rate:>6}/s  "
         f"DO {offer.sent:>5}/{offer.received:<5} {offer.drop_percent:5.1f} %  "
         f"RA {ack.sent:>5}/{ack.received:<5} {ack.drop_percent:5.1f} %  "
         f"{result.completed:7.1f}/s {verdict}  {extra}",
@@ -221,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     state.mkdir(parents=True)
                     if name == "netbootd":
                         server = netbootd_server(lab, root, state)
+                    elif name == "netbootd-workers":
+                        server = netbootd_server(lab, root, state, WORKERS)
                     else:
                         server = kea_server(lab, work, state)
                     result = step(
@@ -235,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results[name].append(result)
                     leases = leases_on_disk(name, state)
                     report_step(result, f"leases {leases if leases is not None else '-'}")
-                    if name == "netbootd":
-                        counters = netbootd_counters(work / "netbootd.log")
+                    if name.startswith("netbootd"):
+                        counters = netbootd_counters(work / f"{name}.log")
                         console.print(f"{'':18}counters {counters}", markup=False)
                     shutil.rmtree(state, ignore_errors=True)
     except (LabError, RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
@@ -270,12 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, rate in top.items():
         if rate and rate == args.rates[-1]:
             console.print(f"{name} was clean at the top of the ladder: its limit is higher")
-    if "netbootd" in top and PEER in top:
-        ours, theirs = top["netbootd"], top[PEER]
+    for name in names:
+        if name == PEER or PEER not in top:
+            continue
+        ours, theirs = top[name], top[PEER]
         ratio = f"{ours / theirs:.2f}" if theirs else "-"
         verdict = "pass" if ours >= theirs else "miss"
         console.print(
-            f"target: netbootd >= Kea on the highest clean rate: "
+            f"target: {name} >= Kea on the highest clean rate: "
             f"{ours:,} vs {theirs:,} ({ratio}), {verdict}"
         )
     return 0
