@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
 from netbootd.boot.leases import LeaseBook
@@ -479,9 +480,9 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
         loop.add_signal_handler(signal.SIGUSR1, counters_everywhere)
     ended: str | None = None
     try:
-        waits: list[asyncio.Future[object]] = [loop.create_task(stop.wait())]
+        waits: set[asyncio.Future[Any]] = {loop.create_task(stop.wait())}
         if workers is not None:
-            waits.append(workers.ended)  # type: ignore[arg-type]
+            waits.add(workers.ended)
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if workers is not None and workers.ended.done():
             ended = workers.ended.result()
