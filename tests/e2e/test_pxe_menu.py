@@ -7,8 +7,8 @@ with a one-item menu and no prompt: no menu at all, the file straight away. (c) 
 own PXE (PxeBcBoot.c): a two-item menu (iPXE, local disk) with a 2 s prompt boots iPXE, which
 then asks again as iPXE, is not offered iPXE again, and runs the script. (a) and (c) run once
 with netbootd as the DHCP server and once as a proxyDHCP beside a site DHCP server (dnsmasq,
-addresses only). (d) The firmwares of (a) and (c), told a discovery multicast group (the
-latter beside dnsmasq): each sends its choice to the group, where netbootd answers it.
+addresses only). Told a discovery multicast group, (a) (authoritative) and (c) (beside
+dnsmasq) run once more: each firmware sends its choice to the group, where netbootd answers it.
 
 netbootd runs with no ``--boot`` flags: without the menu, BIOS clients would get
 ``undionly.kpxe`` and never reach pxelinux, so a menu that is not sent fails (a) and (b).
@@ -55,10 +55,11 @@ def _site_dhcp(lab: Lab, root: Path, tmp_path: Path) -> None:
     ).start()
 
 
-@pytest.mark.parametrize("proxy", [False, True], ids=["authoritative", "proxy"])
+@pytest.mark.parametrize("setup", ["authoritative", "proxy", "authoritative-multicast"])
 def test_bios_ipxe_rom_two_item_menu(
-    proxy: bool, lab: Lab, pxelinux_root: Path, tmp_path: Path
+    setup: str, lab: Lab, pxelinux_root: Path, tmp_path: Path
 ) -> None:
+    proxy, multicast = setup.startswith("proxy"), setup.endswith("multicast")
     if proxy:
         _site_dhcp(lab, pxelinux_root, tmp_path)
     server = NetbootdServer(
@@ -72,6 +73,7 @@ def test_bios_ipxe_rom_two_item_menu(
             "--pxe-service=bios,Linux through pxelinux,pxelinux.0",
             "--pxe-service=bios,Boot from the local disk,local",
             f"--pxe-prompt=bios,{PROMPT},2",
+            *([f"--pxe-multicast={GROUP}"] if multicast else []),
         ],
         proxy=proxy,
     ).start()
@@ -79,7 +81,7 @@ def test_bios_ipxe_rom_two_item_menu(
 
     seconds = vm.wait_for(BOOT_MARKER, timeout=BOOT_TIMEOUT)
     vm.wait_for(CMDLINE_PREFIX, timeout=10)
-    print(f"\nBIOS iPXE ROM, PXE menu, first item: booted after {seconds:.1f} s")
+    print(f"\nBIOS iPXE ROM, PXE menu ({setup}), first item: booted after {seconds:.1f} s")
     cmdline = vm.kernel_cmdline()
     assert cmdline is not None and "netbootd.lab=pxelinux" in cmdline.split()
     assert PROMPT in vm.console_text(), vm.console_tail()
@@ -95,45 +97,15 @@ def test_bios_ipxe_rom_two_item_menu(
         "pxelinux.0",
         "4011",
     )
+    # iPXE tries the group first when the offer names one (src/net/udp/dhcp.c), else asks
+    # netbootd by unicast.
+    assert items[0].get("to") == (GROUP if multicast else ""), items[0].line
     # --log-dhcp shows the menu decoded.
     assert "boot-menu=32769:'Linux through pxelinux';0:'Boot from the local disk'" in (
         server.log_text()
     )
     assert _served(server, "pxelinux.0") and _served(server, KERNEL_NAME)
     assert not _served(server, "undionly.kpxe")
-
-
-def test_bios_ipxe_rom_asks_through_the_multicast_group(
-    lab: Lab, pxelinux_root: Path, tmp_path: Path
-) -> None:
-    """With ``--pxe-multicast``, the offer names the group, and iPXE (which tries the group
-    before the listed servers, src/net/udp/dhcp.c) sends its choice there."""
-    server = NetbootdServer(
-        lab,
-        pxelinux_root,
-        state_dir=tmp_path / "state",
-        log_path=lab.workdir / "netbootd.log",
-        boot=(),
-        extra_args=[
-            "--pxe-service=bios,Linux through pxelinux,pxelinux.0",
-            "--pxe-service=bios,Boot from the local disk,local",
-            f"--pxe-prompt=bios,{PROMPT},0",
-            f"--pxe-multicast={GROUP}",
-        ],
-    ).start()
-    vm = start_vm(lab)
-
-    seconds = vm.wait_for(BOOT_MARKER, timeout=BOOT_TIMEOUT)
-    print(f"\nBIOS iPXE ROM, PXE menu, choice sent to {GROUP}: booted after {seconds:.1f} s")
-    events = _dhcp(server, vm.mac)
-    items = [ev for ev in events if ev.get("decision") == "BOOT-ITEM-ACK"]
-    assert items, [ev.line for ev in events]
-    assert (items[0].get("item"), items[0].get("port"), items[0].get("to")) == (
-        "1",
-        "4011",
-        GROUP,
-    )
-    assert _served(server, "pxelinux.0") and _served(server, KERNEL_NAME)
 
 
 def test_bios_one_item_menu_boots_without_prompt(

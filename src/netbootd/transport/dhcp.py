@@ -292,9 +292,11 @@ class DhcpServer:
 
     With a :class:`ServerWatch`, it also listens on the client port for other servers' replies
     and names each other server it hears in a warning. With ``multicast``, the PXE port also
-    hears that group (PXE boot server discovery by multicast). A port in ``optional`` that another
-    process on this host holds at start is left to it, with one warning, and the others are
-    served; when it is free, it is served and shared with whoever binds it later.
+    hears that group (PXE boot server discovery by multicast). A port in ``optional`` that
+    another process on this host holds at start is left to it, with one warning, and the others
+    are served; when it is free, it is served and shared with whoever binds it later. As DHCP
+    ``worker`` (index, count), port 67 joins the workers' group and this server answers only
+    the clients of its share (see :mod:`netbootd.services.dhcp_shares`).
     """
 
     def __init__(
