@@ -490,7 +490,7 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
         for waiting in waits:
             waiting.cancel()
     finally:
-        log.info(format_event("stopping"))
+        log.info(format_event("stopping", **({"worker": worker} if worker is not None else {})))
         if workers is not None:
             await workers.stop()
         await app.stop()

@@ -3,6 +3,7 @@ choice and the workers' own the same, caps divided, lease books disjoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 from ipaddress import IPv4Address, IPv4Network
@@ -146,3 +147,19 @@ def test_config_takes_workers_in_authoritative_mode_only() -> None:
     many = parser.parse_args([*base, "--dhcp-range=10.0.0.10-10.0.0.20", "--dhcp-workers=99"])
     with pytest.raises(ConfigError, match=r"--dhcp-workers: .*16"):
         config_from_args(many)
+
+
+async def test_a_worker_naks_an_address_of_another_workers_part() -> None:
+    from netbootd.services.dhcp import DhcpService
+    from tests.unit.test_dhcp_service import ask, make_service, mtype
+
+    service: DhcpService = make_service()[0]
+    service.settings = dataclasses.replace(
+        service.settings, subnets=Share(1, 2).subnets(service.settings.served())
+    )
+    # The pool is .100-.101: worker 1 of 2 has .101 alone.
+    back = request(MessageType.REQUEST, mac="52:54:00:00:00:01", requested="10.99.0.100")
+    nak = await ask(service, back)
+    assert mtype(nak) == MessageType.NAK
+    assert nak is not None
+    assert nak.packet.get(56) == b"10.99.0.100 is not in worker 1 of 2's part of the pool"

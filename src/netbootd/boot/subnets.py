@@ -45,6 +45,7 @@ class Subnet:
     pools: tuple[AddressRange, ...] = ()
     settings: NetworkSettings = field(default_factory=NetworkSettings)
     label: str = ""  # how logs and errors name it: "dhcp-range", "[[subnets]] #2"
+    part: str = ""  # with DHCP workers, whose part of the pools these are: "worker 1 of 2"
     # Wire forms made once, for every reply on this subnet: options 51, 58 and 59 of a lease;
     # the mask (1); the network's own options (28, 3, 6, 15), in that order; and the
     # operator's options by code.
@@ -91,7 +92,7 @@ class Subnet:
             last = int(pool.first) + pool.size * (index + 1) // count - 1
             if first <= last:
                 parts.append(AddressRange(IPv4Address(first), IPv4Address(last)))
-        return replace(self, pools=tuple(parts))
+        return replace(self, pools=tuple(parts), part=f"worker {index} of {count}")
 
     def is_client_address(self, address: IPv4Address) -> bool:
         """Whether ``address`` may be a client's here: inside, and not the network's own."""
