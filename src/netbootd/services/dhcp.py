@@ -500,8 +500,8 @@ class DhcpService:
             return self._nak(request, client, outcome, f"this client's address is {reservation}")
         if reservation is None:
             if not subnet.in_pools(address):
-                pool = f"{subnet.part}'s part of the pool" if subnet.part else "the pool"
-                return self._nak(request, client, outcome, f"{address} is not in {pool}")
+                where = f"{subnet.part}'s part of the pool" if subnet.part else "the pool"
+                return self._nak(request, client, outcome, f"{address} is not in {where}")
             owner = self.reservations.owner(address)
             if owner is not None:
                 return self._nak(request, client, outcome, f"{address} is reserved for {owner}")
