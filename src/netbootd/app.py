@@ -449,7 +449,7 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
     link = None
     if worker is not None:
         die_with_parent()
-        link = WorkerLink.from_environment()
+        link = WorkerLink.from_environment(config)
     app = App(config, share=Share(worker or 0, count) if count > 1 else None)
     app.prepare()
     stop = asyncio.Event()
@@ -465,7 +465,7 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
         link.ready()
     elif count > 1:
         machines = app.machines
-        workers = Workers(argv, count, machines.remember if machines is not None else None)
+        workers = Workers(argv, config, machines.remember if machines is not None else None)
         try:
             await workers.start()
         except WorkerError as exc:

@@ -420,9 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "installed":
         return _installed(config, args)
     setup_logging(logging.INFO)
-    own_args = list(argv) if argv is not None else sys.argv[1:]
-    if args.dhcp_worker is not None:
-        own_args = own_args[: own_args.index("--dhcp-worker")]  # what worker 0 was given
+    own_args = list(argv) if argv is not None else sys.argv[1:]  # for the DHCP workers
     try:
         _run(serve(config, own_args, args.dhcp_worker))
     except ConfigError as exc:

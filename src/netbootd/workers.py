@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import logging
 import os
 import pickle
@@ -30,11 +31,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from netbootd.boot.client import ClientInfo
+from netbootd.config import Config
 from netbootd.logfmt import format_event
 
 log = logging.getLogger("netbootd")
 
 WORKER_FD_ENV = "NETBOOTD_WORKER_FD"  # the pipe a worker writes to, by file descriptor
+CONFIG_DIGEST_ENV = "NETBOOTD_CONFIG_DIGEST"  # worker 0's configuration, as config_digest
 READY_TIMEOUT = 30.0  # seconds a worker may take from start to ready
 STOP_TIMEOUT = 10.0  # seconds workers have to stop before they are killed
 _PR_SET_PDEATHSIG = 1
@@ -45,6 +48,12 @@ Remember = Callable[[ClientInfo, IPv4Address | None], None]
 
 class WorkerError(Exception):
     """A worker did not start, or ended while serving; the message is for the operator."""
+
+
+def config_digest(config: Config) -> str:
+    """A digest of a validated configuration: workers read the same arguments and file as
+    worker 0, and must have come to the same configuration (the file may have changed)."""
+    return hashlib.sha256(repr(config).encode()).hexdigest()
 
 
 # -- in a worker --------------------------------------------------------------------------------
@@ -66,10 +75,16 @@ class WorkerLink:
         self._fd = fd
 
     @classmethod
-    def from_environment(cls) -> WorkerLink:
+    def from_environment(cls, config: Config) -> WorkerLink:
+        """The link worker 0 set up; WorkerError if there is none, or if this worker's
+        configuration is not worker 0's."""
         raw = os.environ.get(WORKER_FD_ENV, "")
         if not raw.isdigit():
             raise WorkerError(f"a DHCP worker is started by netbootd itself ({WORKER_FD_ENV})")
+        if os.environ.get(CONFIG_DIGEST_ENV) != config_digest(config):
+            raise WorkerError(
+                "the configuration changed while the DHCP workers started; start netbootd again"
+            )
         return cls(int(raw))
 
     def _send(self, message: tuple[object, ...]) -> None:
@@ -99,9 +114,10 @@ class _Worker:
 class Workers:
     """Workers 1 to ``count`` - 1, started by worker 0 with ``argv`` (its own arguments)."""
 
-    def __init__(self, argv: Sequence[str], count: int, remember: Remember | None) -> None:
+    def __init__(self, argv: Sequence[str], config: Config, remember: Remember | None) -> None:
         self._argv = list(argv)
-        self._count = count
+        self._count = config.dhcp_workers
+        self._digest = config_digest(config)
         self._remember = remember
         self._workers: list[_Worker] = []
         self._stopping = False
@@ -138,7 +154,7 @@ class Workers:
                 "--dhcp-worker",
                 str(index),
                 pass_fds=(write_fd,),
-                env={**os.environ, WORKER_FD_ENV: str(write_fd)},
+                env={**os.environ, WORKER_FD_ENV: str(write_fd), CONFIG_DIGEST_ENV: self._digest},
                 stdin=asyncio.subprocess.DEVNULL,
             )
         finally:

@@ -4,9 +4,11 @@ choice and the workers' own the same, caps divided, lease books disjoint."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import sys
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -163,3 +165,43 @@ async def test_a_worker_naks_an_address_of_another_workers_part() -> None:
     assert mtype(nak) == MessageType.NAK
     assert nak is not None
     assert nak.packet.get(56) == b"10.99.0.100 is not in worker 1 of 2's part of the pool"
+
+
+DIGEST = """
+import pathlib, sys
+from netbootd.cli import config_from_args, make_parser
+from netbootd.workers import config_digest
+file = pathlib.Path(sys.argv[1])
+args = make_parser().parse_args([
+    "serve", "--interface=lo", "--root=/srv", f"--config={file}",
+    "--dhcp-range=10.0.0.10-10.0.0.20", "--dhcp-workers=2", "--dhcp-option=42=10.0.0.1",
+    "--pxe-service=bios,Linux,pxelinux.0", "--pxe-multicast=239.1.1.1", "--boot=uefi=x.efi",
+])
+config = config_from_args(args)
+assert " at 0x" not in repr(config), repr(config)
+print(config_digest(config))
+"""
+
+
+def test_the_config_digest_is_the_same_in_every_process(tmp_path: Path) -> None:
+    """A worker compares its configuration with worker 0's by digest: the digest must not
+    depend on the process (object addresses, hash seeds)."""
+    import subprocess
+
+    file = tmp_path / "netbootd.toml"
+    file.write_text(
+        '[[hosts]]\nmac = "52:54:00:00:00:01"\naddress = "10.0.0.5"\nhostname = "a"\n'
+        '[[subnets]]\nnetwork = "10.1.0.0/24"\npools = ["10.1.0.10-10.1.0.20"]\n'
+        'routers = ["10.1.0.1"]\n'
+    )
+    digests = set()
+    for seed in ("1", "2", "3"):
+        ran = subprocess.run(
+            [sys.executable, "-c", DIGEST, str(file)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            check=True,
+        )
+        digests.add(ran.stdout.strip())
+    assert len(digests) == 1, digests

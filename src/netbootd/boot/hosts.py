@@ -76,6 +76,9 @@ class HostTable:
             self._by_address[host.address] = host
         self._hosts.append(host)
 
+    def __repr__(self) -> str:
+        return f"HostTable({self._hosts!r})"
+
     def __len__(self) -> int:
         return len(self._hosts)
 
