@@ -2,7 +2,8 @@
 
 Clients broadcast (every worker hears a broadcast) and ask straight at the server's address
 (the kernel picks the worker): either way each client is answered once, by the worker of its
-MAC's last octet, from that worker's half of the pool, and the lease is on disk. A worker that
+MAC's last octet, from that worker's half of the pool, and the lease is on disk. What worker 1
+learns of a machine reaches worker 0, which renders the machine's files over HTTP. A worker that
 dies takes the server down with a line saying why; the first worker killed with SIGKILL takes
 the others with it. Needs root.
 """
@@ -184,3 +185,57 @@ def test_the_workers_end_with_the_first(lab: Lab, tmp_path: Path) -> None:
         time.sleep(0.1)
     assert not Path(f"/proc/{pids[1]}").exists(), "worker 1 outlived worker 0"
     assert not lab.ns_exec(["ss", "-H", "-u", "-l", "-n", "sport = :67"]).stdout.strip()
+
+
+SITE = """\
+[profiles.probe]
+method = "ipxe"
+kernel = "vmlinuz"
+template = "templates/probe.ipxe"
+
+[machines.far]
+mac = "52:54:00:77:01:01"
+profile = "probe"
+"""
+
+
+def test_what_a_worker_learns_reaches_the_files(lab: Lab, tmp_path: Path) -> None:
+    """Worker 1 answers the machine (its MAC ends in 01); the script worker 0 renders over
+    HTTP knows what worker 1 learned over DHCP: the firmware is UEFI (option 93)."""
+    inventory = tmp_path / "inventory"
+    (inventory / "templates").mkdir(parents=True)
+    (inventory / "site.toml").write_text(SITE)
+    (inventory / "templates" / "probe.ipxe").write_text(
+        "#!ipxe\necho machine={{ machine }} arch={{ arch }} platform={{ platform }}\n"
+    )
+    root = tmp_path / "root"
+    root.mkdir()
+    server = NetbootdServer(
+        lab,
+        root,
+        state_dir=tmp_path / "state",
+        log_path=lab.workdir / "netbootd.log",
+        dhcp_range=lab.dhcp_range(100, 139),
+        boot=(),
+        extra_args=["--dhcp-workers=2", "--no-tftp", f"--inventory={inventory}"],
+    )
+    server.ports = (67,)
+    server.start()
+    server.wait_event(lambda ev: ev.event == "dhcp-workers", timeout=30)
+    client = lab.add_host("uefi")
+    mac = "52:54:00:77:01:01"
+    discover = request(MessageType.DISCOVER, mac=mac, xid=0x77010101, arch=7)
+    asked = request(MessageType.REQUEST, mac=mac, xid=0x77010101, arch=7, requested="0.0.0.0")
+    exchange = json.dumps([[encode(discover).hex(), encode(asked).hex()]])
+    ran = client.ns_exec(
+        [sys.executable, "-c", CLIENT, lab.server_ip, exchange], check=False, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert [acks for _, acks, _ in json.loads(ran.stdout).values()] == [1], ran.stdout
+
+    url = f"http://{lab.server_ip}/m/52-54-00-77-01-01/boot.ipxe"
+    script = client.ns_exec(["curl", "-sf", url], check=False, timeout=30).stdout
+    server.stop()
+    assert "machine=far arch=efi-x64 platform=efi" in script, (script, server.log_tail())
+    counters = _counters(server)
+    assert counters["1"].get("REQUEST:ACK") == 1 and "REQUEST:ACK" not in counters["0"]
