@@ -7,6 +7,9 @@ the next one, so a burst of clients costs one fsync per batch, not one per lease
 caller still returns only once its own change is durable. Writes keep their order. SQLite calls
 run on one dedicated thread: they never block the event loop, and the connection is only ever
 used from that thread. Offers are not stored: they are promises of a few seconds.
+
+Several processes (DHCP workers) may keep their leases in one file, each its own addresses:
+their transactions take turns through an exclusive lock on ``leases.sqlite3.lock``.
 """
 
 from __future__ import annotations
@@ -92,11 +95,12 @@ class SqliteLeaseStore:
                 db.executescript(_SCHEMA)
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot open lease database {self._path}: {exc}") from exc
+            lock = self._path.with_name(self._path.name + ".lock")
             try:
-                self._turns = os.open(self._path.with_name(self._path.name + ".lock"), _LOCK_FLAGS)
+                self._turns = os.open(lock, _LOCK_FLAGS)
             except OSError as exc:
                 db.close()
-                raise StoreError(f"cannot open lease database lock {self._path}: {exc}") from exc
+                raise StoreError(f"cannot open lease database lock file {lock}: {exc}") from exc
             self._db = db
 
         await self._run(work)
