@@ -5,8 +5,8 @@ DHCP for its share of the clients (see :mod:`netbootd.services.dhcp_shares`), an
 port 4011 for all. It starts workers 1 to N-1, one after the other, each the same program with
 the same arguments and ``--dhcp-worker I``: the kernel numbers the sockets of port 67's group in
 the order they bind, and a worker's number must be its place there. Each worker tells worker 0,
-over a pipe, when it is ready and what it learns of each client (the machines the HTTP and TFTP
-services recognise by address).
+over a pipe, when it is ready and what it learns of each client (its firmware, its address),
+which the per-machine files that worker 0 serves over HTTP and TFTP are made with.
 
 A worker that ends on its own takes the server down with it (its clients would get no answer
 from anyone): worker 0 logs why and stops. Worker 0 ending ends the workers too: each asks the
