@@ -80,7 +80,9 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield the_lab
 
 
-def _server(lab: Lab, tmp_path: Path) -> NetbootdServer:
+def _server(lab: Lab, tmp_path: Path, *extra: str) -> NetbootdServer:
+    """netbootd with two DHCP workers, once both are ready; ``extra``: more flags (the
+    default: no HTTP)."""
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
     server = NetbootdServer(
@@ -90,7 +92,7 @@ def _server(lab: Lab, tmp_path: Path) -> NetbootdServer:
         log_path=lab.workdir / "netbootd.log",
         dhcp_range=lab.dhcp_range(100, 139),
         boot=(),
-        extra_args=["--dhcp-workers=2", "--no-http", "--no-tftp"],
+        extra_args=["--dhcp-workers=2", "--no-tftp", *(extra or ["--no-http"])],
     )
     server.ports = (67,)
     server.start()
@@ -208,20 +210,7 @@ def test_what_a_worker_learns_reaches_the_files(lab: Lab, tmp_path: Path) -> Non
     (inventory / "templates" / "probe.ipxe").write_text(
         "#!ipxe\necho machine={{ machine }} arch={{ arch }} platform={{ platform }}\n"
     )
-    root = tmp_path / "root"
-    root.mkdir()
-    server = NetbootdServer(
-        lab,
-        root,
-        state_dir=tmp_path / "state",
-        log_path=lab.workdir / "netbootd.log",
-        dhcp_range=lab.dhcp_range(100, 139),
-        boot=(),
-        extra_args=["--dhcp-workers=2", "--no-tftp", f"--inventory={inventory}"],
-    )
-    server.ports = (67,)
-    server.start()
-    server.wait_event(lambda ev: ev.event == "dhcp-workers", timeout=30)
+    server = _server(lab, tmp_path, f"--inventory={inventory}")
     client = lab.add_host("uefi")
     mac = "52:54:00:77:01:01"
     discover = request(MessageType.DISCOVER, mac=mac, xid=0x77010101, arch=7)
