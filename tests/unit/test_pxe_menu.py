@@ -392,3 +392,32 @@ async def test_the_inventorys_default_profile_leaves_the_menu_to_undescribed_cli
     own = await ask(service, mine)
     assert own is not None and own.packet.get(Opt.VENDOR_SPECIFIC) == bytes([6, 1, 8, 255])
     assert own.packet.file != b""
+
+
+async def test_transaction_lines_keep_their_exact_form(caplog: pytest.LogCaptureFixture) -> None:
+    """The lines operators grep and the lab parses, written out whole: every optional field,
+    in its order, quoted only where it must be."""
+    from ipaddress import IPv4Address as Address
+
+    from netbootd.proto.dhcp import DhcpPacket, Op
+
+    group = Address("239.1.2.3")
+    service = with_menus(make_service()[0], build_menus([LINUX, DISK], PROMPT, str(group)))
+    caplog.set_level(logging.DEBUG, logger="netbootd.dhcp")
+    ndi = ((Opt.CLIENT_NDI, b"\x01\x02\x01"),)
+    await ask(service, request(MessageType.DISCOVER, vendor_class=BIOS_PXE, arch=0, extra=ndi))
+    service.answer(item_request(0x8001), local_port=4011, source=("10.99.0.100", 68), group=group)
+    nobody = DhcpPacket(
+        Op.BOOTREQUEST, 8, b"", giaddr=Address("10.99.0.2"), options=((53, b"\x01"),)
+    )
+    service.answer(nobody, local_port=4011, source=("10.99.0.2", 67))
+    pxe = "vendor_class=PXEClient:Arch:00000:UNDI:002001 user_class=- arch=bios client=pxe"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"DISCOVER xid=0x1234abcd mac=52:54:00:12:34:56 {pxe} decision=OFFER "
+        'address=10.99.0.100 ndi="UNDI 2.1" menu=bios file=- why="pxe-menu bios: 2 items"',
+        f"REQUEST xid=0x1234abcd mac=52:54:00:12:34:56 {pxe} decision=BOOT-ITEM-ACK address=- "
+        'menu=bios item=1 file=pxelinux.0 why="pxe-menu bios item 1" port=4011 to=239.1.2.3',
+        'DISCOVER xid=0x00000008 mac="" vendor_class=- user_class=- arch=unknown client=plain '
+        "decision=ignored address=- relay=10.99.0.2 port=4011 "
+        'reason="no hardware address and no client identifier"',
+    ]
