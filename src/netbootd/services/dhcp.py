@@ -983,39 +983,39 @@ class DhcpService:
                 return  # a burst of bad requests: counted, its lines held back
             held = allowed
         # What a burst of clients have in common (their classes, what they boot) is rendered
-        # once; what is each client's own, each time. The fields stay in this order.
-        own: dict[str, object] = {
-            "decision": outcome.decision,
-            "address": address_text(outcome.address) if outcome.address is not None else "-",
-        }
-        if client.ndi is not None:
-            own["ndi"] = client.ndi
-        if outcome.menu:
-            own["menu"] = outcome.menu
-        if outcome.item:
-            own["item"] = outcome.item
+        # once; what is each client's own, each time. The fields stay in this order. Values
+        # that are never quoted are written as they are: a MAC in hex (quoted when empty),
+        # addresses, numbers, and the decision, one of this module's names.
+        mac = request.mac or '""'
+        address = address_text(outcome.address) if outcome.address is not None else "-"
         parts = [
-            format_event(kind, xid=f"0x{request.xid:08x}", mac=request.mac),
+            f"{kind} xid=0x{request.xid:08x} mac={mac}",
             _client_part(
                 client.vendor_class, client.user_classes, client.arch, client_kind(client)
             ),
-            format_fields(**own),
+            f"decision={outcome.decision} address={address}",
         ]
+        if client.ndi is not None or outcome.menu or outcome.item:
+            own: dict[str, object] = {}
+            if client.ndi is not None:
+                own["ndi"] = client.ndi
+            if outcome.menu:
+                own["menu"] = outcome.menu
+            if outcome.item:
+                own["item"] = outcome.item
+            parts.append(format_fields(**own))
         if outcome.boot is not None:
             parts.append(_boot_part(outcome.boot.filename, outcome.boot.reason))
-        tail: dict[str, object] = {}
         if request.giaddr != ZERO:
-            tail["relay"] = address_text(request.giaddr)
+            parts.append(f"relay={address_text(request.giaddr)}")
         if local_port != DHCP_SERVER_PORT:
-            tail["port"] = local_port
+            parts.append(f"port={local_port}")
         if outcome.group is not None:
-            tail["to"] = address_text(outcome.group)
+            parts.append(f"to={address_text(outcome.group)}")
         if outcome.reason:
-            tail["reason"] = outcome.reason
+            parts.append(format_fields(reason=outcome.reason))
         if held:
-            tail["held_back"] = held
-        if tail:
-            parts.append(format_fields(**tail))
+            parts.append(f"held_back={held}")
         log_line(log, level, " ".join(parts))
 
     def _log_options(self, direction: str, packet: DhcpPacket) -> None:
