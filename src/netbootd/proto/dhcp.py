@@ -25,6 +25,7 @@ __all__ = [
     "BOOTP_MIN_SIZE",
     "HEADER_SIZE",
     "MAGIC_COOKIE",
+    "MAX_OPTION_VALUE",
     "MIN_MAX_MESSAGE_SIZE",
     "DhcpDecodeError",
     "DhcpPacket",
@@ -145,7 +146,7 @@ _FILE_OFFSET = 108
 _SNAME_SIZE = 64
 _FILE_SIZE = 128
 _CHADDR_SIZE = 16
-_MAX_VALUE = 255
+MAX_OPTION_VALUE = 255  # octets in one option instance; RFC 3396 splits longer values
 _BROADCAST_FLAG = 0x8000
 _ZERO = IPv4Address(0)
 _ZERO_OCTETS = bytes(4)
@@ -707,7 +708,7 @@ def _serialise_simple(options: Sequence[tuple[int, bytes]], budget: int) -> byte
         return None
     for code, value in options:
         size = len(value)
-        if size > _MAX_VALUE or not 0 < code < _END_CODE:
+        if size > MAX_OPTION_VALUE or not 0 < code < _END_CODE:
             return None
         if code == _MESSAGE_TYPE_CODE:
             parts[0] = bytes((code, size)) + value
@@ -719,7 +720,11 @@ def _serialise_simple(options: Sequence[tuple[int, bytes]], budget: int) -> byte
     return wire if len(wire) <= budget else None
 
 
-_OVERLOAD_CODE, _MESSAGE_TYPE_CODE, _END_CODE = int(Opt.OVERLOAD), int(Opt.MESSAGE_TYPE), 255
+_OVERLOAD_CODE, _MESSAGE_TYPE_CODE, _END_CODE = (
+    int(Opt.OVERLOAD),
+    int(Opt.MESSAGE_TYPE),
+    int(Opt.END),
+)
 _END_OCTET = bytes((_END_CODE,))
 
 
@@ -798,7 +803,7 @@ def _instances(code: int, value: bytes) -> list[tuple[int, bytes]]:
     # RFC 3396 §6: a value longer than 255 octets goes out as consecutive instances.
     if not value:
         return [(code, b"")]
-    return [(code, value[i : i + _MAX_VALUE]) for i in range(0, len(value), _MAX_VALUE)]
+    return [(code, value[i : i + MAX_OPTION_VALUE]) for i in range(0, len(value), MAX_OPTION_VALUE)]
 
 
 def _pack(
@@ -942,7 +947,7 @@ def encode_suboptions(suboptions: Sequence[tuple[int, bytes]], *, end: bool = Fa
     for code, value in suboptions:
         if not 1 <= code <= 254:
             raise ValueError(f"sub-option code {code} out of range 1..254")
-        if len(value) > _MAX_VALUE:
+        if len(value) > MAX_OPTION_VALUE:
             raise ValueError(f"sub-option {code} is {len(value)} octets, at most 255 fit")
         out += bytes((code, len(value)))
         out += value

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from netbootd.proto.dhcp import (
+    MAX_OPTION_VALUE,
     MIN_MAX_MESSAGE_SIZE,
     DhcpPacket,
     Opt,
@@ -91,16 +92,13 @@ def _fits_without_overload(packet: DhcpPacket, max_size: int) -> bool:
     # and true for nearly every reply, which then is encoded once only, by the caller.
     budget = max(max_size, MIN_MAX_MESSAGE_SIZE) - _IP_UDP_HEADERS - _FIXED
     sizes = [len(value) for _, value in packet.options]
-    if max(sizes, default=0) <= _MAX_PIECE:
+    if max(sizes, default=0) <= MAX_OPTION_VALUE:
         return 1 + 2 * len(sizes) + sum(sizes) <= budget  # no option is split
     need = 1
     for size in sizes:
-        pieces = max(1, -(-size // _MAX_PIECE))
+        pieces = max(1, -(-size // MAX_OPTION_VALUE))
         need += 2 * pieces + size
     return need <= budget
-
-
-_MAX_PIECE = 255  # octets of one option instance (RFC 3396 splits longer ones)
 
 
 def _encodes(packet: DhcpPacket, max_size: int) -> bool:
