@@ -140,40 +140,39 @@ class _Endpoint:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        reader = self.readable if self.via_group is None else self._readable_with_destination
-        loop.add_reader(self._sock.fileno(), reader)
-
-    def _readable_with_destination(self) -> None:
-        """:meth:`readable`, for a socket that also hears a multicast group (IP_PKTINFO)."""
-        assert self.via_group is not None and self.group is not None
-        group = self.group.packed
-        for _ in range(READ_BATCH):
-            try:
-                data, ancillary, _flags, addr = self._sock.recvmsg(RECEIVE_SIZE, _PKTINFO_SPACE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.debug(format_event("socket-error", port=self.port, error=str(exc)))
-                continue
-            endpoint = self
-            for level, kind, value in ancillary:
-                # struct in_pktinfo: ifindex (4), local address (4), header destination (4).
-                if level == socket.IPPROTO_IP and kind == IP_PKTINFO and value[8:12] == group:
-                    endpoint = self.via_group
-            self._on_datagram(endpoint, data, (addr[0], addr[1]))
+        loop.add_reader(self._sock.fileno(), self.readable)
 
     def readable(self) -> None:
-        recvfrom = self._sock.recvfrom
+        receive = self._receive if self.via_group is None else self._receive_with_destination
         for _ in range(READ_BATCH):
             try:
-                data, addr = recvfrom(RECEIVE_SIZE)
+                endpoint, data, addr = receive()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 # ICMP errors for earlier sends (a relay that went away, say): nothing to undo.
                 log.debug(format_event("socket-error", port=self.port, error=str(exc)))
                 continue
-            self._on_datagram(self, data, (addr[0], addr[1]))
+            self._on_datagram(endpoint, data, (addr[0], addr[1]))
+
+    def _receive(self) -> tuple[_Endpoint, bytes, tuple[str, int]]:
+        data, addr = self._sock.recvfrom(RECEIVE_SIZE)
+        return self, data, addr
+
+    def _receive_with_destination(self) -> tuple[_Endpoint, bytes, tuple[str, int]]:
+        """A datagram, and the twin that hears the group if it was sent to the group
+        (IP_PKTINFO)."""
+        assert self.via_group is not None and self.group is not None
+        data, ancillary, _flags, addr = self._sock.recvmsg(RECEIVE_SIZE, _PKTINFO_SPACE)
+        for level, kind, value in ancillary:
+            # struct in_pktinfo: ifindex (4), local address (4), header destination (4).
+            if (
+                level == socket.IPPROTO_IP
+                and kind == IP_PKTINFO
+                and value[8:12] == self.group.packed
+            ):
+                return self.via_group, data, addr
+        return self, data, addr
 
     def sendto(self, data: bytes, address: tuple[str, int]) -> bool:
         """Send one datagram; False (after a log line) if the kernel would not take it."""
