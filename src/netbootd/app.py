@@ -362,8 +362,7 @@ class App:
             leases = await self.store.load()
             if self.share is not None:
                 # The other workers' leases are theirs alone: see dhcp_shares.
-                subnets = self.served_subnets()
-                leases = [lease for lease in leases if self.share.owns(lease, subnets)]
+                leases = self.share.owned(leases, self.served_subnets())
             book = LeaseBook(leases)
         service = self.dhcp_service(book, self.store)
         served = service.settings.subnets

@@ -16,6 +16,7 @@ Pure: no processes, no sockets, no clock.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from netbootd.boot.leases import Lease
@@ -62,11 +63,17 @@ class Share:
             None if limits.max_leases is None else part(limits.max_leases),
         )
 
-    def owns(self, lease: Lease, subnets: tuple[Subnet, ...]) -> bool:
-        """Whether ``lease`` belongs in this worker's book: its address is in this worker's
+    def owned(self, leases: Iterable[Lease], subnets: tuple[Subnet, ...]) -> list[Lease]:
+        """The leases that belong in this worker's book: their address is in this worker's
         part of a pool, or outside every pool and the lease is of one of its clients."""
-        address = lease.address
-        for subnet in subnets:
-            if subnet.in_pools(address):
-                return subnet.share(self.index, self.count).in_pools(address)
-        return client_worker(lease.mac, self.count) == self.index
+        parts = list(zip(subnets, self.subnets(subnets), strict=True))  # made once, not per lease
+        found = []
+        for lease in leases:
+            address = lease.address
+            pool = next((mine for whole, mine in parts if whole.in_pools(address)), None)
+            if pool is not None:
+                if pool.in_pools(address):
+                    found.append(lease)
+            elif client_worker(lease.mac, self.count) == self.index:
+                found.append(lease)
+        return found
