@@ -58,8 +58,10 @@ class AddressRange:
         return self._low <= int(address) <= self._high
 
     def __iter__(self) -> Iterator[IPv4Address]:
-        # Lazily: a pool may be a /8, and is never materialised.
-        return (IPv4Address(n) for n in range(int(self.first), int(self.last) + 1))
+        # Lazily: a pool may be a /8, and is never materialised. A generator function, not a
+        # generator expression, which the compiled build (setup.py) would make a list.
+        for n in range(self._low, self._high + 1):
+            yield IPv4Address(n)
 
     def __str__(self) -> str:
         return f"{self.first}-{self.last}"
