@@ -255,6 +255,13 @@ def _steer_by_client(sock: socket.socket, workers: int) -> None:
     buffer = ctypes.create_string_buffer(program, len(program))
     # struct sock_fprog: the number of instructions, then a pointer to them.
     fprog = struct.pack("@HP", len(program) // 8, ctypes.addressof(buffer))
+    _attach(sock, fprog, buffer)
+
+
+def _attach(sock: socket.socket, fprog: bytes, instructions: ctypes.Array[ctypes.c_char]) -> None:
+    """Attach the program ``fprog`` points to, ``instructions``: passed here so that it lives
+    until the kernel has copied it, where compiled code (setup.py) would free it as a local
+    after its last use, the address taken."""
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
 
 
