@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import socket
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from types import MappingProxyType
@@ -23,7 +24,7 @@ from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, decode, encode
 from netbootd.services.dhcp import DhcpService, DhcpSettings
 from netbootd.services.dhcp_limits import DhcpLimits, LineBudget, Throttle
 from netbootd.services.machines import BootSetup, Machines, ServerAddress
-from netbootd.transport.dhcp import DhcpServer
+from netbootd.transport.dhcp import DhcpServer, _Endpoint
 from tests.dhcp_clients import BIOS_PXE, request
 from tests.unit.test_config_cli import parse
 from tests.unit.test_dhcp_service import Clock, MemoryStore, make_service
@@ -361,9 +362,13 @@ def test_junk_sent_fast_gets_a_burst_of_lines_then_a_count(
 ) -> None:
     service, _, _ = make_service()
     server = DhcpServer(service, "lo", (67,))
-    with caplog.at_level(logging.INFO, logger="netbootd.dhcp"):
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock,
+        caplog.at_level(logging.INFO, logger="netbootd.dhcp"),
+    ):
+        endpoint = _Endpoint(67, sock, server.received)  # never started: nothing is read
         for _ in range(300):
-            server.received(None, b"\x01" * 10, ("192.0.2.7", 68))  # type: ignore[arg-type]
+            server.received(endpoint, b"\x01" * 10, ("192.0.2.7", 68))
     assert server.counters["malformed"] == 300
     assert len([r for r in caplog.records if r.getMessage().startswith("malformed ")]) == 50
 
