@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The modules setup.py compiles with mypyc: an edit to one rebuilds them.
+COMPILED := $(shell sed -n 's/^ *"\(src\/netbootd\/[a-z_/]*\.py\)",$$/\1/p' setup.py)
 
 .PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean bench-tftp bench-http bench-dhcp fuzz-dhcp
 
@@ -14,7 +16,7 @@ system:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(COMPILED)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
@@ -24,8 +26,8 @@ demo: setup
 	PYTHONPATH=lab $(BIN)/python -m netbootd_lab.demo
 
 lint: venv
-	$(BIN)/ruff check src tests lab bench
-	$(BIN)/ruff format --check src tests lab bench
+	$(BIN)/ruff check src tests lab bench setup.py
+	$(BIN)/ruff format --check src tests lab bench setup.py
 	$(BIN)/mypy
 
 test: setup lint
@@ -59,4 +61,5 @@ fuzz-dhcp: venv
 	$(BIN)/python -m tests.fuzz.run_dhcp --seconds $(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .fuzz-crashes src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .fuzz-crashes src/*.egg-info build
+	find src -name '*.so' -delete

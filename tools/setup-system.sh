@@ -12,6 +12,8 @@ packages=(
   iproute2 procps isc-dhcp-client isc-dhcp-relay bootpc dnsmasq-base atftp curl tcpdump
   # site DHCP servers that netbootd runs beside as a proxyDHCP in the end-to-end tests
   kea-dhcp4-server isc-dhcp-server
+  # a C compiler and Python's headers, for the DHCP modules setup.py compiles with mypyc
+  gcc python3-dev
 )
 
 # Extra packages for one job (the benchmarks' peers), as "make bench-tftp" passes them.
