@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The modules setup.py compiles with mypyc: an edit to one rebuilds them.
 COMPILED := $(shell sed -n 's/^ *"\(src\/netbootd\/[a-z_/]*\.py\)",$$/\1/p' setup.py)
 
-.PHONY: setup system venv demo test test-unit test-integration test-e2e lint clean bench-tftp bench-http bench-dhcp fuzz-dhcp
+.PHONY: setup system venv demo test test-python test-unit test-integration test-e2e lint clean bench-tftp bench-http bench-dhcp fuzz-dhcp
 
 setup: system venv
 
@@ -31,7 +31,14 @@ lint: venv
 	$(BIN)/mypy
 
 test: setup lint
-	NETBOOTD_NO_SKIPS=1 $(BIN)/pytest tests
+	NETBOOTD_NO_SKIPS=1 NETBOOTD_EXPECT_COMPILED=1 $(BIN)/pytest tests
+	$(MAKE) --no-print-directory test-python
+
+# The unit and fuzz tests once more on the Python source, as NETBOOTD_COMPILE=0 installs it.
+test-python: venv
+	rm -rf build/python-src && mkdir -p build/python-src
+	cp -r src/netbootd build/python-src/ && find build/python-src -name '*.so' -delete
+	PYTHONPATH=build/python-src NETBOOTD_EXPECT_COMPILED=0 $(BIN)/pytest -q -p no:cacheprovider tests/unit tests/fuzz
 
 test-unit: venv
 	$(BIN)/pytest tests/unit

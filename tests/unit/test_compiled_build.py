@@ -40,3 +40,17 @@ def test_an_installed_copy_is_not_checked(tmp_path: Path) -> None:
     os.utime(package / f"logfmt{SUFFIX}", (1_000_000, 1_000_000))
     _check_compiled(package)
 
+
+@pytest.mark.skipif(
+    "NETBOOTD_EXPECT_COMPILED" not in os.environ, reason="make test says which build it runs"
+)
+def test_the_build_under_test_is_the_one_expected() -> None:
+    # make test runs the compiled build, then the Python source: each run must be what it says,
+    # and a build that quietly fell back to Python would void the rate figures.
+    import netbootd.proto.dhcp
+    import netbootd.services.dhcp
+    import netbootd.transport.dhcp
+
+    expected = os.environ["NETBOOTD_EXPECT_COMPILED"] == "1"
+    for module in (netbootd.proto.dhcp, netbootd.services.dhcp, netbootd.transport.dhcp):
+        assert str(module.__file__).endswith(".so") is expected, module.__file__
