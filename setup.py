@@ -2,7 +2,7 @@
 
 The modules a DHCP transaction runs through (codec, boot policy, lease book, service, socket
 edge, lease store, log lines) are strictly typed (``mypy --strict``), so mypyc compiles them
-as they are; compiled, they cost about half the CPU per exchange. Every other module stays
+as they are; compiled, their own work per exchange costs half the CPU. Every other module stays
 Python. ``NETBOOTD_COMPILE=0`` builds it all as plain Python, which behaves the same, slower.
 """
 
