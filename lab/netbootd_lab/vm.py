@@ -208,11 +208,30 @@ class VM:
                 return lines[index:]
         return []
 
-    def kernel_cmdline(self) -> str | None:
-        for line in self.booted_lines():
-            if line.startswith(CMDLINE_PREFIX):
-                return line[len(CMDLINE_PREFIX) :].strip()
-        return None
+    def kernel_cmdline(self, timeout: float = 10.0) -> str | None:
+        """The kernel command line the guest's /init printed, or None if it printed none.
+
+        QEMU writes the console file as the guest prints, so the line may be read half
+        written: a line with nothing after it yet is waited for, up to ``timeout`` seconds,
+        until its line break comes or the VM ends."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = self.alive()
+            text = self.console_text()
+            lines = text.splitlines()
+            booted = next((i for i, line in enumerate(lines) if BOOT_MARKER in line), None)
+            if booted is None:
+                return None
+            for index in range(booted, len(lines)):
+                if not lines[index].startswith(CMDLINE_PREFIX):
+                    continue
+                whole = index < len(lines) - 1 or text.endswith("\n")
+                if whole or not alive or time.monotonic() >= deadline:
+                    return lines[index][len(CMDLINE_PREFIX) :].strip()
+                break
+            else:
+                return None
+            time.sleep(0.05)
 
     def wait_exit(self, timeout: float) -> int | None:
         return self.process.wait(timeout) if self.process else None
