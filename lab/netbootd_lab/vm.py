@@ -56,6 +56,14 @@ def qemu_available() -> bool:
     return shutil.which(QEMU) is not None
 
 
+def _from_marker(lines: list[str]) -> list[str]:
+    """``lines`` from the one with the boot marker on; none before the guest's /init ran."""
+    for index, line in enumerate(lines):
+        if BOOT_MARKER in line:
+            return lines[index:]
+    return []
+
+
 def clean_console(text: str) -> str:
     """Console bytes as plain text: escape sequences dropped, CR and backspace applied."""
     lines = []
@@ -202,11 +210,7 @@ class VM:
 
     def booted_lines(self) -> list[str]:
         """Console lines from the boot marker on (what the guest's /init printed)."""
-        lines = self.console_lines()
-        for index, line in enumerate(lines):
-            if BOOT_MARKER in line:
-                return lines[index:]
-        return []
+        return _from_marker(self.console_lines())
 
     def kernel_cmdline(self, timeout: float = 10.0) -> str | None:
         """The kernel command line the guest's /init printed, or None if it printed none.
@@ -218,19 +222,14 @@ class VM:
         while True:
             alive = self.alive()
             text = self.console_text()
-            lines = text.splitlines()
-            booted = next((i for i, line in enumerate(lines) if BOOT_MARKER in line), None)
-            if booted is None:
+            booted = _from_marker(text.splitlines())
+            found = (i for i, line in enumerate(booted) if line.startswith(CMDLINE_PREFIX))
+            index = next(found, None)
+            if index is None:
                 return None
-            for index in range(booted, len(lines)):
-                if not lines[index].startswith(CMDLINE_PREFIX):
-                    continue
-                whole = index < len(lines) - 1 or text.endswith("\n")
-                if whole or not alive or time.monotonic() >= deadline:
-                    return lines[index][len(CMDLINE_PREFIX) :].strip()
-                break
-            else:
-                return None
+            whole = index < len(booted) - 1 or text.endswith("\n")
+            if whole or not alive or time.monotonic() >= deadline:
+                return booted[index][len(CMDLINE_PREFIX) :].strip()
             time.sleep(0.05)
 
     def wait_exit(self, timeout: float) -> int | None:
