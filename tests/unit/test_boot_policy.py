@@ -39,6 +39,18 @@ def test_classify_bios_ipxe_rom() -> None:
     assert info.mac == "52:54:00:12:34:56"
 
 
+def test_a_client_description_survives_the_pipe_between_dhcp_workers() -> None:
+    # Workers send each other ClientInfo pickled; compiled, it has no instance dict to rebuild.
+    import pickle
+
+    info = classify(
+        request(MessageType.DISCOVER, vendor_class=BIOS_PXE, arch=0, ipxe=True, uuid=True)
+    )
+    again = pickle.loads(pickle.dumps(info))
+    assert again == info and hash(again) == hash(info)
+    assert (again.mac, again.ipxe_features, again.ndi) == (info.mac, (19, 21), None)
+
+
 def test_classify_network_interface_from_option_94() -> None:
     undi = classify(request(MessageType.DISCOVER, extra=((Opt.CLIENT_NDI, bytes([1, 3, 16])),)))
     assert undi.ndi == "UNDI 3.16"

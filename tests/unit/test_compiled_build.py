@@ -54,3 +54,22 @@ def test_the_build_under_test_is_the_one_expected() -> None:
     expected = os.environ["NETBOOTD_EXPECT_COMPILED"] == "1"
     for module in (netbootd.proto.dhcp, netbootd.services.dhcp, netbootd.transport.dhcp):
         assert str(module.__file__).endswith(".so") is expected, module.__file__
+
+
+@pytest.mark.skipif(
+    os.environ.get("NETBOOTD_EXPECT_COMPILED") != "1", reason="only the compiled build compiles"
+)
+def test_the_values_made_per_packet_are_built_by_compiled_code() -> None:
+    # Each transaction makes packets, client descriptions, decisions, leases and replies. A
+    # dataclass's generated __init__ stays interpreted even in a compiled module, and costs ten
+    # times a compiled one: these classes write theirs out, and it must stay compiled.
+    import types
+
+    from netbootd.boot.client import ClientInfo
+    from netbootd.boot.leases import Lease, PoolCount
+    from netbootd.boot.policy import BootDecision
+    from netbootd.proto.dhcp import DhcpPacket
+    from netbootd.services.dhcp import Reply, _Outcome
+
+    for cls in (DhcpPacket, ClientInfo, Lease, PoolCount, BootDecision, Reply, _Outcome):
+        assert not isinstance(cls.__init__, types.FunctionType), cls

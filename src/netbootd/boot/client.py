@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
+from typing import Final
 
 from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, Opt, decode_suboptions, decode_text
-from netbootd.proto.values import packet_value
 
 
 class Arch(IntEnum):
@@ -176,20 +177,52 @@ _VENDOR_ARCH = re.compile(r"^(PXEClient|HTTPClient):Arch:(\d{5})")
 _IPXE_USER_CLASS = "iPXE"
 
 
-@packet_value
+@dataclass(unsafe_hash=True, slots=True)
 class ClientInfo:
-    """What netbootd knows about a client from one DHCP request."""
+    """What netbootd knows about a client from one DHCP request.
 
-    mac: str
-    arch: int | None  # option 93 (first entry), else the vendor-class Arch field
-    vendor_class: str  # option 60 as text, "" when absent
-    user_classes: tuple[str, ...]  # option 77, RFC 3004 or iPXE's raw form
-    uuid: str | None  # option 97, canonical text form
-    is_pxe: bool  # vendor class PXEClient...
-    is_http_boot: bool  # vendor class HTTPClient... (UEFI HTTP Boot)
-    is_ipxe: bool  # user class "iPXE" or option 175 present
-    ipxe_features: tuple[int, ...]  # option 175 sub-option codes
-    ndi: str | None = None  # option 94, the network interface, e.g. "UNDI 2.1"
+    A value, as :class:`DhcpPacket` is (final fields, compared and hashed by them,
+    ``__init__`` written out to be compiled). DHCP workers pass it to each other pickled.
+    """
+
+    mac: Final[str]
+    arch: Final[int | None]  # option 93 (first entry), else the vendor-class Arch field
+    vendor_class: Final[str]  # option 60 as text, "" when absent
+    user_classes: Final[tuple[str, ...]]  # option 77, RFC 3004 or iPXE's raw form
+    uuid: Final[str | None]  # option 97, canonical text form
+    is_pxe: Final[bool]  # vendor class PXEClient...
+    is_http_boot: Final[bool]  # vendor class HTTPClient... (UEFI HTTP Boot)
+    is_ipxe: Final[bool]  # user class "iPXE" or option 175 present
+    ipxe_features: Final[tuple[int, ...]]  # option 175 sub-option codes
+    ndi: Final[str | None]  # option 94, the network interface, e.g. "UNDI 2.1"
+
+    def __init__(  # noqa: PLR0917 (a dataclass's signature: every field, in order)
+        self,
+        mac: str,
+        arch: int | None,
+        vendor_class: str,
+        user_classes: tuple[str, ...],
+        uuid: str | None,
+        is_pxe: bool,
+        is_http_boot: bool,
+        is_ipxe: bool,
+        ipxe_features: tuple[int, ...],
+        ndi: str | None = None,
+    ) -> None:
+        self.mac = mac
+        self.arch = arch
+        self.vendor_class = vendor_class
+        self.user_classes = user_classes
+        self.uuid = uuid
+        self.is_pxe = is_pxe
+        self.is_http_boot = is_http_boot
+        self.is_ipxe = is_ipxe
+        self.ipxe_features = ipxe_features
+        self.ndi = ndi
+
+    def __reduce__(self) -> tuple[type[ClientInfo], tuple[object, ...]]:
+        # Compiled, the class has no instance dict for pickle's default way to rebuild it.
+        return (ClientInfo, tuple(getattr(self, each.name) for each in fields(self)))
 
     @property
     def arch_name(self) -> str:

@@ -18,8 +18,7 @@ from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
-
-from netbootd.proto.values import packet_value
+from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +72,33 @@ class LeaseState(StrEnum):
     DECLINED = "declined"  # a client said the address is in use (RFC 2131 §3.1.5); quarantined
 
 
-@packet_value
+@dataclass(unsafe_hash=True, slots=True)
 class Lease:
-    address: IPv4Address
-    client: str  # the client key: see client_key()
-    mac: str
-    state: LeaseState
-    expires: float  # seconds since the epoch
-    hostname: str | None = None
+    """One address promised to one client. A value, as :class:`DhcpPacket` is (final fields,
+    compared and hashed by them, ``__init__`` written out to be compiled)."""
+
+    address: Final[IPv4Address]
+    client: Final[str]  # the client key: see client_key()
+    mac: Final[str]
+    state: Final[LeaseState]
+    expires: Final[float]  # seconds since the epoch
+    hostname: Final[str | None]
+
+    def __init__(  # noqa: PLR0917 (a dataclass's signature: every field, in order)
+        self,
+        address: IPv4Address,
+        client: str,
+        mac: str,
+        state: LeaseState,
+        expires: float,
+        hostname: str | None = None,
+    ) -> None:
+        self.address = address
+        self.client = client
+        self.mac = mac
+        self.state = state
+        self.expires = expires
+        self.hostname = hostname
 
 
 def client_key(mac: str, client_id: bytes | None) -> str:
@@ -93,12 +111,16 @@ def client_key(mac: str, client_id: bytes | None) -> str:
     return "mac:" + mac
 
 
-@packet_value
+@dataclass(unsafe_hash=True, slots=True)
 class PoolCount:
     """How much of a pool is taken: live leases of any state, and among them, open offers."""
 
-    leases: int
-    offers: int
+    leases: Final[int]
+    offers: Final[int]
+
+    def __init__(self, leases: int, offers: int) -> None:
+        self.leases = leases
+        self.offers = offers
 
 
 class LeaseBook:

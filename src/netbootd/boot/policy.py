@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import Final
 from urllib.parse import quote
 
 from netbootd.boot.client import (
@@ -23,7 +24,6 @@ from netbootd.boot.client import (
 )
 from netbootd.boot.inventory import Method, Resolution
 from netbootd.boot.render import machine_prefix
-from netbootd.proto.values import packet_value
 
 # The loaders of the pxelinux and GRUB methods, by the names they are served under.
 PXELINUX_LOADER = "pxelinux.0"
@@ -72,14 +72,23 @@ def is_ipxe_binary(path: str) -> bool:
     return path.rsplit("/", 1)[-1] in IPXE_BINARIES
 
 
-@packet_value
+@dataclass(unsafe_hash=True, slots=True)
 class BootDecision:
-    """The outcome of the policy for one client."""
+    """The outcome of the policy for one client. A value, as :class:`DhcpPacket` is (final
+    fields, compared and hashed by them, ``__init__`` written out to be compiled)."""
 
-    boot_class: BootClass | None
-    path: str | None  # relative to the root; None: nothing to boot
-    url: str | None  # set when the file is handed out over HTTP
-    reason: str
+    boot_class: Final[BootClass | None]
+    path: Final[str | None]  # relative to the root; None: nothing to boot
+    url: Final[str | None]  # set when the file is handed out over HTTP
+    reason: Final[str]
+
+    def __init__(
+        self, boot_class: BootClass | None, path: str | None, url: str | None, reason: str
+    ) -> None:
+        self.boot_class = boot_class
+        self.path = path
+        self.url = url
+        self.reason = reason
 
     @property
     def filename(self) -> str | None:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import field, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 from ipaddress import IPv4Address
-
-from netbootd.proto.values import packet_value
+from typing import Final
 
 __all__ = [
     "BOOTP_MIN_SIZE",
@@ -386,33 +385,70 @@ def _encode_kind(kind: OptionKind, value: object) -> bytes:
 _MESSAGE_TYPES: dict[int, MessageType] = {mtype.value: mtype for mtype in MessageType}
 
 
-@packet_value
+@dataclass(unsafe_hash=True, slots=True)
 class DhcpPacket:
     """One BOOTP/DHCP message (RFC 2131 §2), with options already joined per RFC 3396.
 
     ``chaddr`` holds exactly ``hlen`` octets; ``sname`` and ``file`` hold the text before the
     first NUL. ``options`` lists each code once, in the order it first appeared on the wire,
     without PAD, END or the option-52 framing that :func:`encode` adds by itself.
+
+    A value: its fields are final, and it compares and hashes by them. It is made twice or
+    more per packet, so ``__init__`` is written out: compiled (see ``setup.py``), a dataclass's
+    generated one would stay interpreted and cost ten times as much.
     """
 
-    op: int
-    xid: int
-    chaddr: bytes
-    htype: int = 1
-    hops: int = 0
-    secs: int = 0
-    flags: int = 0
-    ciaddr: IPv4Address = _ZERO
-    yiaddr: IPv4Address = _ZERO
-    siaddr: IPv4Address = _ZERO
-    giaddr: IPv4Address = _ZERO
-    sname: bytes = b""
-    file: bytes = b""
-    options: tuple[tuple[int, bytes], ...] = ()
+    op: Final[int]
+    xid: Final[int]
+    chaddr: Final[bytes]
+    htype: Final[int]
+    hops: Final[int]
+    secs: Final[int]
+    flags: Final[int]
+    ciaddr: Final[IPv4Address]
+    yiaddr: Final[IPv4Address]
+    siaddr: Final[IPv4Address]
+    giaddr: Final[IPv4Address]
+    sname: Final[bytes]
+    file: Final[bytes]
+    options: Final[tuple[tuple[int, bytes], ...]]
     # The options by code, made on the first lookup (a request is asked for a dozen of them).
     _by_code: dict[int, bytes] | None = field(
         default=None, init=False, repr=False, compare=False, hash=False
     )
+
+    def __init__(  # noqa: PLR0917 (a dataclass's signature: every field, in order)
+        self,
+        op: int,
+        xid: int,
+        chaddr: bytes,
+        htype: int = 1,
+        hops: int = 0,
+        secs: int = 0,
+        flags: int = 0,
+        ciaddr: IPv4Address = _ZERO,
+        yiaddr: IPv4Address = _ZERO,
+        siaddr: IPv4Address = _ZERO,
+        giaddr: IPv4Address = _ZERO,
+        sname: bytes = b"",
+        file: bytes = b"",
+        options: tuple[tuple[int, bytes], ...] = (),
+    ) -> None:
+        self.op = op
+        self.xid = xid
+        self.chaddr = chaddr
+        self.htype = htype
+        self.hops = hops
+        self.secs = secs
+        self.flags = flags
+        self.ciaddr = ciaddr
+        self.yiaddr = yiaddr
+        self.siaddr = siaddr
+        self.giaddr = giaddr
+        self.sname = sname
+        self.file = file
+        self.options = options
+        self._by_code = None
 
     def get(self, code: int) -> bytes | None:
         """Return the value of option ``code``, or None when the packet does not carry it."""
@@ -420,7 +456,7 @@ class DhcpPacket:
         if by_code is None:
             # The first of a code wins, should a hand-built packet list one twice.
             by_code = dict(reversed(self.options))
-            object.__setattr__(self, "_by_code", by_code)
+            self._by_code = by_code
         return by_code.get(code)
 
     def __contains__(self, code: object) -> bool:

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from typing import Final
 
 from netbootd.boot.bootp import bootp_reply
 from netbootd.boot.client import ClientInfo, arch_name, classify
@@ -70,7 +71,6 @@ from netbootd.proto.dhcp import (
     reply_to,
 )
 from netbootd.proto.dhcp_fit import fit
-from netbootd.proto.values import packet_value
 from netbootd.services.dhcp_detail import client_kind, detail_lines
 from netbootd.services.dhcp_limits import DhcpLimits, LineBudget, Throttle, refusal
 from netbootd.services.hosts import Reservations
@@ -136,12 +136,21 @@ class DhcpSettings:
         return (Subnet(self.network, pools, settings, "dhcp-range"),)
 
 
-@packet_value
+@dataclass(unsafe_hash=True, slots=True)
 class Reply:
-    packet: DhcpPacket
-    address: IPv4Address
-    port: int
-    max_size: int
+    """A reply to send, where, and its size limit. A value, as :class:`DhcpPacket` is (final
+    fields, compared and hashed by them, ``__init__`` written out to be compiled)."""
+
+    packet: Final[DhcpPacket]
+    address: Final[IPv4Address]
+    port: Final[int]
+    max_size: Final[int]
+
+    def __init__(self, packet: DhcpPacket, address: IPv4Address, port: int, max_size: int) -> None:
+        self.packet = packet
+        self.address = address
+        self.port = port
+        self.max_size = max_size
 
 
 class Pending:
@@ -170,20 +179,34 @@ class Pending:
 _Step = Reply | Pending | None
 
 
-@dataclass(slots=True)
 class _Outcome:
-    """What happened in one transaction, for the log line."""
+    """What happened in one transaction, for the log line. Made for each one, so a plain
+    class whose ``__init__`` is compiled, not a dataclass's interpreted one."""
 
-    decision: str = "ignored"
-    address: IPv4Address | None = None
-    reason: str = ""
-    boot: BootDecision | None = None
-    notable: bool = False  # ignored for a reason the operator should see (not only at debug)
-    menu: str = ""  # the PXE menu offered or asked from, by its client class
-    item: int = 0  # the menu item asked for (1-based), 0 for none
-    bad: str = ""  # what the peer got wrong, for a request that breaks the protocol
-    group: IPv4Address | None = None  # the multicast group the request was sent to
-    resolution: Resolution | None = None  # the inventory's say, for --log-dhcp
+    __slots__ = (
+        "address",
+        "bad",
+        "boot",
+        "decision",
+        "group",
+        "item",
+        "menu",
+        "notable",
+        "reason",
+        "resolution",
+    )
+
+    def __init__(self, group: IPv4Address | None = None) -> None:
+        self.decision = "ignored"
+        self.address: IPv4Address | None = None
+        self.reason = ""
+        self.boot: BootDecision | None = None
+        self.notable = False  # ignored for a reason the operator should see (not only at debug)
+        self.menu = ""  # the PXE menu offered or asked from, by its client class
+        self.item = 0  # the menu item asked for (1-based), 0 for none
+        self.bad = ""  # what the peer got wrong, for a request that breaks the protocol
+        self.group = group  # the multicast group the request was sent to
+        self.resolution: Resolution | None = None  # the inventory's say, for --log-dhcp
 
     def reject(self, bad: str, reason: str) -> None:
         """Silence for a request that breaks the protocol (RFC 2131 §4.1: discard it)."""
