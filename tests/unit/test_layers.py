@@ -16,7 +16,7 @@ ALLOWED: dict[str, set[str]] = {
     "proto": {"proto"},
     "boot": {"proto", "boot"},
     "store": {"proto", "boot", "store"},
-    "services": {"proto", "boot", "store", "services", "config", "logfmt", "logsetup"},
+    "services": {"proto", "boot", "store", "services", "config", "logfmt", "loglines"},
     "transport": {
         "proto",
         "boot",
@@ -25,12 +25,13 @@ ALLOWED: dict[str, set[str]] = {
         "transport",
         "config",
         "logfmt",
-        "logsetup",
+        "loglines",
     },
-    "api": {"proto", "boot", "store", "services", "api", "config", "logfmt", "logsetup"},
+    "api": {"proto", "boot", "store", "services", "api", "config", "logfmt", "loglines"},
     "config": {"proto", "boot", "config"},
     "logfmt": {"logfmt"},
-    "logsetup": {"logsetup"},
+    "logsetup": {"logsetup", "loglines"},
+    "loglines": {"loglines"},
 }
 FORBIDDEN_IN_PURE = {"socket", "asyncio", "logging", "sqlite3", "aiohttp", "time", "os"}
 

@@ -172,19 +172,19 @@ def test_setup_leaves_configured_logging_alone() -> None:
 @pytest.fixture
 def installed() -> Iterator[io.StringIO]:
     """setup_logging on a root logger without handlers, as in the server; undone after."""
-    from netbootd import logsetup
+    from netbootd.loglines import Installed
 
     root = logging.getLogger()
     flags = ("logThreads", "logProcesses", "logMultiprocessing", "_srcfile")
     saved_flags = {name: getattr(logging, name) for name in flags}
-    saved = (list(root.handlers), root.level, logsetup._Direct.handler)
+    saved = (list(root.handlers), root.level, Installed.buffer)
     root.handlers = []
     stream = io.StringIO()
     try:
         setup_logging(logging.INFO, stream)
         yield stream
     finally:
-        root.handlers, level, logsetup._Direct.handler = saved
+        root.handlers, level, Installed.buffer = saved
         root.setLevel(level)
         for name, value in saved_flags.items():
             setattr(logging, name, value)

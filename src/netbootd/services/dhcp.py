@@ -56,7 +56,7 @@ from netbootd.boot.subnets import (
 )
 from netbootd.config import DhcpMode
 from netbootd.logfmt import format_event, format_fields
-from netbootd.logsetup import log_line
+from netbootd.loglines import log_line
 from netbootd.proto.dhcp import (
     DhcpDecodeError,
     DhcpPacket,
@@ -1012,7 +1012,7 @@ class DhcpService:
         mac = request.mac or '""'
         address = address_text(outcome.address) if outcome.address is not None else "-"
         parts = [
-            f"{kind} xid=0x{request.xid:08x} mac={mac}",
+            f"{kind} xid=0x{format(request.xid, '08x')} mac={mac}",  # no spec: see setup.py
             _client_part(
                 client.vendor_class, client.user_classes, client.arch, client_kind(client)
             ),
