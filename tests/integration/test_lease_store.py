@@ -90,3 +90,26 @@ async def test_a_failed_batch_fails_every_caller_in_it(tmp_path: Path) -> None:
     results = await asyncio.gather(store.save(lease), store.save(lease), return_exceptions=True)
     assert all(isinstance(result, StoreError) for result in results), results
     await store.close()
+
+
+async def test_the_store_thread_ends_with_close_after_the_writes_queued(tmp_path: Path) -> None:
+    import threading
+
+    def store_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "netbootd-leases"}
+
+    before = store_threads()
+    store = SqliteLeaseStore(tmp_path / "leases.sqlite3")
+    await store.open()
+    (thread,) = store_threads() - before
+    lease = Lease(IPv4Address("10.0.0.1"), "mac:a", "a", LeaseState.BOUND, 9e9)
+    saving = asyncio.ensure_future(store.save(lease))
+    await asyncio.sleep(0)  # the write is queued, not yet done
+    await store.close()
+    assert saving.done() and saving.exception() is None
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    again = SqliteLeaseStore(tmp_path / "leases.sqlite3")
+    await again.open()
+    assert await again.load() == [lease]
+    await again.close()

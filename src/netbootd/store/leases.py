@@ -6,7 +6,9 @@ group-committed: every save or delete that arrives while a transaction is being 
 the next one, so a burst of clients costs one fsync per batch, not one per lease, and each
 caller still returns only once its own change is durable. Writes keep their order. SQLite calls
 run on one dedicated thread: they never block the event loop, and the connection is only ever
-used from that thread. Offers are not stored: they are promises of a few seconds.
+used from that thread. The loop hands it work through a queue and hears back through
+``call_soon_threadsafe``, one call each way per batch. Offers are not stored: they are promises
+of a few seconds.
 
 Several processes (DHCP workers) may keep their leases in one file, each its own addresses:
 their transactions take turns through an exclusive lock on ``leases.sqlite3.lock``.
@@ -15,12 +17,13 @@ their transactions take turns through an exclusive lock on ``leases.sqlite3.lock
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
-import functools
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -66,11 +69,12 @@ class SqliteLeaseStore:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netbootd-leases")
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._writer_thread: threading.Thread | None = None  # started with the first job
         self._db: sqlite3.Connection | None = None
         self._turns = -1  # the lock file's descriptor, open while the database is
         self._pending: list[tuple[Lease | IPv4Address, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writing: list[tuple[Lease | IPv4Address, asyncio.Future[None]]] | None = None
         self.batches = 0  # transactions written
         self.written = 0  # changes in them
 
@@ -78,8 +82,34 @@ class SqliteLeaseStore:
     def path(self) -> Path:
         return self._path
 
+    def _start(self, job: Callable[[], None]) -> None:
+        """Queue ``job`` for the store's thread, which runs jobs one at a time, in order."""
+        if self._writer_thread is None:
+            self._writer_thread = threading.Thread(
+                target=self._serve, name="netbootd-leases", daemon=True
+            )
+            self._writer_thread.start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
     async def _run(self, work: Callable[[], _T]) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        """``work()`` on the store's thread, its result or exception returned here."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[_T] = loop.create_future()
+
+        def job() -> None:
+            try:
+                result = work()
+            except Exception as exc:  # handed to the caller, who sees it
+                _tell(loop, _fail, done, exc)
+            else:
+                _tell(loop, _succeed, done, result)
+
+        self._start(job)
+        return await done
 
     async def open(self) -> None:
         def work() -> None:
@@ -133,29 +163,43 @@ class SqliteLeaseStore:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._pending.append((change, done))
-        if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write_batches())
+        if self._writing is None:
+            self._write_next(loop)
         return done
 
-    async def _write_batches(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            changes = [change for change, _ in batch]
+    def _write_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start writing what is pending as one transaction."""
+        batch, self._pending = self._pending, []
+        self._writing = batch
+        changes = [change for change, _ in batch]
+
+        def job() -> None:
             try:
-                await self._run(functools.partial(self._write, changes))
-            except Exception as exc:
-                # SQLite's errors, and any other (a full disk, a closed executor): a caller
-                # left waiting would hold its transaction, and shutdown, for ever.
-                error = StoreError(f"cannot write lease database {self._path}: {exc}")
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(error)
-                continue
+                self._write(changes)
+            except Exception as exc:  # SQLite's, a full disk: told to each caller
+                _tell(loop, self._written, loop, exc)
+            else:
+                _tell(loop, self._written, loop, None)
+
+        self._start(job)
+
+    def _written(self, loop: asyncio.AbstractEventLoop, failure: Exception | None) -> None:
+        """The batch in flight is durable, or failed: tell its callers, then write the next."""
+        batch, self._writing = self._writing or [], None
+        if failure is None:
             self.batches += 1
             self.written += len(batch)
             for _, done in batch:
                 if not done.done():  # a caller that gave up (shutdown) is not told
                     done.set_result(None)
+        else:
+            # A caller left waiting would hold its transaction, and shutdown, for ever.
+            error = StoreError(f"cannot write lease database {self._path}: {failure}")
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(error)
+        if self._pending:
+            self._write_next(loop)
 
     def _write(self, changes: list[Lease | IPv4Address]) -> None:
         """One transaction for the whole batch, in order. Runs on the store's thread.
@@ -197,8 +241,9 @@ class SqliteLeaseStore:
                 )
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await asyncio.gather(self._writer, return_exceptions=True)  # what is queued lands
+        # What is queued lands first: the close job runs after every write queued before it.
+        waiting = [done for _, done in (self._writing or []) + self._pending]
+        await asyncio.gather(*waiting, return_exceptions=True)
 
         def work() -> None:
             if self._db is not None:
@@ -206,5 +251,26 @@ class SqliteLeaseStore:
                 self._db = None
                 os.close(self._turns)
 
-        await self._run(work)
-        self._executor.shutdown(wait=True)
+        try:
+            await self._run(work)
+        finally:
+            if self._writer_thread is not None:
+                self._jobs.put(None)  # the thread ends once the queue is worked through
+                self._writer_thread = None
+
+
+def _succeed(done: asyncio.Future[_T], result: _T) -> None:
+    if not done.done():
+        done.set_result(result)
+
+
+def _fail(done: asyncio.Future[_T], error: Exception) -> None:
+    if not done.done():
+        done.set_exception(error)
+
+
+def _tell(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    """Run ``callback(*args)`` on ``loop``, from the store's thread; nothing if the loop has
+    closed meanwhile (the process is ending, and nobody waits for the answer)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback, *args)
