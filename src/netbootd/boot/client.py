@@ -221,7 +221,8 @@ class ClientInfo:
         self.ndi = ndi
 
     def __reduce__(self) -> tuple[type[ClientInfo], tuple[object, ...]]:
-        # Compiled, the class has no instance dict for pickle's default way to rebuild it.
+        # Pickle's default rebuild (a bare __new__, then the fields) fails on the compiled
+        # class, whose constructor takes the fields: hand them to it.
         return (ClientInfo, tuple(getattr(self, each.name) for each in fields(self)))
 
     @property

@@ -2,13 +2,13 @@
 
 A bound lease is on disk (committed, fsync'd by SQLite with ``synchronous=FULL``) before
 ``save`` returns, so the DHCP service can send the ACK only after the lease is safe. Writes are
-group-committed: every save or delete that arrives while a transaction is being written joins
-the next one, so a burst of clients costs one fsync per batch, not one per lease, and each
-caller still returns only once its own change is durable. Writes keep their order. SQLite calls
-run on one dedicated thread: they never block the event loop, and the connection is only ever
-used from that thread. The loop hands it work through a queue and hears back through
-``call_soon_threadsafe``, one call each way per batch. Offers are not stored: they are promises
-of a few seconds.
+group-committed: every save or delete that arrives while a transaction is being written, or
+within BATCH_INTERVAL of the last one's start, joins the next one, so a burst of clients costs
+one fsync per batch, not one per lease, and each caller still returns only once its own
+change is durable. Writes keep their order. SQLite calls run on one dedicated thread: they
+never block the event loop, and the connection is only ever used from that thread. The loop
+hands it work through a queue and hears back through ``call_soon_threadsafe``, one call each
+way per batch. Offers are not stored: they are promises of a few seconds.
 
 Several processes (DHCP workers) may keep their leases in one file, each its own addresses:
 their transactions take turns through an exclusive lock on ``leases.sqlite3.lock``.
