@@ -16,28 +16,7 @@ import logging
 import sys
 from typing import TextIO
 
-from netbootd.loglines import (
-    ATOMIC_WRITE,
-    MAX_BUFFERED,
-    Installed,
-    LineBuffer,
-    TimeText,
-    _chunks,
-    level_text,
-    line_text,
-    log_line,
-)
-
-__all__ = [
-    "ATOMIC_WRITE",
-    "LOG_FORMAT",
-    "MAX_BUFFERED",
-    "LineFormatter",
-    "TurnBufferedHandler",
-    "_chunks",
-    "log_line",
-    "setup_logging",
-]
+from netbootd.loglines import Installed, LineBuffer, TimeText, level_text, line_text
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s %(message)s"
 

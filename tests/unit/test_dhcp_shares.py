@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from netbootd.boot.leases import AddressRange, Lease, LeaseState
 from netbootd.boot.subnets import Subnet
-from netbootd.logsetup import ATOMIC_WRITE, _chunks
+from netbootd.loglines import ATOMIC_WRITE, _chunks
 from netbootd.proto.dhcp import MessageType, encode
 from netbootd.services.dhcp_limits import DhcpLimits
 from netbootd.services.dhcp_shares import Share, client_worker

@@ -10,13 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from netbootd.logsetup import (
-    MAX_BUFFERED,
-    LineFormatter,
-    TurnBufferedHandler,
-    log_line,
-    setup_logging,
-)
+from netbootd.loglines import MAX_BUFFERED, log_line
+from netbootd.logsetup import LineFormatter, TurnBufferedHandler, setup_logging
 
 
 class CountingStream(io.StringIO):
