@@ -1,3 +1,4 @@
+import gc
 from ipaddress import IPv4Address
 
 import pytest
@@ -86,6 +87,40 @@ def test_first_free_goes_on_from_the_last_one_and_wraps() -> None:
     for address in list(pool)[3000:4999]:
         book.put(Lease(address, str(address), "m", LeaseState.BOUND, 9e9))
     assert choose_address((pool,), book, "late", 120.0) == pool.first
+
+
+def test_holds_says_whether_the_book_still_has_that_lease() -> None:
+    book = LeaseBook([bound(A, "x")])
+    assert book.holds(bound(A, "x"))
+    assert not book.holds(bound(A, "x", expires=200.0))  # the same client, another lease
+    assert not book.holds(bound(B, "x"))
+    book.put(bound(A, "y"))
+    assert not book.holds(bound(A, "x")) and book.holds(bound(A, "y"))
+    book.remove(A)
+    assert not book.holds(bound(A, "y"))
+
+
+def test_the_garbage_collector_does_not_walk_the_books_leases() -> None:
+    """A full collection walks every object it tracks: leases it tracked would make each one
+    a pause that grows with the book."""
+    pool = AddressRange.parse("10.3.0.1-10.3.39.64")  # 10,000 addresses
+    book = LeaseBook()
+    gc.collect()
+    before = len(gc.get_objects())
+    for n, address in enumerate(pool):
+        state = LeaseState.OFFERED if n % 2 else LeaseState.BOUND
+        book.put(Lease(address, f"c{n}", "m", state, 100.0 + n, "host" if n % 3 else None))
+    book.expire(50.0)
+    gc.collect()
+    assert len(book) == pool.size
+    assert len(gc.get_objects()) - before < 100
+    # What the book gives back is the same as what it was given.
+    assert book.at(IPv4Address("10.3.0.3")) == Lease(
+        IPv4Address("10.3.0.3"), "c2", "m", LeaseState.BOUND, 102.0, "host"
+    )
+    assert book.of("c1") == Lease(
+        IPv4Address("10.3.0.2"), "c1", "m", LeaseState.OFFERED, 101.0, "host"
+    )
 
 
 class CountingReserved:

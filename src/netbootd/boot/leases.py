@@ -18,7 +18,7 @@ from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
-from typing import Final
+from typing import Any, Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,10 @@ class AddressRange:
         if not isinstance(address, IPv4Address):
             return False
         return self._low <= int(address) <= self._high
+
+    def covers(self, number: int) -> bool:
+        """Whether the address whose int value is ``number`` is in the range."""
+        return self._low <= number <= self._high
 
     def __iter__(self) -> Iterator[IPv4Address]:
         # Lazily: a pool may be a /8, and is never materialised. A generator function, not a
@@ -123,18 +127,56 @@ class PoolCount:
         self.offers = offers
 
 
+# How the book keeps a lease: a tuple of plain values (address as an int, client, mac, state
+# as its index in _STATES, expires, hostname). The garbage collector stops tracking a tuple of
+# plain values the first time it sees one, so however many leases the book holds, a collection
+# does not walk them: Lease objects, each with its IPv4Address, made every full collection a
+# walk over the whole book, a pause that grew with it.
+# Typed as a tuple of any length: the compiled build keeps a fixed-shape tuple unboxed and makes
+# a new tuple object each time it is stored, where the book stores one record in up to four
+# places and tells a live record from a stale heap entry by identity.
+_Record = tuple[Any, ...]
+_ADDRESS: Final = 0
+_CLIENT: Final = 1
+_STATE: Final = 3
+_EXPIRES: Final = 4
+_STATES: Final = (LeaseState.OFFERED, LeaseState.BOUND, LeaseState.DECLINED)
+_OFFERED: Final = 0
+_BOUND: Final = 1
+_DECLINED: Final = 2
+
+
+def _record(lease: Lease) -> _Record:
+    state = lease.state
+    code = (
+        _OFFERED
+        if state is LeaseState.OFFERED
+        else _BOUND
+        if state is LeaseState.BOUND
+        else _DECLINED
+    )
+    return (int(lease.address), lease.client, lease.mac, code, lease.expires, lease.hostname)
+
+
+def _lease(record: _Record, address: IPv4Address | None = None) -> Lease:
+    """The lease ``record`` stands for; ``address`` is its address when the caller has it."""
+    number, client, mac, state, expires, hostname = record
+    if address is None:
+        address = IPv4Address(number)
+    return Lease(address, client, mac, _STATES[state], expires, hostname)
+
+
 class LeaseBook:
     """Every address netbootd has promised, bound or quarantined, indexed both ways."""
 
     def __init__(self, leases: Iterable[Lease] = ()) -> None:
-        # Keyed by the address as an int: an IPv4Address hashes through a hex string.
-        self._by_address: dict[int, Lease] = {}
-        self._by_client: dict[str, Lease] = {}
+        self._by_address: dict[int, _Record] = {}
+        self._by_client: dict[str, _Record] = {}
         self._cursor: dict[AddressRange, int] = {}  # where each pool's last free address was
         # Leases counted as live (not yet seen expired by expire()), and their expiry heap; a
-        # heap entry whose lease is no longer the live one at its address is stale and skipped.
-        self._live: dict[int, Lease] = {}
-        self._expiry: list[tuple[float, int, Lease]] = []
+        # heap entry whose record is no longer the live one at its address is stale and skipped.
+        self._live: dict[int, _Record] = {}
+        self._expiry: list[tuple[float, int, _Record]] = []
         self._sequence = itertools.count()
         self._offers = 0
         self._pools: dict[AddressRange, list[int]] = {}  # pool -> [live leases, open offers]
@@ -145,39 +187,51 @@ class LeaseBook:
         return len(self._by_address)
 
     def __iter__(self) -> Iterator[Lease]:
-        return iter(list(self._by_address.values()))
+        return iter([_lease(record) for record in self._by_address.values()])
 
     def at(self, address: IPv4Address) -> Lease | None:
-        return self._by_address.get(int(address))
+        record = self._by_address.get(int(address))
+        return None if record is None else _lease(record, address)
 
     def of(self, client: str) -> Lease | None:
-        return self._by_client.get(client)
+        record = self._by_client.get(client)
+        return None if record is None else _lease(record)
+
+    def holds(self, lease: Lease) -> bool:
+        """Whether ``lease`` is what the book has at its address (nothing put there since)."""
+        return self._by_address.get(int(lease.address)) == _record(lease)
 
     def holder(self, address: IPv4Address, now: float) -> str | None:
         """Who holds ``address`` at ``now`` ("" for a quarantined address), or None if free."""
-        lease = self._by_address.get(int(address))
-        if lease is None or lease.expires <= now:
+        return self._holder(int(address), now)
+
+    def _holder(self, number: int, now: float) -> str | None:
+        record = self._by_address.get(number)
+        if record is None or record[_EXPIRES] <= now:
             return None
-        return "" if lease.state is LeaseState.DECLINED else lease.client
+        client: str = record[_CLIENT]
+        return "" if record[_STATE] == _DECLINED else client
 
     def put(self, lease: Lease) -> None:
-        old = self._by_client.get(lease.client)
-        if old is not None and old.address != lease.address:
-            self._by_address.pop(int(old.address), None)
-            self._uncount(old.address)
-        key = int(lease.address)
-        previous_owner = self._by_address.get(key)
-        if previous_owner is not None and previous_owner.client != lease.client:
-            self._by_client.pop(previous_owner.client, None)
-        self._by_address[key] = lease
-        if lease.state is not LeaseState.DECLINED:
-            self._by_client[lease.client] = lease
-        elif old is not None and old.address == lease.address:
+        record = _record(lease)
+        number: int = record[_ADDRESS]
+        client: str = record[_CLIENT]
+        old = self._by_client.get(client)
+        if old is not None and old[_ADDRESS] != number:
+            self._by_address.pop(old[_ADDRESS], None)
+            self._uncount(old[_ADDRESS])
+        previous_owner = self._by_address.get(number)
+        if previous_owner is not None and previous_owner[_CLIENT] != client:
+            self._by_client.pop(previous_owner[_CLIENT], None)
+        self._by_address[number] = record
+        if record[_STATE] != _DECLINED:
+            self._by_client[client] = record
+        elif old is not None and old[_ADDRESS] == number:
             # A quarantined address is nobody's: the client that declined it no longer holds
             # it, and its next lease must not take the quarantine away with the old one.
-            del self._by_client[lease.client]
-        self._uncount(lease.address)
-        self._count(lease)
+            del self._by_client[client]
+        self._uncount(number)
+        self._count(record)
 
     @property
     def offers(self) -> int:
@@ -189,10 +243,10 @@ class LeaseBook:
         counts = self._pools.get(pool)
         if counts is None:
             counts = self._pools[pool] = [0, 0]
-            for lease in self._live.values():
-                if lease.address in pool:
+            for record in self._live.values():
+                if pool.covers(record[_ADDRESS]):
                     counts[0] += 1
-                    counts[1] += lease.state is LeaseState.OFFERED
+                    counts[1] += record[_STATE] == _OFFERED
         return PoolCount(counts[0], counts[1])
 
     def expire(self, now: float) -> int:
@@ -205,18 +259,19 @@ class LeaseBook:
         heap = self._expiry
         dropped = 0
         while heap and heap[0][0] <= now:
-            _, _, lease = heapq.heappop(heap)
-            if self._live.get(int(lease.address)) is not lease:
+            _, _, record = heapq.heappop(heap)
+            number: int = record[_ADDRESS]
+            if self._live.get(number) is not record:
                 continue  # replaced or removed since
-            if lease.state is LeaseState.OFFERED:
-                self.remove(lease.address)
+            if record[_STATE] == _OFFERED:
+                self._remove(number)
                 dropped += 1
             else:
-                self._uncount(lease.address)
+                self._uncount(number)
         if len(heap) > 2 * len(self._live) + 64:
             # Renewals leave stale entries behind; rebuild once they outnumber the live ones.
             live = self._live
-            self._expiry = [entry for entry in heap if live.get(int(entry[2].address)) is entry[2]]
+            self._expiry = [entry for entry in heap if live.get(entry[2][_ADDRESS]) is entry[2]]
             heapq.heapify(self._expiry)
         return dropped
 
@@ -225,24 +280,25 @@ class LeaseBook:
         """Entries in the expiry heap, stale ones included: for tests of the book's size."""
         return len(self._expiry)
 
-    def _count(self, lease: Lease) -> None:
-        self._live[int(lease.address)] = lease
-        heapq.heappush(self._expiry, (lease.expires, next(self._sequence), lease))
-        offered = lease.state is LeaseState.OFFERED
+    def _count(self, record: _Record) -> None:
+        number: int = record[_ADDRESS]
+        self._live[number] = record
+        heapq.heappush(self._expiry, (record[_EXPIRES], next(self._sequence), record))
+        offered: bool = record[_STATE] == _OFFERED
         self._offers += offered
         for pool, counts in self._pools.items():
-            if lease.address in pool:
+            if pool.covers(number):
                 counts[0] += 1
                 counts[1] += offered
 
-    def _uncount(self, address: IPv4Address) -> None:
-        lease = self._live.pop(int(address), None)
-        if lease is None:
+    def _uncount(self, number: int) -> None:
+        record = self._live.pop(number, None)
+        if record is None:
             return
-        offered = lease.state is LeaseState.OFFERED
+        offered: bool = record[_STATE] == _OFFERED
         self._offers -= offered
         for pool, counts in self._pools.items():
-            if address in pool:
+            if pool.covers(number):
                 counts[0] -= 1
                 counts[1] -= offered
 
@@ -266,18 +322,24 @@ class LeaseBook:
         start = self._cursor.get(pool, 0) % size
         for step in range(size):
             offset = (start + step) % size
+            if self._holder(first + offset, now) is not None:
+                continue
             address = IPv4Address(first + offset)
-            if address not in reserved and self.holder(address, now) is None:
+            if address not in reserved:
                 self._cursor[pool] = offset
                 return address
         return None
 
     def remove(self, address: IPv4Address) -> Lease | None:
-        lease = self._by_address.pop(int(address), None)
-        self._uncount(address)
-        if lease is not None and self._by_client.get(lease.client) is lease:
-            del self._by_client[lease.client]
-        return lease
+        record = self._remove(int(address))
+        return None if record is None else _lease(record, address)
+
+    def _remove(self, number: int) -> _Record | None:
+        record = self._by_address.pop(number, None)
+        self._uncount(number)
+        if record is not None and self._by_client.get(record[_CLIENT]) is record:
+            del self._by_client[record[_CLIENT]]
+        return record
 
 
 def choose_address(

@@ -564,7 +564,7 @@ class DhcpService:
         self.book.put(lease)
 
         def undo() -> None:
-            if self.book.at(lease.address) is not lease:
+            if not self.book.holds(lease):
                 return  # the address has moved on meanwhile (a later change that did land)
             if previous is None:
                 self.book.remove(lease.address)
@@ -652,7 +652,7 @@ class DhcpService:
             log.warning(format_event("declined", address=str(address), mac=request.mac))
 
         def undo() -> None:
-            if self.book.at(address) is quarantine:
+            if self.book.holds(quarantine):
                 self.book.put(lease)
 
         return self._persist(quarantine, outcome, quarantined, undo)
