@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -436,6 +437,19 @@ class App:
             self.store = None
 
 
+# Container objects made, net of those freed, between two collections of the youngest
+# generation; Python's default is 700. Under load that is a collection every few dozen DHCP
+# exchanges, each walking what the exchanges in flight hold and what they point to. At this
+# size collections are rarer and cost less in all, a pause of a few milliseconds each.
+YOUNG_GENERATION = 10_000
+
+
+def tune_collector() -> None:
+    """Set the garbage collector's youngest generation to :data:`YOUNG_GENERATION` objects."""
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_GENERATION, middle, oldest)
+
+
 async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = None) -> None:
     """Run until SIGINT or SIGTERM; SIGUSR1 logs the counters so far.
 
@@ -445,6 +459,7 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
     count = config.dhcp_workers
     if worker is not None and not 0 < worker < count:
         raise ConfigError(f"--dhcp-worker {worker}: dhcp-workers is {count}")
+    tune_collector()
     link = None
     if worker is not None:
         die_with_parent()

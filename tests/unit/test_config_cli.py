@@ -303,3 +303,17 @@ def test_probe_interval_for_other_dhcp_servers(tmp_path: Path) -> None:
     site.write_text("dhcp-probe-interval = 0.01\n")
     with pytest.raises(ConfigError, match=r"dhcp-probe-interval: probes go at most once a second"):
         parse(*base)
+
+
+def test_the_server_collects_its_youngest_generation_less_often() -> None:
+    import gc
+
+    from netbootd.app import YOUNG_GENERATION, tune_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == (YOUNG_GENERATION, before[1], before[2])
+        assert before[0] < YOUNG_GENERATION
+    finally:
+        gc.set_threshold(*before)
