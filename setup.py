@@ -31,6 +31,7 @@ COMPILED = [
     "src/netbootd/services/dhcp_limits.py",
     "src/netbootd/services/dhcp_shares.py",
     "src/netbootd/services/dhcp_watch.py",
+    "src/netbootd/services/hosts.py",
     "src/netbootd/store/leases.py",
     "src/netbootd/transport/dhcp.py",
     "src/netbootd/logfmt.py",
