@@ -10,6 +10,8 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from netbootd.boot.client import BootClass
 from netbootd.boot.inventory import Inventory, Machine, Method, Profile
@@ -18,7 +20,7 @@ from netbootd.boot.policy import BootPolicy
 from netbootd.config import DhcpMode
 from netbootd.logfmt import parse_event
 from netbootd.proto.dhcp import MessageType, Op, Opt, decode, decode_ip, decode_u32, encode
-from netbootd.services.dhcp import DhcpService, DhcpSettings, Reply
+from netbootd.services.dhcp import DhcpService, DhcpSettings, Reply, address_text
 from netbootd.services.machines import BootSetup, Machines, ServerAddress
 from netbootd.store.leases import StoreError
 from tests.dhcp_clients import BIOS_PXE, UEFI_HTTP, UUID_OPTION, request
@@ -510,3 +512,8 @@ async def test_parameter_request_list_and_the_operators_options() -> None:
     plain = await ask(service, request(MessageType.DISCOVER, mac="52:54:00:00:00:09"))
     assert plain is not None  # no list: everything
     assert {Opt.ROUTER, Opt.DNS, Opt.BROADCAST, 42} <= {code for code, _ in plain.packet.options}
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_address_text_is_the_dotted_quad(number: int) -> None:
+    assert address_text(IPv4Address(number)) == str(IPv4Address(number))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -223,6 +222,7 @@ class DhcpService:
     counters: Counter[str] = field(default_factory=Counter)
     machines: Machines | None = None  # the inventory, when there is one
     _served: tuple[DhcpSettings, tuple[Subnet, ...]] | None = field(default=None, repr=False)
+    _reservations: Reservations | None = field(default=None, repr=False)
 
     @property
     def subnets(self) -> tuple[Subnet, ...]:
@@ -233,8 +233,16 @@ class DhcpService:
 
     @property
     def reservations(self) -> Reservations:
-        """The config's hosts and the inventory's machines, as the inventory stands now."""
-        return Reservations(self.settings.hosts, self.machines)
+        """The config's hosts and the inventory's machines (read as the inventory stands at
+        each question), made once for the settings and inventory in force."""
+        made = self._reservations
+        if (
+            made is None
+            or made.hosts is not self.settings.hosts
+            or made.machines is not self.machines
+        ):
+            made = self._reservations = Reservations(self.settings.hosts, self.machines)
+        return made
 
     refusals: Throttle = field(default_factory=Throttle)  # the warning about caps met
     full_pools: dict[str, Throttle] = field(default_factory=dict)  # warnings of full pools
@@ -1069,8 +1077,10 @@ def _boot_part(filename: str | None, reason: str) -> str:
 
 
 def address_text(address: IPv4Address) -> str:
-    """``str(address)``, in C: each reply and its log line need one or two."""
-    return socket.inet_ntoa(address.packed)
+    """``str(address)``, compiled: each reply and its log line need one or two, and
+    ``IPv4Address.__str__`` is interpreted."""
+    n = int(address)
+    return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
 def _kind(request: DhcpPacket) -> str:
