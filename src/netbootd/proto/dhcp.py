@@ -713,6 +713,12 @@ def encode(packet: DhcpPacket, *, max_size: int = MIN_MAX_MESSAGE_SIZE) -> bytes
     return _wire(packet, sname, file, options_field)
 
 
+def _octets(address: IPv4Address) -> bytes:
+    # ``IPv4Address.packed`` is two interpreted calls; ``int()`` is one, and the shared zero
+    # address, in most fields, none.
+    return _ZERO_OCTETS if address is _ZERO else int(address).to_bytes(4, "big")
+
+
 def _wire(packet: DhcpPacket, sname: bytes, file: bytes, options_field: bytes) -> bytes:
     header = _HEADER.pack(
         packet.op,
@@ -722,10 +728,10 @@ def _wire(packet: DhcpPacket, sname: bytes, file: bytes, options_field: bytes) -
         packet.xid,
         packet.secs,
         packet.flags,
-        packet.ciaddr.packed,
-        packet.yiaddr.packed,
-        packet.siaddr.packed,
-        packet.giaddr.packed,
+        _octets(packet.ciaddr),
+        _octets(packet.yiaddr),
+        _octets(packet.siaddr),
+        _octets(packet.giaddr),
         packet.chaddr,
         sname,
         file,
