@@ -198,7 +198,7 @@ class LeaseBook:
         return None if record is None else _lease(record)
 
     def holds(self, lease: Lease) -> bool:
-        """Whether ``lease`` is what the book has at its address (nothing put there since)."""
+        """Whether the book has ``lease`` at its address, field for field."""
         return self._by_address.get(int(lease.address)) == _record(lease)
 
     def holder(self, address: IPv4Address, now: float) -> str | None:
