@@ -895,14 +895,12 @@ def _serialise(pieces: Iterable[tuple[int, bytes]]) -> bytes:
 
 def ip_option(addr: IPv4Address | str) -> bytes:
     """One IPv4 address as an option value."""
-    if isinstance(addr, IPv4Address):
-        return addr.packed
-    return IPv4Address(addr).packed
+    return _octets(addr if isinstance(addr, IPv4Address) else IPv4Address(addr))
 
 
 def ips_option(addrs: Iterable[IPv4Address | str]) -> bytes:
     """A list of IPv4 addresses as an option value."""
-    return b"".join(IPv4Address(addr).packed for addr in addrs)
+    return b"".join([ip_option(addr) for addr in addrs])
 
 
 def u8_option(n: int) -> bytes:
