@@ -52,9 +52,7 @@ class AddressRange:
         return self._high - self._low + 1
 
     def __contains__(self, address: object) -> bool:
-        if not isinstance(address, IPv4Address):
-            return False
-        return self._low <= int(address) <= self._high
+        return isinstance(address, IPv4Address) and self.covers(int(address))
 
     def covers(self, number: int) -> bool:
         """Whether the address whose int value is ``number`` is in the range."""
