@@ -41,7 +41,7 @@ from netbootd.proto.dhcp import (
     u16_option,
 )
 from netbootd.services.dhcp import PXE_PORT, DhcpService, DhcpSettings, Pending
-from tests.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
+from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
 
 SERVER = IPv4Address("10.99.0.1")
 NETWORK = IPv4Network("10.99.0.0/24")

@@ -19,7 +19,7 @@ import pytest
 
 from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, encode
 from netbootd_lab import Lab, LogEvent, NetbootdServer
-from tests.dhcp_clients import BIOS_PXE, request
+from tests.helpers.dhcp_clients import BIOS_PXE, request
 
 pytestmark = [
     pytest.mark.netns,

@@ -24,7 +24,7 @@ import pytest
 
 from netbootd.proto.dhcp import MessageType, encode
 from netbootd_lab import Lab, LogEvent, NetbootdServer
-from tests.dhcp_clients import request
+from tests.helpers.dhcp_clients import request
 
 pytestmark = [
     pytest.mark.netns,

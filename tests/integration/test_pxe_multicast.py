@@ -21,7 +21,7 @@ import pytest
 from netbootd.boot.pxe_menu import BOOT_ITEM, LOCAL_USE_BASE
 from netbootd.proto.dhcp import MessageType, Opt, decode, decode_suboptions, encode
 from netbootd_lab import Lab, NetbootdServer
-from tests.dhcp_clients import BIOS_PXE, request
+from tests.helpers.dhcp_clients import BIOS_PXE, request
 
 pytestmark = [
     pytest.mark.netns,

@@ -14,7 +14,7 @@ from netbootd.boot.client import (
 )
 from netbootd.boot.policy import BootPolicy
 from netbootd.proto.dhcp import MessageType, Opt
-from tests.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
+from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
 
 SERVER = IPv4Address("10.99.0.1")
 

@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 
 from netbootd.boot.client import BootClass
-from netbootd.cli import config_from_args, main, make_parser
+from netbootd.cli import main, make_parser
 from netbootd.config import ConfigError, DhcpMode
-
-
-def parse(*argv: str):  # type: ignore[no-untyped-def]
-    return config_from_args(make_parser().parse_args(["serve", *argv]))
+from tests.helpers.config import parse
 
 
 def test_defaults_to_proxy_mode(tmp_path: Path) -> None:

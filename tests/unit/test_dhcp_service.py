@@ -23,7 +23,7 @@ from netbootd.proto.dhcp import MessageType, Op, Opt, decode, decode_ip, decode_
 from netbootd.services.dhcp import DhcpService, DhcpSettings, Reply, address_text
 from netbootd.services.machines import BootSetup, Machines, ServerAddress
 from netbootd.store.leases import StoreError
-from tests.dhcp_clients import BIOS_PXE, UEFI_HTTP, UUID_OPTION, request
+from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_HTTP, UUID_OPTION, request
 
 SERVER = IPv4Address("10.99.0.1")
 NET = IPv4Network("10.99.0.0/24")

@@ -21,7 +21,7 @@ from netbootd.proto.dhcp import MessageType, encode
 from netbootd.services.dhcp_limits import DhcpLimits
 from netbootd.services.dhcp_shares import Share, client_worker
 from netbootd.transport.dhcp import worker_of
-from tests.dhcp_clients import request
+from tests.helpers.dhcp_clients import request
 
 NET = IPv4Network("10.96.0.0/16")
 

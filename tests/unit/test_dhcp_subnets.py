@@ -19,7 +19,7 @@ from netbootd.logfmt import parse_event
 from netbootd.proto.dhcp import HEADER_SIZE, MAGIC_COOKIE, MessageType, Op, Opt, encode
 from netbootd.services.dhcp import DhcpService, DhcpSettings
 from netbootd.services.dhcp_limits import DhcpLimits
-from tests.dhcp_clients import BIOS_PXE, request
+from tests.helpers.dhcp_clients import BIOS_PXE, request
 from tests.unit.test_dhcp_service import SERVER, Clock, MemoryStore, ask, mtype, with_inventory
 
 LOCAL_NET = IPv4Network("10.99.0.0/24")

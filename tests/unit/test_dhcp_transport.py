@@ -19,7 +19,7 @@ from netbootd.proto.dhcp import HEADER_SIZE, MAGIC_COOKIE, MessageType, decode, 
 from netbootd.services.dhcp import DhcpService, DhcpSettings
 from netbootd.store.leases import StoreError
 from netbootd.transport import dhcp as edge
-from tests.dhcp_clients import request
+from tests.helpers.dhcp_clients import request
 
 SERVER = IPv4Address("10.99.0.1")
 RELAY = ("10.99.0.2", 67)

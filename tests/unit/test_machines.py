@@ -30,7 +30,7 @@ from netbootd.services.machines import (
     RenderFailed,
     ServerAddress,
 )
-from tests.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
+from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
 
 SERVER = IPv4Address("10.99.0.1")
 WEB1 = "52:54:00:aa:bb:01"

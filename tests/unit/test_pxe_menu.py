@@ -22,7 +22,7 @@ from netbootd.proto.dhcp import (
     describe,
 )
 from netbootd.services.dhcp import DhcpService
-from tests.dhcp_clients import BIOS_PXE, UEFI_PXE, UUID_OPTION, request
+from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_PXE, UUID_OPTION, request
 from tests.unit.test_dhcp_service import SERVER, ask, make_service
 
 LINUX = {"arch": "bios", "text": "Linux", "file": "pxelinux.0"}

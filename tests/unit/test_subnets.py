@@ -26,7 +26,7 @@ from netbootd.boot.subnets import (
 from netbootd.cli import config_from_args, make_parser
 from netbootd.config import ConfigError, DhcpMode
 from netbootd.proto.dhcp import HEADER_SIZE, MAGIC_COOKIE, MessageType, Opt, decode, encode
-from tests.dhcp_clients import request
+from tests.helpers.dhcp_clients import request
 
 SERVER = IPv4Address("10.99.0.1")
 LOCAL = Subnet(IPv4Network("10.99.0.0/24"), (AddressRange.parse("10.99.0.100-10.99.0.200"),))

@@ -1,0 +1,1 @@
+"""Helpers the test modules share: client packets, service fixtures, command-line parsing."""
