@@ -322,10 +322,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     file_settings: dict[str, Any] = {}
-    source = ""
+    file = None
     if args.config is not None:
-        file_settings = load_file(args.config)
-        source = str(args.config)
+        file = load_file(args.config)
+        file_settings = dict(file.settings)
     flags: dict[str, Any] = {
         "interface": args.interface,
         "root": args.root,
@@ -358,7 +358,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         # interface's pool to them).
         for key in ("subnets", "hosts", "dynamic-bootp", "bootp-lease-time"):
             file_settings.pop(key, None)
-    return build(file_settings, flags, source)
+    return build(file_settings, flags, file)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:

@@ -8,8 +8,10 @@ look at interfaces, sockets or the boot root (the composition root does that at 
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -23,6 +25,7 @@ from netbootd.boot.leases import AddressRange
 from netbootd.boot.pxe_menu import PxeMenuError, PxeMenus, build_menus
 from netbootd.boot.subnets import SubnetSpec, parse_subnets
 from netbootd.proto.dhcp import encode_option_value, option_code
+from netbootd.toml_lines import KeyLines
 
 
 class ConfigError(Exception):
@@ -240,41 +243,91 @@ def _location(error: Mapping[str, Any]) -> str:
     return ".".join(parts)
 
 
-def _explain(error: ValidationError, source: str, flags: Mapping[str, Any]) -> ConfigError:
+@dataclass(frozen=True)
+class ConfigFile:
+    """A config file as read: its settings, and where each key was written, for messages."""
+
+    path: Path
+    settings: dict[str, Any]
+    lines: KeyLines = field(repr=False)
+
+    def where(self, key: tuple[str, ...] = ()) -> str:
+        """``file:line`` of ``key`` (its nearest enclosing table's, if it is not written)."""
+        return f"{self.path}:{self.lines.line_of(key)}" if key else str(self.path)
+
+    def where_in_message(self, message: str) -> str:
+        """``file:line`` of the table a message names (``[[subnets]] #2``, ``lease-time: ...``)."""
+        numbered = _NUMBERED_TABLE.match(message)
+        if numbered is not None:
+            line = self.lines.table_line((numbered["table"],), int(numbered["number"]))
+            return f"{self.path}:{line}" if line is not None else str(self.path)
+        indexed = _INDEXED_TABLE.match(message)
+        if indexed is not None:
+            line = self.lines.table_line((indexed["table"],), int(indexed["index"]) + 1)
+            if line is not None:
+                return f"{self.path}:{line}"
+        key = message.split(":", 1)[0].split("[", 1)[0].strip()
+        return self.where((key,)) if key in self.settings else str(self.path)
+
+
+# How a table of an array of tables is named in messages: "[[subnets]] #2 (10.0.5.0/24): ..."
+# counts from 1, "pxe-menu[0]: ..." from 0.
+_NUMBERED_TABLE = re.compile(r"^\[\[(?P<table>[a-z-]+)\]\] #(?P<number>[0-9]+)\b")
+_INDEXED_TABLE = re.compile(r"^(?P<table>[a-z-]+)\[(?P<index>[0-9]+)\]")
+
+
+def _origin(file: ConfigFile | None, key: tuple[str, ...] = (), message: str = "") -> str:
+    if file is None:
+        return ""
+    return file.where(key) if key else file.where_in_message(message)
+
+
+def _explain(
+    error: ValidationError, file: ConfigFile | None, flags: Mapping[str, Any]
+) -> ConfigError:
     first = error.errors()[0]
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     where = _location(first)
     key = where.split(".", 1)[0]
     from_flag = bool(key) and flags.get(key) not in (None, {})
-    origin = f"--{key}" if from_flag else source
+    if from_flag:
+        origin = f"--{key}"
+    else:
+        path = tuple(str(part) for part in first.get("loc", ()) if isinstance(part, str))
+        origin = _origin(file, tuple(part.replace("_", "-") for part in path) or ("",))
     if from_flag and where == key:
         where = ""  # "--boot: boot: ..." says the same thing twice
     prefix = f"{origin}: " if origin else ""
     return ConfigError(f"{prefix}{where + ': ' if where else ''}{message}")
 
 
-def load_file(path: Path) -> dict[str, Any]:
-    """Read a TOML config file into flag-named settings; errors name the file."""
+def load_file(path: Path) -> ConfigFile:
+    """Read a TOML config file into flag-named settings; errors name the file and the line."""
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        text = path.read_bytes().decode()
+        data = tomllib.loads(text)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
     except PermissionError as exc:
         raise ConfigError(f"{path}: permission denied") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    file = ConfigFile(path, data, KeyLines(text))
     unknown = sorted(set(data) - _FILE_KEYS)
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}")
-    return data
+        raise ConfigError(f"{file.where((unknown[0],))}: unknown key {unknown[0]!r}")
+    return file
 
 
-def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: str = "") -> Config:
+def build(
+    file_settings: Mapping[str, Any], flags: Mapping[str, Any], file: ConfigFile | None = None
+) -> Config:
     """Merge file settings and flags (flags win) into a validated :class:`Config`.
 
     Both mappings use the flag spelling (``dhcp-range``, ``no-dhcp`` is ``dhcp = false``).
-    ``source`` names the config file in error messages.
+    ``file`` is the config file they came from, whose name and lines error messages give.
     """
     merged: dict[str, Any] = dict(file_settings)
     for key, value in flags.items():
@@ -286,16 +339,19 @@ def build(file_settings: Mapping[str, Any], flags: Mapping[str, Any], source: st
         return _validate(merged)
     except PxeMenuError as exc:
         if str(exc).startswith("pxe-multicast:"):
-            origin = "--pxe-multicast" if flags.get("pxe-multicast") else source
+            origin = (
+                "--pxe-multicast" if flags.get("pxe-multicast") else _origin(file, message=str(exc))
+            )
         elif flags.get("pxe-menu") or flags.get("pxe-prompt"):
             origin = "--pxe-service/--pxe-prompt"
         else:
-            origin = source
+            origin = _origin(file, message=str(exc))
         raise ConfigError(f"{origin + ': ' if origin else ''}{exc}") from exc
     except ValidationError as exc:
-        raise _explain(exc, source, flags) from exc
+        raise _explain(exc, file, flags) from exc
     except ValueError as exc:
-        raise ConfigError(f"{source + ': ' if source else ''}{exc}") from exc
+        origin = _origin(file, message=str(exc))
+        raise ConfigError(f"{origin + ': ' if origin else ''}{exc}") from exc
 
 
 _MENU_KEYS = ("pxe-menu", "pxe-prompt", "pxe-multicast")

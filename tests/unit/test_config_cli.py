@@ -74,10 +74,10 @@ def test_bad_settings(argv: list[str], message: str | None) -> None:
 def test_bad_file(tmp_path: Path) -> None:
     conf = tmp_path / "bad.toml"
     conf.write_text('interface = "br0"\nroot = "/srv"\nhttp-prot = 81\n')
-    with pytest.raises(ConfigError, match=r"bad.toml: unknown key 'http-prot'"):
+    with pytest.raises(ConfigError, match=r"bad.toml:3: unknown key 'http-prot'"):
         parse("--config", str(conf))
     conf.write_text('interface = "br0"\nroot = "/srv"\nhttp-port = "x"\n')
-    with pytest.raises(ConfigError, match=r"bad.toml.*http-port"):
+    with pytest.raises(ConfigError, match=r"bad.toml:3: http-port: "):
         parse("--config", str(conf))
     conf.write_text("interface = \n")
     with pytest.raises(ConfigError, match=r"bad.toml: .*line 1"):
@@ -128,7 +128,7 @@ def test_help_lists_the_contract(capsys: pytest.CaptureFixture[str]) -> None:
 def test_errors_name_their_origin(tmp_path: Path) -> None:
     conf = tmp_path / "site.toml"
     conf.write_text('interface = "br0"\nroot = "/srv"\nlease-time = 5\n')
-    with pytest.raises(ConfigError, match=r"^.*site.toml: lease-time: "):
+    with pytest.raises(ConfigError, match=r"^.*site.toml:3: lease-time: "):
         parse("--config", str(conf))
     with pytest.raises(ConfigError, match=r"^--boot: boot path '/abs/path' must be relative"):
         parse("--config", str(conf), "--boot", "bios=/abs/path")
@@ -270,7 +270,7 @@ def test_bad_dhcp_options_name_their_source(
     )
     conf = tmp_path / "site.toml"
     conf.write_text('[dhcp-options]\nntp-servers = "not an address"\n')
-    with pytest.raises(ConfigError, match=r"site\.toml: dhcp-options: option 42 \(ntp-servers\)"):
+    with pytest.raises(ConfigError, match=r"site\.toml:1: dhcp-options: option 42 \(ntp-servers\)"):
         parse("--no-dhcp", "--root", str(tmp_path), "--config", str(conf))
 
 
@@ -314,3 +314,24 @@ def test_the_server_collects_its_youngest_generation_less_often() -> None:
         assert before[0] < YOUNG_GENERATION
     finally:
         gc.set_threshold(*before)
+
+
+def test_file_errors_name_the_line_of_the_key(tmp_path: Path) -> None:
+    conf = tmp_path / "site.toml"
+    conf.write_text('interface = "br0"\nroot = "/srv"\n\n[boot]\nbios = "/abs/path"\n')
+    with pytest.raises(ConfigError, match=r"^.*site\.toml:4: boot: boot path '/abs/path'"):
+        parse("--config", str(conf))
+    # The second of two [[pxe-menu]] tables is found by its index, not at the first one.
+    conf.write_text(
+        'interface = "br0"\nroot = "/srv"\n'
+        '[[pxe-menu]]\narch = "bios"\ntext = "Linux"\nfile = "pxelinux.0"\n'
+        '[[pxe-menu]]\narch = "bios"\ntext = "Nothing"\n'
+    )
+    with pytest.raises(ConfigError, match=r"^.*site\.toml:7: pxe-menu\[1\]: "):
+        parse("--config", str(conf))
+    # A message naming no key of the file names the file alone.
+    conf.write_text(
+        'interface = "br0"\nroot = "/srv"\nproxy = true\ndhcp-range = "1.1.1.1-1.1.1.2"\n'
+    )
+    with pytest.raises(ConfigError, match=r"^.*site\.toml: --proxy excludes"):
+        parse("--config", str(conf))

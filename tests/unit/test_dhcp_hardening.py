@@ -25,8 +25,8 @@ from netbootd.services.dhcp import DhcpService, DhcpSettings
 from netbootd.services.dhcp_limits import DhcpLimits, LineBudget, Throttle
 from netbootd.services.machines import BootSetup, Machines, ServerAddress
 from netbootd.transport.dhcp import DhcpServer, _Endpoint
-from tests.helpers.dhcp_clients import BIOS_PXE, request
 from tests.helpers.config import parse
+from tests.helpers.dhcp_clients import BIOS_PXE, request
 from tests.unit.test_dhcp_service import Clock, MemoryStore, make_service
 
 

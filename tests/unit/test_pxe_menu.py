@@ -255,10 +255,10 @@ def test_multicast_needs_a_menu(tmp_path: Path) -> None:
         'interface = "lo"\nroot = "/srv"\npxe-multicast = "10.1.2.3"\n'
         '[[pxe-menu]]\narch = "bios"\ntext = "Linux"\nfile = "pxelinux.0"\n'
     )
-    with pytest.raises(ConfigError, match=r"netbootd\.toml: pxe-multicast: an IPv4 multicast"):
-        build(load_file(path), {}, str(path))
+    with pytest.raises(ConfigError, match=r"netbootd\.toml:3: pxe-multicast: an IPv4 multicast"):
+        build(load_file(path).settings, {}, load_file(path))
     path.write_text(path.read_text().replace("10.1.2.3", "239.1.2.3"))
-    config = build(load_file(path), {}, str(path))
+    config = build(load_file(path).settings, {}, load_file(path))
     assert config.pxe_menus.multicast == IPv4Address("239.1.2.3")
     assert config.pxe_menus.by_key[BootClass.BIOS].multicast == IPv4Address("239.1.2.3")
 
@@ -309,14 +309,14 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         '[[pxe-menu]]\narch = "bios"\ntext = "Local disk"\nlocal = true\n'
         '[pxe-prompt]\ntext = "Press F8"\ntimeout = 3\n'
     )
-    config = build(load_file(path), {}, str(path))
+    config = build(load_file(path).settings, {}, load_file(path))
     menu = config.pxe_menus.by_key[BootClass.BIOS]
     assert menu.vendor_options(IPv4Address("10.99.0.1")) == TWO_ITEM_MENU
     path.write_text(
         'interface = "lo"\nroot = "/srv"\n[[pxe-menu]]\narch = "bios"\ntext = "Linux"\n'
     )
-    with pytest.raises(ConfigError, match=r"netbootd.toml: pxe-menu\[0\]: exactly one of"):
-        build(load_file(path), {}, str(path))
+    with pytest.raises(ConfigError, match=r"netbootd.toml:3: pxe-menu\[0\]: exactly one of"):
+        build(load_file(path).settings, {}, load_file(path))
     args = make_parser().parse_args(
         [
             "serve",

@@ -412,7 +412,7 @@ def test_config_errors_name_the_file_the_subnet_and_the_key(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as caught:
         parse("--config", str(conf))
     assert str(caught.value) == (
-        f"{conf}: [[subnets]] #2 (10.0.5.0/24): pools: 10.0.6.1-10.0.6.9 is outside "
+        f"{conf}:11: [[subnets]] #2 (10.0.5.0/24): pools: 10.0.6.1-10.0.6.9 is outside "
         "10.0.5.0/24; a range inside the subnet is wanted"
     )
     conf.write_text(

@@ -3,8 +3,8 @@ client boots by them.
 
 Pure: the model is frozen values; :func:`resolve` picks the profile for one client and says why,
 :func:`check` finds the inconsistencies that a loader must refuse. Nothing here reads files,
-renders templates or logs; the loader (``netbootd.services.inventory``) builds these values from
-TOML and reports where each one was written.
+renders templates or logs; the loader (``netbootd.services.inventory_files``) builds these values
+from TOML and reports where each one was written.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "ClientFacts",
     "Group",
     "Inventory",
+    "InventoryError",
     "InventoryProblem",
     "Location",
     "Machine",
@@ -498,6 +499,17 @@ class InventoryProblem:
             parts.append(self.key)
         parts.append(self.message)
         return ": ".join(parts)
+
+
+class InventoryError(Exception):
+    """The inventory cannot be used. ``str()`` is every problem, one per line."""
+
+    def __init__(self, problems: Iterable[InventoryProblem]) -> None:
+        self.problems: tuple[InventoryProblem, ...] = tuple(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+    def __reduce__(self) -> tuple[type[InventoryError], tuple[tuple[InventoryProblem, ...]]]:
+        return (InventoryError, (self.problems,))
 
 
 def _file_order(problem: InventoryProblem) -> tuple[int, tuple[str, ...], int]:
