@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
+from netbootd.boot.inventory import InventoryError
 from netbootd.boot.leases import LeaseBook
 from netbootd.boot.policy import DEFAULT_BOOT, GRUB_LOADER, PXELINUX_LOADER, BootPolicy
 from netbootd.boot.subnets import NetworkSettings, Subnet, check_overlaps, check_server
@@ -30,7 +31,6 @@ from netbootd.services.dhcp_limits import DhcpLimits
 from netbootd.services.dhcp_shares import Share
 from netbootd.services.dhcp_watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
-from netbootd.services.inventory import InventoryError
 from netbootd.services.machines import BootFiles, LiveInventory, Machines, ServerAddress
 from netbootd.store.leases import SqliteLeaseStore, StoreError
 from netbootd.transport.dhcp import DhcpServer
@@ -53,6 +53,8 @@ LOADER_PACKAGE_FILES = {
 
 # IPv4 (20) + UDP (8) + TFTP DATA header (4): what a block may use of the MTU.
 _TFTP_OVERHEAD = 32
+# How often the inventory directory is looked at for changes, in seconds.
+INVENTORY_POLL = 1.0
 
 
 class StartError(Exception):
@@ -276,7 +278,7 @@ class App:
         if self.inventory is not None:
             if not self.dhcp_only:
                 self.inventory.log_state("inventory-loaded")
-            self._watcher = asyncio.get_running_loop().create_task(self.inventory.watch())
+            self._watcher = asyncio.get_running_loop().create_task(watch_inventory(self.inventory))
         if self.dhcp_only:
             assert self.share is not None
             log.info(format_event("dhcp-worker-ready", worker=self.share.index, pid=os.getpid()))
@@ -435,6 +437,24 @@ class App:
         if self.store is not None:
             await self.store.close()
             self.store = None
+
+
+async def watch_inventory(inventory: LiveInventory, poll: float = INVENTORY_POLL) -> None:
+    """Look at the inventory directory every ``poll`` seconds, for ever; reload what changed.
+
+    The files are read in a worker thread, so a slow disk never holds up the event loop; the
+    new inventory is put in force on the loop, between two requests.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(poll)
+        try:
+            loaded = await loop.run_in_executor(None, inventory.load_if_changed)
+        except InventoryError as exc:
+            inventory.keep(exc)
+            continue
+        if loaded is not None:
+            inventory.adopt(loaded)
 
 
 # Container objects made, net of those freed, between two collections of the youngest

@@ -17,13 +17,8 @@ whose profile has no such form, every name falls through to the boot root.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
-import os
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,8 +30,8 @@ from netbootd.boot.client import ClientInfo, arch_name
 from netbootd.boot.inventory import (
     ClientFacts,
     Inventory,
+    InventoryError,
     InventoryProblem,
-    Location,
     Resolution,
     resolve,
 )
@@ -58,7 +53,8 @@ from netbootd.services.files import (
     FileSource,
     OpenedFile,
 )
-from netbootd.services.inventory import InventoryError, load_inventory
+from netbootd.services.inventory_files import load_inventory
+from netbootd.store.installed import INSTALLED_FILE, InstalledStore
 
 _MAC = r"(?P<mac>[0-9a-fA-F]{2}(?:-[0-9a-fA-F]{2}){5})"
 _PXELINUX_NAME = re.compile(rf"^/?pxelinux\.cfg/01-{_MAC}$")
@@ -134,53 +130,6 @@ def load_setup(directory: Path) -> BootSetup:
     if problems:
         raise InventoryError(tuple(problems))
     return BootSetup(inventory, MappingProxyType(templates), directory)
-
-
-class InstalledStore:
-    """Which machines have finished their boot-once profile, in one small JSON file.
-
-    Written whole to a temporary file, synced, then renamed over the old one: a crash leaves
-    the old state or the new, never half of one.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def load(self) -> frozenset[str]:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return frozenset()
-        except (OSError, ValueError) as exc:
-            raise InventoryError(
-                (InventoryProblem(Location(str(self.path), 1), "installed", str(exc)),)
-            ) from None
-        names = data.get("installed", []) if isinstance(data, dict) else []
-        return frozenset(str(name) for name in names)
-
-    def mark(self, name: str, installed: bool = True) -> frozenset[str]:
-        names = set(self.load())
-        if installed:
-            names.add(name)
-        else:
-            names.discard(name)
-        self._write(frozenset(names))
-        return frozenset(names)
-
-    def _write(self, names: frozenset[str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=".installed-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump({"installed": sorted(names)}, handle)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,11 +352,6 @@ def _mac(match: re.Match[str]) -> str:
     return match["mac"].lower().replace("-", ":")
 
 
-# Boot-once state, in the state directory.
-INSTALLED_FILE = "installed.json"
-# How often the inventory directory is looked at for changes, in seconds.
-INVENTORY_POLL = 1.0
-
 log = logging.getLogger("netbootd")
 
 
@@ -424,11 +368,21 @@ def _tree_signature(directory: Path, extra: Path) -> tuple[tuple[str, int, int],
     return tuple(entries)
 
 
-class LiveInventory:
-    """The inventory directory as it is on disk: loaded now, reloaded when it changes.
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """The inventory and boot-once state as read again from disk."""
 
-    A bad edit is refused: every problem is logged with its file, line and key, and the last
-    good inventory goes on serving. Raises :class:`InventoryError` if the first load fails.
+    setup: BootSetup
+    installed: frozenset[str]
+
+
+class LiveInventory:
+    """The inventory directory as it is on disk: loaded now, and again when told it changed.
+
+    The composition root looks for changes (:meth:`load_if_changed`, off the event loop) and
+    puts a good reload in force (:meth:`adopt`). A bad edit is refused: every problem is logged
+    with its file, line and key, and the last good inventory goes on serving (:meth:`keep`).
+    Raises :class:`InventoryError` if the first load fails.
     """
 
     def __init__(self, directory: Path, state_dir: Path, address: ServerAddress) -> None:
@@ -460,32 +414,33 @@ class LiveInventory:
             )
         )
 
-    async def watch(self, poll: float = INVENTORY_POLL) -> None:
-        """Look at the directory every ``poll`` seconds, for ever; reload what changed."""
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(poll)
-            now = await loop.run_in_executor(
-                None, _tree_signature, self.directory, self.installed.path
+    def load_if_changed(self) -> Loaded | None:
+        """The directory and the boot-once file loaded again if either changed since last seen.
+
+        Blocking (it reads files): run it off the event loop. Raises :class:`InventoryError`
+        for a bad edit, which :meth:`keep` then reports; a change is seen once either way.
+        """
+        now = _tree_signature(self.directory, self.installed.path)
+        if now == self._seen:
+            return None
+        self._seen = now
+        return Loaded(load_setup(self.directory), self.installed.load())
+
+    def adopt(self, loaded: Loaded) -> None:
+        """Put a good reload in force (on the event loop, between two requests)."""
+        self.machines.replace(loaded.setup)
+        self.machines.installed = loaded.installed
+        self.log_state("inventory-reloaded")
+
+    def keep(self, error: InventoryError) -> None:
+        """A bad edit: say every problem, and that the last good inventory goes on serving."""
+        for problem in error.problems:
+            log.warning(format_event("inventory-error", problem=str(problem)))
+        log.warning(
+            format_event(
+                "inventory-kept",
+                directory=str(self.directory),
+                problems=len(error.problems),
+                hint="the last good inventory goes on serving",
             )
-            if now == self._seen:
-                continue
-            self._seen = now
-            try:
-                setup = await loop.run_in_executor(None, load_setup, self.directory)
-                installed = await loop.run_in_executor(None, self.installed.load)
-            except InventoryError as exc:
-                for problem in exc.problems:
-                    log.warning(format_event("inventory-error", problem=str(problem)))
-                log.warning(
-                    format_event(
-                        "inventory-kept",
-                        directory=str(self.directory),
-                        problems=len(exc.problems),
-                        hint="the last good inventory goes on serving",
-                    )
-                )
-                continue
-            self.machines.replace(setup)
-            self.machines.installed = installed
-            self.log_state("inventory-reloaded")
+        )

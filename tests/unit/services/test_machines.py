@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
@@ -25,7 +24,6 @@ from netbootd.services.files import FileNotFound, FileTree
 from netbootd.services.machines import (
     BootFiles,
     BootSetup,
-    InstalledStore,
     Machines,
     RenderFailed,
     ServerAddress,
@@ -170,16 +168,6 @@ def test_boot_once(tmp_path: Path) -> None:
         "m/52-54-00-aa-bb-01/boot.ipxe",
     )
     assert "profile disk" in after and "sanboot --no-describe --drive 0x80" in after
-
-
-def test_installed_store(tmp_path: Path) -> None:
-    store = InstalledStore(tmp_path / "state" / "installed.json")
-    assert store.load() == frozenset()
-    assert store.mark("web1") == frozenset({"web1"})
-    assert store.mark("db1") == frozenset({"web1", "db1"})
-    assert store.mark("web1", installed=False) == frozenset({"db1"})
-    assert json.loads(store.path.read_text()) == {"installed": ["db1"]}
-    assert [p.name for p in store.path.parent.iterdir()] == ["installed.json"]  # no leftovers
 
 
 def test_later_lookups_render_for_the_machine_at_that_address(tmp_path: Path) -> None:
