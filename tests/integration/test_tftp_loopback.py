@@ -31,9 +31,9 @@ from netbootd.proto.tftp import (
     encode,
 )
 from netbootd.services.files import FileTree, OpenedFile
-from netbootd.transport import tftp as tftp_transport
-from netbootd.transport import tftp_pump
 from netbootd.transport.tftp import TftpServer
+from netbootd.transport.tftp import pump as tftp_pump
+from netbootd.transport.tftp.endpoint import Endpoint
 
 HOST = "127.0.0.1"
 LOGGER = "netbootd.tftp"
@@ -787,7 +787,7 @@ async def test_refused_offload_falls_back_to_single_datagrams(peer: RawPeer) -> 
     refused with EINVAL: the endpoint then sends the same datagrams one by one, in order, and
     says so once."""
     refused: list[bool] = []
-    endpoint = tftp_transport._Endpoint.bind(
+    endpoint = Endpoint.bind(
         socket.AF_INET,
         (HOST, 0),
         lambda data, addr: None,
@@ -823,7 +823,7 @@ class _FailingSource:
             size = opened.size
 
             def read(self, offset: int, length: int) -> bytes:
-                if offset >= tftp_transport.READ_CHUNK:
+                if offset >= tftp_pump.READ_CHUNK:
                     if name == "broken.bin":
                         raise OSError(errno.EIO, "Input/output error")
                     return b""
@@ -852,7 +852,7 @@ async def test_a_file_failing_mid_transfer_ends_it_with_an_error(
 ) -> None:
     name, message = case
     caplog.set_level(logging.INFO, logger=LOGGER)
-    (root / name).write_bytes(os.urandom(3 * tftp_transport.READ_CHUNK))
+    (root / name).write_bytes(os.urandom(3 * tftp_pump.READ_CHUNK))
     server = TftpServer(_FailingSource(FileTree(root)), transfer_threads=transfer_threads)
     await server.start(HOST, 0)
     try:
@@ -872,7 +872,7 @@ async def test_a_file_failing_mid_transfer_ends_it_with_an_error(
                 await peer.send(Ack(packet.block), session_addr)
         assert packet == Error(ErrorCode.NOT_DEFINED, message)
         # Nothing from past the failure (the event loop reads ahead, and may stop sooner).
-        assert received <= tftp_transport.READ_CHUNK
+        assert received <= tftp_pump.READ_CHUNK
         await settle(server)
         [line] = transfer_lines(caplog)
         assert line["result"] == f"error: {message}"

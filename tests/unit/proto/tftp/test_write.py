@@ -7,6 +7,14 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from netbootd.proto.tftp.write import (
+    Complete,
+    SendAck,
+    WriteAction,
+    WriteBlock,
+    WriteSession,
+    negotiate_write,
+)
 
 from netbootd.proto.tftp import (
     Ack,
@@ -25,14 +33,6 @@ from netbootd.proto.tftp import (
     SendError,
     SendOack,
     WriteRequest,
-)
-from netbootd.proto.tftp_write import (
-    Complete,
-    SendAck,
-    WriteAction,
-    WriteBlock,
-    WriteSession,
-    negotiate_write,
 )
 
 # --------------------------------------------------------------------------------------------
