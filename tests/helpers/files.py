@@ -29,3 +29,43 @@ class Octets:
 
     def close(self) -> None:
         pass
+
+
+class Generated:
+    """An opened file of ``size`` octets that repeat ``pattern``, made up as it is read, so a
+    test can serve a file of any size without writing it."""
+
+    def __init__(self, pattern: bytes, size: int) -> None:
+        self.pattern = pattern
+        self._size = size
+        self.closed = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read(self, offset: int, length: int) -> bytes:
+        end = min(offset + length, self._size)
+        if offset >= end:
+            return b""
+        period = len(self.pattern)
+        start = offset % period
+        repeats = (end - offset + start) // period + 1
+        return (self.pattern * repeats)[start : start + end - offset]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Source:
+    """A FileSource that hands out one opened file, or raises one exception, for any name."""
+
+    def __init__(self, result: object) -> None:
+        self.result = result
+        self.asked: list[tuple[str, str | None]] = []
+
+    def open(self, name: str, peer: str | None = None) -> object:
+        self.asked.append((name, peer))
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result

@@ -7,14 +7,6 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from netbootd.proto.tftp.write import (
-    Complete,
-    SendAck,
-    WriteAction,
-    WriteBlock,
-    WriteSession,
-    negotiate_write,
-)
 
 from netbootd.proto.tftp import (
     Ack,
@@ -33,6 +25,14 @@ from netbootd.proto.tftp import (
     SendError,
     SendOack,
     WriteRequest,
+)
+from netbootd.proto.tftp.write import (
+    Complete,
+    SendAck,
+    WriteAction,
+    WriteBlock,
+    WriteSession,
+    negotiate_write,
 )
 
 # --------------------------------------------------------------------------------------------
