@@ -420,6 +420,25 @@ async def test_raw_netascii(server: TftpServer, peer: RawPeer) -> None:
     await settle(server)
 
 
+async def test_netascii_past_16_mib(make_server: ServerFactory, root: Path) -> None:
+    """netascii is converted as it is sent, so a text file has no size limit: a sparse file of
+    17 MiB (NULs, which netascii leaves alone) with lines at both ends."""
+    head, tail = b"first\nline\r\n", b"last\rline\n"
+    with (root / "big.txt").open("wb") as out:
+        out.write(head)
+        out.truncate(17 * 1024 * 1024)
+        out.seek(0, os.SEEK_END)
+        out.write(tail)
+    server = await make_server(max_blksize=65464)
+    options = (("tsize", "0"), ("blksize", "65464"), ("windowsize", "8"))
+    content, _ = await fetch_raw(server.port, "big.txt", options, mode="netascii")
+    expected_size = (root / "big.txt").stat().st_size + 5
+    assert len(content) == expected_size
+    assert content.startswith(b"first\r\nline\r\0\r\n")
+    assert content.endswith(b"\0last\r\0line\r\n")
+    await settle(server)
+
+
 @pytest.mark.parametrize(
     ("packet", "code"),
     [
@@ -519,7 +538,7 @@ async def test_close_ends_active_transfers(make_server: ServerFactory, peer: Raw
 
 
 async def fetch_raw(
-    server_port: int, name: str, options: tuple[tuple[str, str], ...] = ()
+    server_port: int, name: str, options: tuple[tuple[str, str], ...] = (), mode: str = "octet"
 ) -> tuple[bytes, set[int]]:
     """Fetch ``name`` lock-step (or window by window) with a raw peer.
 
@@ -527,7 +546,7 @@ async def fetch_raw(
     """
     peer = RawPeer()
     try:
-        await peer.send(ReadRequest(name, "octet", options), (HOST, server_port))
+        await peer.send(ReadRequest(name, mode, options), (HOST, server_port))
         blksize, window = 512, 1
         content = bytearray()
         ports: set[int] = set()
