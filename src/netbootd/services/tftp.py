@@ -28,11 +28,13 @@ from netbootd.proto.tftp import (
     Negotiated,
     Outcome,
     ReadRequest,
+    ReadSession,
     WriteRequest,
     check_mode,
+    negotiate,
 )
 from netbootd.proto.tftp.netascii import netascii_length, to_netascii
-from netbootd.proto.tftp.write import negotiate_write
+from netbootd.proto.tftp.write import WriteSession, negotiate_write
 from netbootd.services.files import (
     AccessDenied,
     FileLookupError,
@@ -56,8 +58,10 @@ __all__ = [
     "negotiate_upload",
     "open_read",
     "options_text",
+    "read_session",
     "storage_error",
     "transfer_line",
+    "write_session",
 ]
 
 Request = ReadRequest | WriteRequest
@@ -248,6 +252,33 @@ def open_read(source: FileSource, request: ReadRequest, peer: str) -> OpenedFile
         raise
 
 
+def read_session(
+    request: ReadRequest,
+    file_size: int,
+    *,
+    max_blksize: int,
+    max_windowsize: int,
+    timeout: float,
+    retries: int,
+) -> ReadSession:
+    """The session that serves ``file_size`` octets for ``request``, its options negotiated.
+
+    A timeout the client asked for and the server accepted (RFC 2349) replaces the server's own.
+    """
+    negotiated = negotiate(
+        request.options,
+        file_size=file_size,
+        max_blksize=max_blksize,
+        max_windowsize=max_windowsize,
+    )
+    return ReadSession(
+        file_size,
+        negotiated,
+        retransmit_timeout=float(negotiated.timeout) if negotiated.timeout else timeout,
+        max_retries=retries,
+    )
+
+
 class NetasciiFile:
     """An :class:`~netbootd.services.files.OpenedFile` that serves another as netascii,
     converting each piece as it is read.
@@ -336,6 +367,21 @@ def negotiate_upload(
     if isinstance(negotiated, Error):
         return Refusal(negotiated, f"refused: {negotiated.message}", "upload_refused")
     return negotiated
+
+
+def write_session(
+    negotiated: Negotiated, *, max_size: int, timeout: float, retries: int
+) -> WriteSession:
+    """The session that receives an upload with the options ``negotiated``.
+
+    A timeout the client asked for and the server accepted (RFC 2349) replaces the server's own.
+    """
+    return WriteSession(
+        negotiated,
+        max_size=max_size,
+        retransmit_timeout=float(negotiated.timeout) if negotiated.timeout else timeout,
+        max_retries=retries,
+    )
 
 
 def create_upload(uploads: UploadDir, request: WriteRequest) -> UploadFile | Refusal:

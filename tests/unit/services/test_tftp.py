@@ -43,8 +43,10 @@ from netbootd.services.tftp import (
     negotiate_upload,
     open_read,
     options_text,
+    read_session,
     storage_error,
     transfer_line,
+    write_session,
 )
 from netbootd.services.uploads import FileExists, UploadDir
 from tests.helpers.files import Generated, Octets, Source
@@ -221,6 +223,24 @@ def test_netascii_open_that_fails_closes_the_file() -> None:
     assert closed == [True]
 
 
+@pytest.mark.parametrize(("options", "rto"), [((), 1.5), ((("timeout", "4"),), 4.0)])
+def test_read_session_takes_the_clients_timeout(
+    options: tuple[tuple[str, str], ...], rto: float
+) -> None:
+    session = read_session(
+        ReadRequest("f", "octet", (("blksize", "9000"), *options)),
+        5000,
+        max_blksize=1468,
+        max_windowsize=64,
+        timeout=1.5,
+        retries=3,
+    )
+    assert session.negotiated.blksize == 1468
+    assert session.total_blocks == 4
+    session.start(10.0)
+    assert session.deadline == 10.0 + rto
+
+
 # --------------------------------------------------------------------------------------------
 # netascii, streamed
 
@@ -312,6 +332,19 @@ def test_upload_size_over_the_limit_is_refused() -> None:
         max_size=1000,
     )
     assert isinstance(agreed, Negotiated) and agreed.blksize == 1024
+
+
+def test_write_session_takes_the_clients_timeout() -> None:
+    negotiated = negotiate_upload(
+        WriteRequest("f", "octet", (("timeout", "7"),)),
+        max_blksize=1468,
+        max_windowsize=64,
+        max_size=1000,
+    )
+    assert isinstance(negotiated, Negotiated)
+    session = write_session(negotiated, max_size=1000, timeout=1.0, retries=2)
+    session.start(0.0)
+    assert session.deadline == 7.0
 
 
 def test_create_upload_refusals(tmp_path: Path) -> None:

@@ -33,7 +33,6 @@ from netbootd.proto.tftp import (
     Opcode,
     Outcome,
     ReadRequest,
-    ReadSession,
     TftpDecodeError,
     WriteRequest,
     decode,
@@ -41,7 +40,6 @@ from netbootd.proto.tftp import (
     negotiate,
 )
 from netbootd.proto.tftp.framing import Datagram
-from netbootd.proto.tftp.write import WriteSession
 from netbootd.services.files import FileSource, OpenedFile
 from netbootd.services.tftp import (
     Admission,
@@ -53,7 +51,9 @@ from netbootd.services.tftp import (
     create_upload,
     negotiate_upload,
     open_read,
+    read_session,
     transfer_line,
+    write_session,
 )
 from netbootd.services.uploads import UploadDir, UploadFile
 from netbootd.transport.tftp.endpoint import Endpoint
@@ -325,13 +325,11 @@ class TftpServer:
             self._refuse(addr, request.filename, started, upload, event="upload")
             return
         assert not isinstance(negotiated, Refusal)
-        session = WriteSession(
+        session = write_session(
             negotiated,
             max_size=settings.upload_max_size,
-            retransmit_timeout=(
-                float(negotiated.timeout) if negotiated.timeout else settings.timeout
-            ),
-            max_retries=settings.retries,
+            timeout=settings.timeout,
+            retries=settings.retries,
         )
         exchange = Upload(
             self, addr, request=request, upload=upload, session=session, started=started
@@ -389,19 +387,13 @@ class TftpServer:
         self, request: ReadRequest, addr: Address, opened: OpenedFile, started: float
     ) -> Transfer | PumpedTransfer:
         settings = self.settings
-        negotiated = negotiate(
-            request.options,
-            file_size=opened.size,
+        session = read_session(
+            request,
+            opened.size,
             max_blksize=settings.max_blksize,
             max_windowsize=settings.max_windowsize,
-        )
-        session = ReadSession(
-            opened.size,
-            negotiated,
-            retransmit_timeout=(
-                float(negotiated.timeout) if negotiated.timeout else settings.timeout
-            ),
-            max_retries=settings.retries,
+            timeout=settings.timeout,
+            retries=settings.retries,
         )
         # While only a few transfers run, those on their own ports run in threads of their own.
         # Under load new ones share the event loop, which serves many in one thread far better
