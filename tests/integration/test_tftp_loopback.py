@@ -919,6 +919,13 @@ async def test_no_thread_to_be_had_refuses_the_transfer(
     [line] = transfer_lines(caplog)
     assert line["result"] == "error: server cannot start the transfer"
     assert server.active_sessions == 0
+    [(_, fields)] = [
+        parse_event(r.getMessage())
+        for r in caplog.records
+        if parse_event(r.getMessage())[0] == "no-thread"
+    ]
+    assert fields["error"] == "can't start new thread"
+    assert fields["client"] == f"{HOST}:{peer.sock.getsockname()[1]}"
 
 
 async def test_a_slow_client_gives_its_busy_poll_place_up(
