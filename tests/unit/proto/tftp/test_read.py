@@ -22,9 +22,12 @@ from netbootd.proto.tftp import (
     SendBlocks,
     SendError,
     SendOack,
+    TftpDecodeError,
     WriteRequest,
     check_mode,
+    encode,
     negotiate,
+    read_actions,
 )
 
 # --------------------------------------------------------------------------------------------
@@ -392,3 +395,13 @@ def test_send_block_wire_number_wraps() -> None:
     assert SendBlock(65535, 0, 0).block == 65535
     assert SendBlock(65536, 0, 0).block == 0
     assert SendBlock(65537, 0, 0).block == 1
+
+
+def test_read_actions_takes_an_ack_the_short_way_and_anything_else_decoded() -> None:
+    fast, slow = session(1000), session(1000)
+    fast.start(0.0)
+    slow.start(0.0)
+    assert read_actions(fast, b"\x00\x04\x00\x01", 1.0) == slow.ack(1, 1.0)
+    assert read_actions(fast, encode(Error(0, "bye")), 2.0) == [Finish(Outcome.CLIENT_ERROR, "bye")]
+    with pytest.raises(TftpDecodeError):
+        read_actions(slow, b"\x00\x04\x00", 2.0)
