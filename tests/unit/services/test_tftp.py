@@ -28,7 +28,6 @@ from netbootd.services.files import (
     FileNotFound,
     FileSource,
     FileTree,
-    MemoryFile,
 )
 from netbootd.services.tftp import (
     DUPLICATE,
@@ -444,11 +443,3 @@ def test_transfer_line() -> None:
         )[0]
         == "upload"
     )
-
-
-def test_memory_file_is_the_one_in_memory_file() -> None:
-    from netbootd.services import machines
-
-    assert machines.MemoryFile is MemoryFile
-    opened = MemoryFile(b"rendered")
-    assert (opened.size, opened.read(2, 3)) == (8, b"nde")
