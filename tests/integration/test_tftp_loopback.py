@@ -31,9 +31,9 @@ from netbootd.proto.tftp import (
     encode,
 )
 from netbootd.services.files import FileTree, OpenedFile
-from netbootd.transport import tftp as tftp_transport
-from netbootd.transport import tftp_pump
 from netbootd.transport.tftp import TftpServer
+from netbootd.transport.tftp import pump as tftp_pump
+from netbootd.transport.tftp.endpoint import Endpoint
 
 HOST = "127.0.0.1"
 LOGGER = "netbootd.tftp"
@@ -420,6 +420,25 @@ async def test_raw_netascii(server: TftpServer, peer: RawPeer) -> None:
     await settle(server)
 
 
+async def test_netascii_past_16_mib(make_server: ServerFactory, root: Path) -> None:
+    """netascii is converted as it is sent, so a text file has no size limit: a sparse file of
+    17 MiB (NULs, which netascii leaves alone) with lines at both ends."""
+    head, tail = b"first\nline\r\n", b"last\rline\n"
+    with (root / "big.txt").open("wb") as out:
+        out.write(head)
+        out.truncate(17 * 1024 * 1024)
+        out.seek(0, os.SEEK_END)
+        out.write(tail)
+    server = await make_server(max_blksize=65464)
+    options = (("tsize", "0"), ("blksize", "65464"), ("windowsize", "8"))
+    content, _ = await fetch_raw(server.port, "big.txt", options, mode="netascii")
+    expected_size = (root / "big.txt").stat().st_size + 5
+    assert len(content) == expected_size
+    assert content.startswith(b"first\r\nline\r\0\r\n")
+    assert content.endswith(b"\0last\r\0line\r\n")
+    await settle(server)
+
+
 @pytest.mark.parametrize(
     ("packet", "code"),
     [
@@ -519,7 +538,7 @@ async def test_close_ends_active_transfers(make_server: ServerFactory, peer: Raw
 
 
 async def fetch_raw(
-    server_port: int, name: str, options: tuple[tuple[str, str], ...] = ()
+    server_port: int, name: str, options: tuple[tuple[str, str], ...] = (), mode: str = "octet"
 ) -> tuple[bytes, set[int]]:
     """Fetch ``name`` lock-step (or window by window) with a raw peer.
 
@@ -527,7 +546,7 @@ async def fetch_raw(
     """
     peer = RawPeer()
     try:
-        await peer.send(ReadRequest(name, "octet", options), (HOST, server_port))
+        await peer.send(ReadRequest(name, mode, options), (HOST, server_port))
         blksize, window = 512, 1
         content = bytearray()
         ports: set[int] = set()
@@ -787,7 +806,7 @@ async def test_refused_offload_falls_back_to_single_datagrams(peer: RawPeer) -> 
     refused with EINVAL: the endpoint then sends the same datagrams one by one, in order, and
     says so once."""
     refused: list[bool] = []
-    endpoint = tftp_transport._Endpoint.bind(
+    endpoint = Endpoint.bind(
         socket.AF_INET,
         (HOST, 0),
         lambda data, addr: None,
@@ -823,7 +842,7 @@ class _FailingSource:
             size = opened.size
 
             def read(self, offset: int, length: int) -> bytes:
-                if offset >= tftp_transport.READ_CHUNK:
+                if offset >= tftp_pump.READ_CHUNK:
                     if name == "broken.bin":
                         raise OSError(errno.EIO, "Input/output error")
                     return b""
@@ -852,7 +871,7 @@ async def test_a_file_failing_mid_transfer_ends_it_with_an_error(
 ) -> None:
     name, message = case
     caplog.set_level(logging.INFO, logger=LOGGER)
-    (root / name).write_bytes(os.urandom(3 * tftp_transport.READ_CHUNK))
+    (root / name).write_bytes(os.urandom(3 * tftp_pump.READ_CHUNK))
     server = TftpServer(_FailingSource(FileTree(root)), transfer_threads=transfer_threads)
     await server.start(HOST, 0)
     try:
@@ -872,7 +891,7 @@ async def test_a_file_failing_mid_transfer_ends_it_with_an_error(
                 await peer.send(Ack(packet.block), session_addr)
         assert packet == Error(ErrorCode.NOT_DEFINED, message)
         # Nothing from past the failure (the event loop reads ahead, and may stop sooner).
-        assert received <= tftp_transport.READ_CHUNK
+        assert received <= tftp_pump.READ_CHUNK
         await settle(server)
         [line] = transfer_lines(caplog)
         assert line["result"] == f"error: {message}"
@@ -900,6 +919,13 @@ async def test_no_thread_to_be_had_refuses_the_transfer(
     [line] = transfer_lines(caplog)
     assert line["result"] == "error: server cannot start the transfer"
     assert server.active_sessions == 0
+    [(_, fields)] = [
+        parse_event(r.getMessage())
+        for r in caplog.records
+        if parse_event(r.getMessage())[0] == "no-thread"
+    ]
+    assert fields["error"] == "can't start new thread"
+    assert fields["client"] == f"{HOST}:{peer.sock.getsockname()[1]}"
 
 
 async def test_a_slow_client_gives_its_busy_poll_place_up(

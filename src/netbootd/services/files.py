@@ -23,6 +23,7 @@ __all__ = [
     "FileSource",
     "FileTree",
     "LocalFile",
+    "MemoryFile",
     "OpenedFile",
     "clean_name",
     "within",
@@ -106,6 +107,23 @@ class LocalFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class MemoryFile:
+    """An :class:`OpenedFile` over octets already in memory (a rendered file)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self.data[offset : offset + length]
+
+    def close(self) -> None:
+        pass
 
 
 _NO_EXTRA: Mapping[str, Path] = MappingProxyType({})

@@ -51,6 +51,7 @@ from netbootd.services.files import (
     FileLookupError,
     FileNotFound,
     FileSource,
+    MemoryFile,
     OpenedFile,
 )
 from netbootd.services.inventory_files import load_inventory
@@ -271,23 +272,6 @@ class Machines:
         relative = resolution.profile.files[name]
         context = self.context(mac, resolution, peer=peer)
         return render_text(self.setup.templates[relative], relative, boot_variables(context))
-
-
-class MemoryFile:
-    """An :class:`~netbootd.services.files.OpenedFile` over rendered bytes."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self.data[offset : offset + length]
-
-    def close(self) -> None:
-        pass
 
 
 class BootFiles:

@@ -6,7 +6,9 @@ loop each block costs an epoll wake-up, a callback dispatch and timer bookkeepin
 blocked in ``recvfrom`` on the transfer's socket is woken by the kernel straight into the code
 that answers, and its file reads never touch the event loop. The
 :class:`~netbootd.proto.tftp.ReadSession` still decides everything (blocks, windows,
-retransmissions, the end); this module only carries out its actions.
+retransmissions, the end); this module only carries out its actions, through the same
+:func:`~netbootd.transport.tftp.actions.carry_out` and :func:`~netbootd.transport.tftp.send.send`
+as the event loop's transfers.
 
 A transfer whose client answers within microseconds may wait for the next ACK by polling its
 socket for a short while before sleeping in the kernel (busy polling), saving a sleep and a
@@ -22,63 +24,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from netbootd.logfmt import format_event
 from netbootd.proto.tftp import (
     Action,
-    Error,
     ErrorCode,
     Finish,
-    Opcode,
-    OptionAck,
     Outcome,
     ReadSession,
-    SendBlocks,
-    SendError,
-    SendOack,
     TftpDecodeError,
-    decode,
-    encode,
+    read_actions,
 )
+from netbootd.proto.tftp.framing import UNKNOWN_TID, Datagram, across_chunks
 from netbootd.services.files import OpenedFile
+from netbootd.services.tftp import client_text
+from netbootd.transport.tftp.actions import carry_out
+from netbootd.transport.tftp.send import Address, from_stranger, log_send_failed, send
 
 __all__ = [
     "READ_CHUNK",
-    "UDP_SEGMENT",
-    "UNKNOWN_TID",
-    "Datagram",
+    "SESSION_DATAGRAM",
     "PollSlots",
     "PumpHooks",
     "ReadPump",
-    "across_chunks",
-    "block_datagrams",
-    "from_stranger",
-    "offload_refused",
-    "read_actions",
-    "segments",
-    "send_datagram",
 ]
 
 log = logging.getLogger("netbootd.tftp")
 
 # File octets are read about this much at a time, rounded to whole blocks.
 READ_CHUNK = 256 * 1024
-# Linux: setsockopt level SOL_UDP, UDP_SEGMENT (since 4.18). At most 64 segments per send.
-UDP_SEGMENT = 103
-_GSO_MAX_SEGMENTS = 64
-_GSO_MAX_BYTES = 65000
-
-_DATA = int(Opcode.DATA)
-_ACK = int(Opcode.ACK)
-_DATA_HEADER = struct.Struct("!HH")  # opcode, block number
 # What a reader sends to a transfer's own port: ACKs and ERRORs. Anything longer is not one
 # of those, and is still seen as too long when cut here.
 SESSION_DATAGRAM = 2048
@@ -86,104 +68,6 @@ SESSION_DATAGRAM = 2048
 _POLL_MISSES = 8
 # SO_RCVTIMEO is only changed when the wait it should have differs by more than this.
 _TIMEOUT_SLACK = 0.005
-
-Address = tuple[Any, ...]
-Buffer = bytes | bytearray | memoryview
-# One buffer, or pieces that one send gathers into a datagram.
-Datagram = Buffer | list[Buffer]
-
-
-def block_datagrams(
-    action: SendBlocks, view: Callable[[int, int], memoryview], gso_max_blksize: int | None
-) -> Iterator[tuple[Datagram, int]]:
-    """The DATA datagrams of a window, as (datagram, segment size) pairs.
-
-    A datagram is one buffer, or a list of pieces the kernel gathers into one send (no copy
-    here). With a segment size, that send leaves as several datagrams of that size (UDP
-    segmentation offload); it is used when the blocks fit the path MTU
-    (``blksize <= gso_max_blksize``). Segment size 0 means one datagram.
-    """
-    first, last, blksize, _ = action
-    offset, end = action.offset, action.end
-    if first == last:
-        yield _DATA_HEADER.pack(_DATA, first & 0xFFFF) + view(offset, end - offset), 0
-        return
-    data = view(offset, end - offset)
-    pack = _DATA_HEADER.pack
-    parts: list[Buffer] = []
-    position = 0
-    for seq in range(first, last + 1):
-        parts.append(pack(_DATA, seq & 0xFFFF))
-        parts.append(data[position : position + blksize])
-        position += blksize
-    step = blksize + 4
-    if gso_max_blksize is not None and blksize <= gso_max_blksize:
-        per_send = 2 * min(_GSO_MAX_SEGMENTS, _GSO_MAX_BYTES // step)
-        for start in range(0, len(parts), per_send):
-            group = parts[start : start + per_send]
-            yield group, (step if len(group) > 2 else 0)
-    else:
-        for start in range(0, len(parts), 2):
-            yield parts[start : start + 2], 0
-
-
-# RFC 1350 §4: what a packet from another transfer ID gets; the transfer goes on.
-UNKNOWN_TID = encode(Error(ErrorCode.UNKNOWN_TID, "unknown transfer ID"))
-
-
-def from_stranger(addr: Address, client: Address) -> bool:
-    """Whether a datagram at a transfer's port came from someone other than its client."""
-    return addr != client and addr[:2] != client[:2]
-
-
-def read_actions(session: ReadSession, data: bytes, now: float) -> list[Action]:
-    """What a read session does with a datagram from its client.
-
-    Raises :class:`TftpDecodeError` for a damaged one. The hot path, an ACK, skips the general
-    decoder.
-    """
-    if len(data) == 4 and data[1] == _ACK and data[0] == 0:
-        return session.ack((data[2] << 8) | data[3], now)
-    return session.receive(decode(data), now)
-
-
-def send_datagram(sock: socket.socket, datagram: Datagram, addr: Address, segment: int) -> None:
-    """Send one datagram, or with ``segment`` several of that size in one call; raises OSError."""
-    if segment:
-        sock.sendmsg(
-            datagram if isinstance(datagram, list) else [datagram],
-            [(socket.SOL_UDP, UDP_SEGMENT, segment.to_bytes(2, "little"))],
-            0,
-            addr,
-        )
-    elif isinstance(datagram, list):
-        sock.sendmsg(datagram, (), 0, addr)
-    else:
-        sock.sendto(datagram, addr)
-
-
-def offload_refused(exc: OSError) -> bool:
-    """Whether a send with a segment size failed because the kernel has no offload for it."""
-    return exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT)
-
-
-def segments(datagram: Datagram, segment: int) -> list[memoryview]:
-    """The datagrams a segmented send would have made, one by one."""
-    whole = memoryview(b"".join(datagram) if isinstance(datagram, list) else datagram)
-    return [whole[start : start + segment] for start in range(0, len(whole), segment)]
-
-
-def across_chunks(
-    view: Callable[[int, int], memoryview], chunk: int, offset: int, length: int
-) -> memoryview:
-    """Octets that span chunks of ``chunk`` octets: each chunk's part, copied together."""
-    pieces = []
-    while length > 0:
-        take = min(length, chunk - offset % chunk)
-        pieces.append(view(offset, take))
-        offset += take
-        length -= take
-    return memoryview(b"".join(pieces))
 
 
 class PollSlots:
@@ -237,6 +121,14 @@ class _FileBlocks:
         self._size = opened.size
         self._chunk = blksize * max(1, READ_CHUNK // blksize)
         self._chunks: dict[int, memoryview] = {}
+
+    def ready(self, offset: int, end: int) -> bool:
+        # Read on demand, in this thread: whatever is asked for can be had at once.
+        return True
+
+    def advance(self, offset: int) -> None:
+        # Chunks go as the transfer moves on (see _load), not when a window is acknowledged.
+        pass
 
     def view(self, offset: int, length: int) -> memoryview:
         """The octets at ``offset``: without copying unless they span two chunks."""
@@ -329,7 +221,7 @@ class ReadPump:
         except _ReadFailed as exc:
             finish = self._carry_out(self.session.abort(ErrorCode.NOT_DEFINED, str(exc)))
         except Exception:
-            log.exception("tftp: unexpected error in transfer for %s:%s", *self.client[:2])
+            log.exception("%s", format_event("internal-error", client=client_text(self.client)))
             self._report(self._hooks.count, "internal_error")
             with contextlib.suppress(Exception):
                 finish = self._carry_out(
@@ -384,7 +276,7 @@ class ReadPump:
                         break
                     continue
                 except OSError as exc:
-                    log.debug("tftp socket error: %s", exc)
+                    log.debug("%s", format_event("socket-error", error=str(exc)))
                     return None
                 self._misses = 0
                 return received
@@ -407,7 +299,7 @@ class ReadPump:
             return None  # SO_RCVTIMEO ran out
         except OSError as exc:
             # An ICMP error for an earlier datagram (port unreachable): nothing to do.
-            log.debug("tftp socket error: %s", exc)
+            log.debug("%s", format_event("socket-error", error=str(exc)))
             return None
 
     def _set_wait(self, seconds: float) -> None:
@@ -427,41 +319,38 @@ class ReadPump:
     # -- carrying out actions -----------------------------------------------------------------
 
     def _carry_out(self, actions: list[Action]) -> Finish | None:
-        for action in actions:
-            if isinstance(action, SendBlocks):
-                for datagram, segment in block_datagrams(action, self._blocks.view, self._gso):
-                    self._send(datagram, segment)
-            elif isinstance(action, SendOack):
-                self._send_to(encode(OptionAck(action.options)), self.client)
-            elif isinstance(action, SendError):
-                self._send_to(encode(Error(action.code, action.message)), self.client)
-            else:
-                return action
-        return None
+        # Nothing is ever held back: _FileBlocks reads what a window needs on the spot.
+        left = carry_out(actions, self._blocks, self, self.client)
+        return left if isinstance(left, Finish) else None
 
-    def _send(self, datagram: Datagram, segment: int) -> None:
-        try:
-            send_datagram(self._sock, datagram, self.client, segment)
-        except OSError as exc:
-            if not (segment and offload_refused(exc)):
-                self._send_failed(self.client, exc)
-                return
-            # No segmentation offload here after all: the same datagrams one by one.
-            self._gso = None
-            self._report(self._hooks.offload_failed)
-            for piece in segments(datagram, segment):
-                self._send(piece, 0)
+    # -- the outbox carry_out sends through ---------------------------------------------------
 
-    def _send_to(self, datagram: Buffer, addr: Address) -> None:
-        try:
-            self._sock.sendto(datagram, addr)
-        except OSError as exc:
-            self._send_failed(addr, exc)
+    @property
+    def gso_max_blksize(self) -> int | None:
+        return self._gso
+
+    def send(self, datagram: Datagram, addr: Address, segment: int = 0) -> None:
+        # A blocking socket takes every datagram: nothing comes back pending.
+        send(
+            self._sock,
+            datagram,
+            addr,
+            segment,
+            no_offload=self._no_offload,
+            failed=self._send_failed,
+        )
+
+    def _no_offload(self) -> None:
+        self._gso = None
+        self._report(self._hooks.offload_failed)
+
+    def _send_to(self, datagram: Datagram, addr: Address) -> None:
+        self.send(datagram, addr)
 
     def _send_failed(self, addr: Address, exc: OSError) -> None:
         # Unreachable, no route, too big: the datagram is lost; retransmission recovers.
         self._report(self._hooks.count, "send_error")
-        log.debug("tftp: send to %s:%s failed: %s", addr[0], addr[1], exc)
+        log_send_failed(addr, exc)
 
     def _report(self, hook: Callable[..., None], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell

@@ -1,52 +1,17 @@
-"""The pieces of the threaded TFTP read path that need no socket: datagram layout, chunked file
-reads, busy-poll places."""
+"""DATA framing: a window of blocks as the datagrams that leave, and the buffers they come from."""
 
 from __future__ import annotations
 
 import os
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from netbootd.proto.tftp import SendBlocks
-from netbootd.transport import tftp_pump
-from netbootd.transport.tftp_pump import (
-    PollSlots,
-    across_chunks,
-    block_datagrams,
-    segments,
-)
+from netbootd.proto.tftp.framing import Datagram, across_chunks, block_datagrams, segments
 
 
-class Octets:
-    """An opened file over bytes, counting its reads; ``shrink_to`` makes it shorter than it
-    said it was, ``fail`` makes every read fail."""
-
-    def __init__(self, content: bytes, *, shrink_to: int | None = None, fail: bool = False):
-        self.content = content
-        self.shrink_to = shrink_to
-        self.fail = fail
-        self.reads: list[tuple[int, int]] = []
-
-    @property
-    def size(self) -> int:
-        return len(self.content)
-
-    def read(self, offset: int, length: int) -> bytes:
-        self.reads.append((offset, length))
-        if self.fail:
-            raise OSError(5, "Input/output error")
-        end = offset + length
-        if self.shrink_to is not None:
-            end = min(end, self.shrink_to)
-        return self.content[offset:end]
-
-    def close(self) -> None:
-        pass
-
-
-def flat(datagram: tftp_pump.Datagram) -> bytes:
+def flat(datagram: Datagram) -> bytes:
     return b"".join(datagram) if isinstance(datagram, list) else bytes(datagram)
 
 
@@ -154,38 +119,3 @@ def test_segments_cut_a_gathered_datagram() -> None:
         pieces[2] + pieces[3],
         pieces[4],
     ]
-
-
-def test_file_blocks_read_whole_chunks_and_span_them() -> None:
-    blksize = 1000
-    chunk = blksize * (tftp_pump.READ_CHUNK // blksize)
-    content = os.urandom(2 * chunk + 10)
-    opened = Octets(content)
-    blocks = tftp_pump._FileBlocks(opened, blksize)
-    assert bytes(blocks.view(0, blksize)) == content[:blksize]
-    assert bytes(blocks.view(chunk - 500, 1000)) == content[chunk - 500 : chunk + 500]
-    assert bytes(blocks.view(2 * chunk, 10)) == content[2 * chunk :]
-    assert opened.reads == [(0, chunk), (chunk, chunk), (2 * chunk, 10)]
-
-
-def test_file_blocks_refuse_a_file_that_shrank() -> None:
-    content = os.urandom(tftp_pump.READ_CHUNK + 100)
-    blocks = tftp_pump._FileBlocks(Octets(content, shrink_to=1000), 512)
-    with pytest.raises(tftp_pump._ReadFailed, match="file changed during transfer"):
-        blocks.view(0, 512)
-
-
-def test_file_blocks_name_a_read_error() -> None:
-    blocks = tftp_pump._FileBlocks(Octets(b"x" * 100, fail=True), 512)
-    with pytest.raises(tftp_pump._ReadFailed, match="read error: Input/output error"):
-        blocks.view(0, 100)
-
-
-def test_poll_slots_are_counted() -> None:
-    slots = PollSlots(2)
-    assert slots.take() and slots.take()
-    assert not slots.take()
-    slots.give()
-    assert slots.free == 1
-    assert slots.take()
-    assert slots.free == 0

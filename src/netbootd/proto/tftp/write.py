@@ -1,8 +1,9 @@
 """Option negotiation and the write-transfer state machine: the server side of a TFTP upload.
 
 Covers RFC 1350 (the protocol), RFC 2347 (option extension), RFC 2348 (blksize), RFC 2349
-(timeout, tsize) and RFC 7440 (windowsize) for a write request (WRQ). The codec, the packet
-types and the actions shared with the read side live in :mod:`netbootd.proto.tftp`.
+(timeout, tsize) and RFC 7440 (windowsize) for a write request (WRQ). The codec and the packet
+types live in :mod:`netbootd.proto.tftp.packet`, the actions shared with the read side in
+:mod:`netbootd.proto.tftp.read`.
 
 Pure: packets and times in, actions out. This module must not open sockets or files, read a
 clock (callers pass ``now``), log, or keep global state. Where the uploaded octets go, and when
@@ -17,15 +18,11 @@ import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 
-from netbootd.proto.tftp import (
-    Data,
-    Error,
-    ErrorCode,
+from netbootd.proto.tftp.packet import BLOCK_MOD, Data, Error, ErrorCode, Options, Packet
+from netbootd.proto.tftp.read import (
     Finish,
     Negotiated,
-    Options,
     Outcome,
-    Packet,
     SendError,
     SendOack,
     negotiate,
@@ -41,8 +38,6 @@ __all__ = [
     "negotiate_write",
 ]
 
-_BLOCK_MOD = 0x10000
-
 
 def negotiate_write(
     request_options: Options,
@@ -53,9 +48,9 @@ def negotiate_write(
 ) -> Negotiated | Error:
     """Decide which of a write request's options to accept, or the ERROR refusing the upload.
 
-    blksize, timeout and windowsize follow :func:`netbootd.proto.tftp.negotiate`. tsize differs:
-    in a WRQ the client states the size of the file it is about to send (RFC 2349), and the OACK
-    echoes it. A stated size over ``max_size`` is refused up front with ERROR 3 rather than
+    blksize, timeout and windowsize follow :func:`netbootd.proto.tftp.read.negotiate`. tsize
+    differs: in a WRQ the client states the size of the file it is about to send (RFC 2349), and
+    the OACK echoes it. A stated size over ``max_size`` is refused up front with ERROR 3 rather than
     discovered after ``max_size`` octets have crossed the wire.
     """
     if max_size < 0:
@@ -267,7 +262,7 @@ class WriteSession:
 
     def _ack(self) -> SendAck:
         self._acked = self._received
-        return SendAck(self._received % _BLOCK_MOD)
+        return SendAck(self._received % BLOCK_MOD)
 
     def _answer(self) -> SendOack | SendAck:
         """Say again where the transfer stands: the last ACK, or the OACK before DATA 1."""
@@ -282,7 +277,7 @@ class WriteSession:
         # past the last ACK it heard, and that ACK is at most ``_received``, so only
         # ``_received + 1 .. _received + window`` can be new; anything else is old (window
         # <= 65535 keeps the two ranges apart across rollovers).
-        ahead = (block - self._received) % _BLOCK_MOD
+        ahead = (block - self._received) % BLOCK_MOD
         if self._state is _State.DALLY or ahead == 0 or ahead > self._window:
             # A duplicate, or a retransmission after our ACK was lost: acknowledge again what
             # we hold so the client can move on (RFC 1350 §6), but never store it twice. The

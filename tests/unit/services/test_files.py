@@ -1,4 +1,5 @@
-"""FileTree: names confined to the root, only regular files, extra names from elsewhere."""
+"""FileTree: names confined to the root, only regular files, extra names from elsewhere; and the
+in-memory file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.services.files import AccessDenied, FileLookupError, FileNotFound, FileTree
+from netbootd.services.files import (
+    AccessDenied,
+    FileLookupError,
+    FileNotFound,
+    FileTree,
+    MemoryFile,
+)
 
 
 @pytest.fixture
@@ -141,3 +148,11 @@ def test_root_itself_is_real_path(tmp_path: Path) -> None:
     tree = FileTree(tmp_path / "link")
     assert tree.root == tmp_path.resolve() / "real"
     assert read_all(tree, "f") == b"f"
+
+
+def test_memory_file_is_the_one_in_memory_file() -> None:
+    from netbootd.services import machines
+
+    assert machines.MemoryFile is MemoryFile
+    opened = MemoryFile(b"rendered")
+    assert (opened.size, opened.read(2, 3)) == (8, b"nde")

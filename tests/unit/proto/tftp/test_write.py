@@ -26,7 +26,7 @@ from netbootd.proto.tftp import (
     SendOack,
     WriteRequest,
 )
-from netbootd.proto.tftp_write import (
+from netbootd.proto.tftp.write import (
     Complete,
     SendAck,
     WriteAction,
