@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netbootd.proto.dhcp import DhcpPacket, MessageType, Opt, decode, encode
-from netbootd.proto.dhcp_fit import ESSENTIAL, fit, leave_out_order
+from netbootd.proto.dhcp.codec import DhcpPacket, MessageType, Opt, decode, encode
+from netbootd.proto.dhcp.size import ESSENTIAL, fit, leave_out_order
 
 MAC = bytes.fromhex("525400123456")
 
