@@ -360,7 +360,7 @@ class App:
             await self.store.open()
             leases = await self.store.load()
             if self.share is not None:
-                # The other workers' leases are theirs alone: see dhcp_shares.
+                # The other workers' leases are theirs alone: see services/dhcp/shares.py.
                 leases = self.share.owned(leases, self.served_subnets())
             book = LeaseBook(leases)
         service = self.dhcp_service(book, self.store)
