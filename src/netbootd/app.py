@@ -25,11 +25,13 @@ from netbootd.boot.policy import DEFAULT_BOOT, GRUB_LOADER, PXELINUX_LOADER, Boo
 from netbootd.boot.subnets import NetworkSettings, Subnet, check_overlaps, check_server
 from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logfmt import format_event
-from netbootd.proto.dhcp import Opt, ips_option
-from netbootd.services.dhcp import DHCP_SERVER_PORT, PXE_PORT, DhcpService, DhcpSettings
-from netbootd.services.dhcp_limits import DhcpLimits
-from netbootd.services.dhcp_shares import Share
-from netbootd.services.dhcp_watch import ServerWatch
+from netbootd.proto.dhcp.codec import Opt, ips_option
+from netbootd.proto.dhcp.wire import DHCP_SERVER_PORT, PXE_PORT
+from netbootd.services.dhcp.limits import DhcpLimits
+from netbootd.services.dhcp.service import DhcpService
+from netbootd.services.dhcp.settings import DhcpSettings
+from netbootd.services.dhcp.shares import Share
+from netbootd.services.dhcp.watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.machines import BootFiles, LiveInventory, Machines, ServerAddress
 from netbootd.store.leases import SqliteLeaseStore, StoreError
@@ -331,15 +333,11 @@ class App:
             mode=config.dhcp_mode,
             server=self.interface.ip,
             network=self.interface.address.network,
-            pool=config.dhcp_range,
-            lease_time=config.lease_time,
-            next_server=config.next_server,
-            routers=config.routers,
-            dns_servers=config.dns_servers,
-            domain_name=config.domain_name,
-            options=tuple(_more_options(config).items()),
-            log_dhcp=config.log_dhcp,
+            # The --dhcp-range network is the first of these (served_subnets); a proxyDHCP
+            # serves none.
             subnets=self.served_subnets() if config.dhcp_mode is DhcpMode.AUTHORITATIVE else (),
+            next_server=config.next_server,
+            log_dhcp=config.log_dhcp,
             hosts=config.hosts,
             pxe_menus=config.pxe_menus,
             limits=DhcpLimits(
@@ -364,7 +362,7 @@ class App:
             await self.store.open()
             leases = await self.store.load()
             if self.share is not None:
-                # The other workers' leases are theirs alone: see dhcp_shares.
+                # The other workers' leases are theirs alone: see services/dhcp/shares.py.
                 leases = self.share.owned(leases, self.served_subnets())
             book = LeaseBook(leases)
         service = self.dhcp_service(book, self.store)

@@ -23,7 +23,7 @@ from netbootd.boot.client import BootClass, BootKey, boot_key_name, parse_boot_k
 from netbootd.config import Config, ConfigError, build, load_file
 from netbootd.explain import ClientDescription, explain
 from netbootd.logsetup import setup_logging
-from netbootd.proto.dhcp import encode_option_value, option_code
+from netbootd.proto.dhcp.codec import encode_option_value, option_code
 from netbootd.workers import WorkerError
 
 EXIT_BAD_USAGE = 2

@@ -24,7 +24,7 @@ from netbootd.boot.hosts import HostTable, parse_hosts
 from netbootd.boot.leases import AddressRange
 from netbootd.boot.pxe_menu import PxeMenuError, PxeMenus, build_menus
 from netbootd.boot.subnets import SubnetSpec, parse_subnets
-from netbootd.proto.dhcp import encode_option_value, option_code
+from netbootd.proto.dhcp.codec import encode_option_value, option_code
 from netbootd.toml_lines import KeyLines
 
 

@@ -19,8 +19,8 @@ from netbootd.boot.policy import BootDecision
 from netbootd.boot.pxe_menu import PxeMenu
 from netbootd.boot.render import machine_prefix
 from netbootd.config import Config, ConfigError, DhcpMode
-from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, describe
-from netbootd.services.dhcp import DHCP_SERVER_PORT
+from netbootd.proto.dhcp.codec import DhcpPacket, MessageType, Op, Opt, describe
+from netbootd.proto.dhcp.wire import DHCP_SERVER_PORT
 from netbootd.services.files import FileLookupError, FileSource
 from netbootd.services.machines import IPXE_SCRIPT, RenderFailed, pxelinux_name
 

@@ -1,7 +1,7 @@
 """DHCP worker processes: starting them, hearing from them, and ending with them.
 
 With ``dhcp-workers = N``, the netbootd process that an operator starts is worker 0: it serves
-DHCP for its share of the clients (see :mod:`netbootd.services.dhcp_shares`), and TFTP, HTTP and
+DHCP for its share of the clients (see :mod:`netbootd.services.dhcp.shares`), and TFTP, HTTP and
 port 4011 for all. It starts workers 1 to N-1, one after the other, each the same program with
 the same arguments and ``--dhcp-worker I``: the kernel numbers the sockets of port 67's group in
 the order they bind, and a worker's number must be its place there. Each worker tells worker 0,

@@ -25,7 +25,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TextIO
 
-from netbootd.proto.dhcp import (
+from netbootd.proto.dhcp.codec import (
     DhcpDecodeError,
     DhcpPacket,
     MessageType,

@@ -28,7 +28,7 @@ from netbootd.boot.client import BootClass
 from netbootd.boot.leases import AddressRange, LeaseBook
 from netbootd.boot.policy import BootPolicy
 from netbootd.config import DhcpMode
-from netbootd.proto.dhcp import (
+from netbootd.proto.dhcp.codec import (
     DhcpDecodeError,
     DhcpPacket,
     MessageType,
@@ -40,8 +40,12 @@ from netbootd.proto.dhcp import (
     ips_option,
     u16_option,
 )
-from netbootd.services.dhcp import PXE_PORT, DhcpService, DhcpSettings, Pending
+from netbootd.proto.dhcp.wire import PXE_PORT
+from netbootd.services.dhcp.service import DhcpService
+from netbootd.services.dhcp.settings import DhcpSettings
+from netbootd.services.dhcp.transaction import Pending
 from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
+from tests.helpers.dhcp_service import one_subnet
 
 SERVER = IPv4Address("10.99.0.1")
 NETWORK = IPv4Network("10.99.0.0/24")
@@ -67,12 +71,17 @@ def _service(mode: DhcpMode, clock: _Clock) -> DhcpService:
         mode=mode,
         server=SERVER,
         network=NETWORK,
-        pool=POOL if mode is DhcpMode.AUTHORITATIVE else None,
-        lease_time=600,
-        routers=(SERVER,),
-        dns_servers=(SERVER,),
-        domain_name="lab.example",
-        options=((42, ips_option([SERVER])), (119, b"\x03lab\x00" * 60)),
+        subnets=one_subnet(
+            NETWORK,
+            POOL,
+            lease_time=600,
+            routers=(SERVER,),
+            dns_servers=(SERVER,),
+            domain_name="lab.example",
+            options=((42, ips_option([SERVER])), (119, b"\x03lab\x00" * 60)),
+        )
+        if mode is DhcpMode.AUTHORITATIVE
+        else (),
     )
     policy = BootPolicy(dict(BOOT), SERVER, 80)
     # No lease store: a transaction concludes at once, without an event loop per input.

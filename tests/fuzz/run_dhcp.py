@@ -22,7 +22,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from netbootd.proto.dhcp import DhcpDecodeError, decode
+from netbootd.proto.dhcp.codec import DhcpDecodeError, decode
 from tests.fuzz.dhcp_target import check, seeds
 
 _EDGES = (0, 1, 2, 3, 4, 0x7F, 0x80, 0xFE, 0xFF, 52, 53, 55, 57, 61, 82, 99)

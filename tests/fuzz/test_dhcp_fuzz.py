@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tests.fuzz.dhcp_target as target
-from netbootd.proto.dhcp import DhcpPacket, decode
+from netbootd.proto.dhcp.codec import DhcpPacket, decode
 from tests.fuzz.dhcp_target import check, fuzz_one_input, seeds
 from tests.fuzz.run_dhcp import run
 

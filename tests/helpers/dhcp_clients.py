@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, ip_option
+from netbootd.proto.dhcp.codec import DhcpPacket, MessageType, Op, Opt, ip_option
 
 BIOS_PXE = "PXEClient:Arch:00000:UNDI:002001"
 UEFI_PXE = "PXEClient:Arch:00007:UNDI:003000"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, encode
+from netbootd.proto.dhcp.codec import DhcpPacket, MessageType, Op, Opt, encode
 from netbootd_lab import Lab, LogEvent, NetbootdServer
 from tests.helpers.dhcp_clients import BIOS_PXE, request
 

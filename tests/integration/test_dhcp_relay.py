@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.proto.dhcp import HEADER_SIZE, MAGIC_COOKIE, DhcpPacket, Opt, decode
+from netbootd.proto.dhcp.codec import HEADER_SIZE, MAGIC_COOKIE, DhcpPacket, Opt, decode
 from netbootd_lab import Host, Lab, NetbootdServer
 from netbootd_lab.netns import Process
 

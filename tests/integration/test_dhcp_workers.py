@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.proto.dhcp import MessageType, encode
+from netbootd.proto.dhcp.codec import MessageType, encode
 from netbootd_lab import Lab, LogEvent, NetbootdServer
 from tests.helpers.dhcp_clients import request
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from netbootd.boot.pxe_menu import BOOT_ITEM, LOCAL_USE_BASE
-from netbootd.proto.dhcp import MessageType, Opt, decode, decode_suboptions, encode
+from netbootd.proto.dhcp.codec import MessageType, Opt, decode, decode_suboptions, encode
 from netbootd_lab import Lab, NetbootdServer
 from tests.helpers.dhcp_clients import BIOS_PXE, request
 

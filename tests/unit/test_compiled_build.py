@@ -47,12 +47,16 @@ def test_an_installed_copy_is_not_checked(tmp_path: Path) -> None:
 def test_the_build_under_test_is_the_one_expected() -> None:
     # make test runs the compiled build, then the Python source: each run must be what it says,
     # and a build that quietly fell back to Python would void the rate figures.
-    import netbootd.proto.dhcp
-    import netbootd.services.dhcp
+    import netbootd.proto.dhcp.codec
+    import netbootd.services.dhcp.service
     import netbootd.transport.dhcp
 
     expected = os.environ["NETBOOTD_EXPECT_COMPILED"] == "1"
-    for module in (netbootd.proto.dhcp, netbootd.services.dhcp, netbootd.transport.dhcp):
+    for module in (
+        netbootd.proto.dhcp.codec,
+        netbootd.services.dhcp.service,
+        netbootd.transport.dhcp,
+    ):
         assert str(module.__file__).endswith(".so") is expected, module.__file__
 
 
@@ -68,8 +72,8 @@ def test_the_values_made_per_packet_are_built_by_compiled_code() -> None:
     from netbootd.boot.client import ClientInfo
     from netbootd.boot.leases import Lease, PoolCount
     from netbootd.boot.policy import BootDecision
-    from netbootd.proto.dhcp import DhcpPacket
-    from netbootd.services.dhcp import Reply, _Outcome
+    from netbootd.proto.dhcp.codec import DhcpPacket
+    from netbootd.services.dhcp.transaction import Outcome, Reply
 
-    for cls in (DhcpPacket, ClientInfo, Lease, PoolCount, BootDecision, Reply, _Outcome):
+    for cls in (DhcpPacket, ClientInfo, Lease, PoolCount, BootDecision, Reply, Outcome):
         assert not isinstance(cls.__init__, types.FunctionType), cls

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from netbootd.proto.dhcp import MAGIC_COOKIE, DhcpPacket, Opt, reply_to
+from netbootd.proto.dhcp.codec import MAGIC_COOKIE, DhcpPacket, Opt, reply_to
 
 # RFC 951 §3: the vend field is 64 octets; RFC 1497 puts the cookie first and END last.
 VEND_SIZE = 64

@@ -15,7 +15,13 @@ from enum import IntEnum, StrEnum
 from types import MappingProxyType
 from typing import Final
 
-from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, Opt, decode_suboptions, decode_text
+from netbootd.proto.dhcp.codec import (
+    DhcpDecodeError,
+    DhcpPacket,
+    Opt,
+    decode_suboptions,
+    decode_text,
+)
 
 
 class Arch(IntEnum):

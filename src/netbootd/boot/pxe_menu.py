@@ -36,7 +36,7 @@ from netbootd.boot.client import (
     parse_boot_key,
 )
 from netbootd.boot.policy import BootDecision, firmware_class, is_ipxe_binary
-from netbootd.proto.dhcp import (
+from netbootd.proto.dhcp.codec import (
     DhcpDecodeError,
     DhcpPacket,
     MessageType,

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from netbootd.boot.leases import AddressRange
-from netbootd.proto.dhcp import DhcpPacket, Opt, encode_option_value, option_code, u32_option
+from netbootd.proto.dhcp.codec import DhcpPacket, Opt, encode_option_value, option_code, u32_option
 
 _ZERO = IPv4Address(0)
 _T = TypeVar("_T")

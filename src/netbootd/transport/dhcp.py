@@ -28,30 +28,22 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 
 from netbootd.logfmt import format_event
-from netbootd.proto.dhcp import (
-    HEADER_SIZE,
-    MAGIC_COOKIE,
-    DhcpDecodeError,
-    DhcpPacket,
-    MessageType,
-    Op,
-    Opt,
-    decode,
-    encode,
-)
-from netbootd.services.dhcp import (
+from netbootd.proto.dhcp.codec import DhcpDecodeError, DhcpPacket, MessageType, decode, encode
+from netbootd.proto.dhcp.wire import (
     BROADCAST,
+    CHADDR_LAST_OCTET,
     DHCP_CLIENT_PORT,
     DHCP_SERVER_PORT,
     PXE_PORT,
     ZERO,
-    DhcpService,
-    Pending,
-    Reply,
     address_text,
+    peek_message_type,
+    worker_of,
 )
-from netbootd.services.dhcp_limits import LineBudget
-from netbootd.services.dhcp_watch import ServerWatch
+from netbootd.services.dhcp.limits import LineBudget
+from netbootd.services.dhcp.service import DhcpService
+from netbootd.services.dhcp.transaction import Pending, Reply
+from netbootd.services.dhcp.watch import ServerWatch
 
 log = logging.getLogger("netbootd.dhcp")
 
@@ -69,21 +61,6 @@ _FINISHING = frozenset(
 
 _Queued = tuple["_Endpoint", DhcpPacket, tuple[str, int]]
 _QueuedNew = tuple["_Endpoint", DhcpPacket | bytes, tuple[str, int]]  # bytes: not decoded yet
-_FIRST_OPTION = HEADER_SIZE + len(MAGIC_COOKIE)
-
-
-def _peek_message_type(data: bytes) -> int | None:
-    """Option 53 of a request, when it is the first option (where nearly every client puts
-    it); None when it takes a decode to know."""
-    if (
-        len(data) > _FIRST_OPTION + 2
-        and data[0] == Op.BOOTREQUEST
-        and data[_FIRST_OPTION] == Opt.MESSAGE_TYPE
-        and data[_FIRST_OPTION + 1] == 1
-        and data[HEADER_SIZE:_FIRST_OPTION] == MAGIC_COOKIE
-    ):
-        return data[_FIRST_OPTION + 2]
-    return None
 
 
 READ_BATCH = 512  # datagrams taken from a socket each time it is readable
@@ -225,21 +202,15 @@ def _udp_socket(
     return sock
 
 
-# The last octet of a DHCP message's chaddr (an Ethernet address's): what picks a client's
-# worker. A classic BPF program on the port's group of sockets picks the same: load that octet
-# of the UDP payload, take it modulo the number of workers, return it as the socket's index in
-# the group (the order the workers bound the port in). A datagram too short to have it makes
-# the program fail, which returns 0: the first worker, which counts it as malformed.
-CHADDR_LAST_OCTET = 28 + 5
+# A classic BPF program on the port's group of sockets picks a client's worker as worker_of
+# does: load the last octet of the chaddr (CHADDR_LAST_OCTET) of the UDP payload, take it
+# modulo the number of workers, return it as the socket's index in the group (the order the
+# workers bound the port in). A datagram too short to have it makes the program fail, which
+# returns 0: the first worker, which counts it as malformed.
 _BPF_LD_B_ABS = 0x30
 _BPF_ALU_MOD_K = 0x94
 _BPF_RET_A = 0x16
 SO_ATTACH_REUSEPORT_CBPF = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
-
-
-def worker_of(data: bytes, workers: int) -> int:
-    """The index of the worker whose share ``data`` (a DHCP message) is."""
-    return data[CHADDR_LAST_OCTET] % workers if len(data) > CHADDR_LAST_OCTET else 0
 
 
 def _steer_by_client(sock: socket.socket, workers: int) -> None:
@@ -302,7 +273,7 @@ class DhcpServer:
     another process on this host holds at start is left to it, with one warning, and the others
     are served; when it is free, it is served and shared with whoever binds it later. As DHCP
     ``worker`` (index, count), port 67 joins the workers' group and this server answers only
-    the clients of its share (see :mod:`netbootd.services.dhcp_shares`).
+    the clients of its share (see :mod:`netbootd.services.dhcp.shares`).
     """
 
     def __init__(
@@ -473,7 +444,7 @@ class DhcpServer:
             and worker_of(data, worker[1]) != worker[0]
         ):
             return  # a broadcast, which every worker hears: another worker's client
-        if _peek_message_type(data) == MessageType.DISCOVER:
+        if peek_message_type(data) == MessageType.DISCOVER:
             # A new exchange, decoded when its turn comes: one dropped under load costs
             # nothing more than its read.
             self._queue_new(endpoint, data, source)

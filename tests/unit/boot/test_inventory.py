@@ -360,7 +360,7 @@ def test_dangling_profile_is_a_bug_not_a_fallback() -> None:
 
 def test_client_facts_from_client_info() -> None:
     from netbootd.boot.client import classify
-    from netbootd.proto.dhcp import MessageType
+    from netbootd.proto.dhcp.codec import MessageType
     from tests.helpers.dhcp_clients import BIOS_PXE, request
 
     info = classify(request(MessageType.DISCOVER, vendor_class=BIOS_PXE, arch=0, uuid=True))

@@ -19,7 +19,7 @@ from netbootd.boot.inventory import (
     Selector,
 )
 from netbootd.boot.policy import BootPolicy
-from netbootd.proto.dhcp import MessageType
+from netbootd.proto.dhcp.codec import MessageType
 from netbootd.services.files import FileNotFound, FileTree
 from netbootd.services.machines import (
     BootFiles,

@@ -20,14 +20,21 @@ from netbootd.boot.leases import AddressRange, Lease, LeaseBook, LeaseState
 from netbootd.boot.policy import BootPolicy
 from netbootd.config import ConfigError, DhcpMode
 from netbootd.logfmt import format_event, parse_event
-from netbootd.proto.dhcp import DhcpPacket, MessageType, Op, Opt, decode, encode, u16_option
-from netbootd.services.dhcp import DhcpService, DhcpSettings
-from netbootd.services.dhcp_limits import DhcpLimits, LineBudget, Throttle
+from netbootd.proto.dhcp.codec import DhcpPacket, MessageType, Op, Opt, decode, encode, u16_option
+from netbootd.services.dhcp.limits import DhcpLimits, LineBudget, Throttle
+from netbootd.services.dhcp.service import DhcpService
+from netbootd.services.dhcp.settings import DhcpSettings
 from netbootd.services.machines import BootSetup, Machines, ServerAddress
 from netbootd.transport.dhcp import DhcpServer, _Endpoint
 from tests.helpers.config import parse
 from tests.helpers.dhcp_clients import BIOS_PXE, request
-from tests.unit.test_dhcp_service import Clock, MemoryStore, make_service
+from tests.helpers.dhcp_service import (
+    Clock,
+    MemoryStore,
+    make_service,
+    one_subnet,
+    with_subnet_settings,
+)
 
 
 async def test_a_reply_too_big_for_the_client_is_trimmed_and_logged(
@@ -35,7 +42,7 @@ async def test_a_reply_too_big_for_the_client_is_trimmed_and_logged(
 ) -> None:
     service, _, _ = make_service(bios="pxelinux.0")
     big = ((119, b"a" * 250), (120, b"b" * 250), (125, b"c" * 250))
-    service.settings = dataclasses.replace(service.settings, options=big)
+    with_subnet_settings(service, options=big)
     discover = request(
         MessageType.DISCOVER,
         vendor_class=BIOS_PXE,
@@ -78,8 +85,7 @@ def flood_service(limits: DhcpLimits) -> tuple[DhcpService, Clock]:
         mode=DhcpMode.AUTHORITATIVE,
         server=IPv4Address("10.64.0.1"),
         network=BIG_NET,
-        pool=BIG_POOL,
-        lease_time=600,
+        subnets=one_subnet(BIG_NET, BIG_POOL, lease_time=600),
         limits=limits,
     )
     policy = BootPolicy({BootClass.BIOS: "pxelinux.0"}, IPv4Address("10.64.0.1"), 80)

@@ -2,95 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import logging
-from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
-from types import MappingProxyType
+from ipaddress import IPv4Address
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from netbootd.boot.client import BootClass
-from netbootd.boot.inventory import Inventory, Machine, Method, Profile
-from netbootd.boot.leases import AddressRange, Lease, LeaseBook, LeaseState
-from netbootd.boot.policy import BootPolicy
+from netbootd.boot.inventory import Machine
+from netbootd.boot.leases import Lease, LeaseState
 from netbootd.config import DhcpMode
 from netbootd.logfmt import parse_event
-from netbootd.proto.dhcp import MessageType, Op, Opt, decode, decode_ip, decode_u32, encode
-from netbootd.services.dhcp import DhcpService, DhcpSettings, Reply, address_text
-from netbootd.services.machines import BootSetup, Machines, ServerAddress
-from netbootd.store.leases import StoreError
+from netbootd.proto.dhcp.codec import MessageType, Op, Opt, decode_ip, decode_u32
 from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_HTTP, UUID_OPTION, request
-
-SERVER = IPv4Address("10.99.0.1")
-NET = IPv4Network("10.99.0.0/24")
-POOL = AddressRange.parse("10.99.0.100-10.99.0.101")
-BCAST = IPv4Address("255.255.255.255")
-
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.rows: dict[IPv4Address, Lease] = {}
-        self.fail = False
-
-    async def load(self) -> list[Lease]:
-        return list(self.rows.values())
-
-    def submit(self, change: Lease | IPv4Address) -> asyncio.Future[None]:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if self.fail:
-            done.set_exception(StoreError("disk full"))
-        elif isinstance(change, Lease):
-            self.rows[change.address] = change
-            done.set_result(None)
-        else:
-            self.rows.pop(change, None)
-            done.set_result(None)
-        return done
-
-    async def close(self) -> None:
-        pass
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_service(
-    mode: DhcpMode = DhcpMode.AUTHORITATIVE, **boot: str
-) -> tuple[DhcpService, MemoryStore, Clock]:
-    store, clock = MemoryStore(), Clock()
-    settings = DhcpSettings(
-        mode=mode,
-        server=SERVER,
-        network=NET,
-        pool=POOL if mode is DhcpMode.AUTHORITATIVE else None,
-        lease_time=600,
-        routers=(SERVER,),
-    )
-    policy = BootPolicy({BootClass(k): v for k, v in boot.items()}, SERVER, 80)
-    service = DhcpService(settings, policy, LeaseBook(), store, clock)
-    return service, store, clock
-
-
-async def ask(service: DhcpService, packet, port: int = 67, source=("0.0.0.0", 68)) -> Reply | None:  # type: ignore[no-untyped-def]
-    reply = await service.handle(decode(encode(packet)), local_port=port, source=source)
-    if reply is not None:
-        # Every reply must survive the wire.
-        assert decode(encode(reply.packet, max_size=reply.max_size)) == reply.packet
-    return reply
-
-
-def mtype(reply: Reply | None) -> int | None:
-    assert reply is not None
-    return reply.packet.message_type
+from tests.helpers.dhcp_service import (
+    BCAST,
+    POOL,
+    SERVER,
+    ask,
+    make_service,
+    mtype,
+    with_inventory,
+    with_subnet_settings,
+)
 
 
 async def test_bios_pxe_discover_request_ack() -> None:
@@ -405,14 +337,6 @@ async def test_transaction_log_line(caplog: pytest.LogCaptureFixture) -> None:
     assert fields["file"] == "pxelinux.0"
 
 
-def with_inventory(service: DhcpService, **machines: Machine) -> DhcpService:
-    profiles = {"p": Profile("p", Method.IPXE, kernel="vmlinuz")}
-    inventory = Inventory(profiles=profiles, machines=machines)
-    setup = BootSetup(inventory, MappingProxyType({}), Path("/nonexistent"))
-    service.machines = Machines(setup, ServerAddress(str(SERVER)))
-    return service
-
-
 RESERVED = IPv4Address("10.99.0.50")  # outside the pool, on the network
 
 
@@ -484,8 +408,8 @@ async def test_firmware_and_ipxe_share_the_reservation_despite_client_ids() -> N
 
 async def test_parameter_request_list_and_the_operators_options() -> None:
     service, _, _ = make_service(bios="pxelinux.0")
-    service.settings = dataclasses.replace(
-        service.settings,
+    with_subnet_settings(
+        service,
         dns_servers=(SERVER,),
         options=((42, SERVER.packed), (Opt.VENDOR_SPECIFIC, b"\x06\x01\x03")),
     )
@@ -512,8 +436,3 @@ async def test_parameter_request_list_and_the_operators_options() -> None:
     plain = await ask(service, request(MessageType.DISCOVER, mac="52:54:00:00:00:09"))
     assert plain is not None  # no list: everything
     assert {Opt.ROUTER, Opt.DNS, Opt.BROADCAST, 42} <= {code for code, _ in plain.packet.options}
-
-
-@given(st.integers(0, 2**32 - 1))
-def test_address_text_is_the_dotted_quad(number: int) -> None:
-    assert address_text(IPv4Address(number)) == str(IPv4Address(number))

@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from netbootd.proto.dhcp import DhcpDecodeError, DhcpPacket, MessageType, Op, Opt, decode_ip
+from netbootd.proto.dhcp.codec import DhcpDecodeError, DhcpPacket, MessageType, Op, Opt, decode_ip
 
 __all__ = ["REPEAT_AFTER", "OtherServer", "ServerWatch"]
 

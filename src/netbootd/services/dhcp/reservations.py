@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from netbootd.boot.hosts import HostEntry, HostTable
-from netbootd.proto.dhcp import DhcpPacket, Opt
+from netbootd.proto.dhcp.codec import DhcpPacket, Opt
 from netbootd.services.machines import Machines
 
 

@@ -13,7 +13,7 @@ from netbootd.boot.client import (
     parse_boot_key,
 )
 from netbootd.boot.policy import BootPolicy
-from netbootd.proto.dhcp import MessageType, Opt
+from netbootd.proto.dhcp.codec import MessageType, Opt
 from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
 
 SERVER = IPv4Address("10.99.0.1")

@@ -15,11 +15,14 @@ import pytest
 from netbootd.boot.leases import AddressRange, Lease, LeaseBook
 from netbootd.boot.policy import BootPolicy
 from netbootd.config import DhcpMode
-from netbootd.proto.dhcp import HEADER_SIZE, MAGIC_COOKIE, MessageType, decode, encode
-from netbootd.services.dhcp import DhcpService, DhcpSettings
+from netbootd.proto.dhcp.codec import HEADER_SIZE, MAGIC_COOKIE, MessageType, decode, encode
+from netbootd.proto.dhcp.wire import peek_message_type
+from netbootd.services.dhcp.service import DhcpService
+from netbootd.services.dhcp.settings import DhcpSettings
 from netbootd.store.leases import StoreError
 from netbootd.transport import dhcp as edge
 from tests.helpers.dhcp_clients import request
+from tests.helpers.dhcp_service import one_subnet
 
 SERVER = IPv4Address("10.99.0.1")
 RELAY = ("10.99.0.2", 67)
@@ -68,11 +71,12 @@ class HeldStore:
 
 def make_server() -> tuple[edge.DhcpServer, HeldStore, SocketStandIn, edge._Endpoint]:
     store = HeldStore()
+    network = IPv4Network("10.99.0.0/16")
     settings = DhcpSettings(
         mode=DhcpMode.AUTHORITATIVE,
         server=SERVER,
-        network=IPv4Network("10.99.0.0/16"),
-        pool=AddressRange.parse("10.99.1.0-10.99.250.255"),
+        network=network,
+        subnets=one_subnet(network, AddressRange.parse("10.99.1.0-10.99.250.255")),
     )
     service = DhcpService(settings, BootPolicy({}, SERVER, 80), LeaseBook(), store)
     server = edge.DhcpServer(service, "lo", (67,))
@@ -251,7 +255,7 @@ async def test_a_discover_with_its_message_type_further_on_is_answered() -> None
     client_id = b"\x01client-5"
     options = bytes([61, len(client_id)]) + client_id + bytes([53, 1, MessageType.DISCOVER, 255])
     wire = (head + options).ljust(300, b"\0")
-    assert edge._peek_message_type(wire) is None
+    assert peek_message_type(wire) is None
     server.received(endpoint, wire, RELAY)
     await turns(2)
     assert kinds(sock) == [MessageType.OFFER]

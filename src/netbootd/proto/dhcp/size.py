@@ -1,12 +1,13 @@
 """Fitting a DHCP reply into the client's maximum message size, pure.
 
 A client states the largest DHCP message it accepts in option 57 (RFC 2132 §9.10, never less
-than 576 octets). :func:`fit` returns the reply unchanged when :func:`~netbootd.proto.dhcp.encode`
-can lay it out in that size (option 52 overload of ``file`` and ``sname`` included), and
-otherwise leaves out optional options one at a time until it fits: first those the client did
-not ask for in option 55, from the last one in the reply back, then those it asked for, from the
-end of its list (RFC 2132 §9.8 gives the list in order of preference). The options a client
-needs to take the lease and boot are never left out (:data:`ESSENTIAL`).
+than 576 octets): :func:`max_message_size` reads it. :func:`fit` returns the reply unchanged
+when :func:`~netbootd.proto.dhcp.codec.encode` can lay it out in that size (option 52 overload
+of ``file`` and ``sname`` included), and otherwise leaves out optional options one at a time
+until it fits: first those the client did not ask for in option 55, from the last one in the
+reply back, then those it asked for, from the end of its list (RFC 2132 §9.8 gives the list in
+order of preference). The options a client needs to take the lease and boot are never left out
+(:data:`ESSENTIAL`).
 
 No I/O, no logging: the caller logs and counts what was left out.
 """
@@ -16,15 +17,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from netbootd.proto.dhcp import (
+from netbootd.proto.dhcp.codec import (
     MAX_OPTION_VALUE,
     MIN_MAX_MESSAGE_SIZE,
     DhcpPacket,
     Opt,
+    decode_u16,
     encode,
 )
 
-__all__ = ["ESSENTIAL", "fit", "leave_out_order"]
+__all__ = ["ESSENTIAL", "fit", "leave_out_order", "max_message_size"]
 
 # Never left out: the message itself (53, 54, 56 for a NAK's reason), the lease and its timers
 # (51, 58, 59), the address's essentials (1 subnet mask, 3 router), what a PXE or HTTP boot needs
@@ -54,6 +56,15 @@ ESSENTIAL: frozenset[int] = frozenset(
 
 _IP_UDP_HEADERS = 20 + 8
 _FIXED = 236 + 4  # RFC 2131 §2 header and the magic cookie
+
+
+def max_message_size(request: DhcpPacket) -> int:
+    """The largest reply ``request``'s client takes: its option 57, never below 576 octets
+    (RFC 2132 §9.10). Raises DhcpDecodeError for a malformed option 57."""
+    raw = request.get(Opt.MAX_MESSAGE_SIZE)
+    if raw is None:
+        return MIN_MAX_MESSAGE_SIZE
+    return max(MIN_MAX_MESSAGE_SIZE, decode_u16(raw))
 
 
 def leave_out_order(options: Sequence[tuple[int, bytes]], requested: Sequence[int]) -> list[int]:

@@ -45,6 +45,7 @@ __all__ = [
     "encode_suboptions",
     "ip_option",
     "ips_option",
+    "option_ip",
     "option_name",
     "parameter_list",
     "pxe_vendor_options",
@@ -970,6 +971,12 @@ def decode_text(value: bytes) -> str:
 def parameter_list(packet: DhcpPacket) -> tuple[int, ...]:
     """The option codes the client asked for in option 55 (RFC 2132 §9.8), in its order."""
     return tuple(packet.get(Opt.PARAMETER_LIST) or b"")
+
+
+def option_ip(packet: DhcpPacket, code: int) -> IPv4Address | None:
+    """The address in option ``code`` of ``packet``, None when the option is absent."""
+    raw = packet.get(code)
+    return decode_ip(raw) if raw is not None else None
 
 
 def _need_length(value: bytes, size: int) -> None:

@@ -25,7 +25,7 @@ from netbootd.boot.subnets import (
 )
 from netbootd.cli import config_from_args, make_parser
 from netbootd.config import ConfigError, DhcpMode
-from netbootd.proto.dhcp import HEADER_SIZE, MAGIC_COOKIE, MessageType, Opt, decode, encode
+from netbootd.proto.dhcp.codec import HEADER_SIZE, MAGIC_COOKIE, MessageType, Opt, decode, encode
 from tests.helpers.dhcp_clients import request
 
 SERVER = IPv4Address("10.99.0.1")

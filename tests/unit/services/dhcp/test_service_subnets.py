@@ -16,11 +16,12 @@ from netbootd.boot.policy import BootPolicy
 from netbootd.boot.subnets import NetworkSettings, Subnet
 from netbootd.config import DhcpMode
 from netbootd.logfmt import parse_event
-from netbootd.proto.dhcp import HEADER_SIZE, MAGIC_COOKIE, MessageType, Op, Opt, encode
-from netbootd.services.dhcp import DhcpService, DhcpSettings
-from netbootd.services.dhcp_limits import DhcpLimits
+from netbootd.proto.dhcp.codec import HEADER_SIZE, MAGIC_COOKIE, MessageType, Op, Opt, encode
+from netbootd.services.dhcp.limits import DhcpLimits
+from netbootd.services.dhcp.service import DhcpService
+from netbootd.services.dhcp.settings import DhcpSettings
 from tests.helpers.dhcp_clients import BIOS_PXE, request
-from tests.unit.test_dhcp_service import SERVER, Clock, MemoryStore, ask, mtype, with_inventory
+from tests.helpers.dhcp_service import SERVER, Clock, MemoryStore, ask, mtype, with_inventory
 
 LOCAL_NET = IPv4Network("10.99.0.0/24")
 LOCAL = Subnet(

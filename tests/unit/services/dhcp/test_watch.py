@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from netbootd.proto.dhcp import DhcpPacket, MessageType, Opt
-from netbootd.services.dhcp_watch import ServerWatch
+from netbootd.proto.dhcp.codec import DhcpPacket, MessageType, Opt
+from netbootd.services.dhcp.watch import ServerWatch
 
 OWN = IPv4Address("10.99.0.1")
 OTHER = IPv4Address("10.99.0.2")

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from netbootd.boot.leases import AddressRange, Lease, LeaseState
 from netbootd.boot.subnets import Subnet
 from netbootd.loglines import ATOMIC_WRITE, _chunks
-from netbootd.proto.dhcp import MessageType, encode
-from netbootd.services.dhcp_limits import DhcpLimits
-from netbootd.services.dhcp_shares import Share, client_worker
-from netbootd.transport.dhcp import worker_of
+from netbootd.proto.dhcp.codec import MessageType, encode
+from netbootd.proto.dhcp.wire import client_worker, worker_of
+from netbootd.services.dhcp.limits import DhcpLimits
+from netbootd.services.dhcp.shares import Share
 from tests.helpers.dhcp_clients import request
 
 NET = IPv4Network("10.96.0.0/16")
@@ -153,12 +153,12 @@ def test_config_takes_workers_in_authoritative_mode_only() -> None:
 
 
 async def test_a_worker_naks_an_address_of_another_workers_part() -> None:
-    from netbootd.services.dhcp import DhcpService
-    from tests.unit.test_dhcp_service import ask, make_service, mtype
+    from netbootd.services.dhcp.service import DhcpService
+    from tests.helpers.dhcp_service import ask, make_service, mtype
 
     service: DhcpService = make_service()[0]
     service.settings = dataclasses.replace(
-        service.settings, subnets=Share(1, 2).subnets(service.settings.served())
+        service.settings, subnets=Share(1, 2).subnets(service.settings.subnets)
     )
     # The pool is .100-.101: worker 1 of 2 has .101 alone.
     back = request(MessageType.REQUEST, mac="52:54:00:00:00:01", requested="10.99.0.100")

@@ -14,16 +14,16 @@ from netbootd.boot.pxe_menu import PxeMenuError, PxeMenus, boot_item, build_menu
 from netbootd.cli import config_from_args, make_parser
 from netbootd.config import ConfigError, DhcpMode, build, load_file
 from netbootd.logfmt import parse_event
-from netbootd.proto.dhcp import (
+from netbootd.proto.dhcp.codec import (
     DhcpDecodeError,
     MessageType,
     Opt,
     decode_suboptions,
     describe,
 )
-from netbootd.services.dhcp import DhcpService
+from netbootd.services.dhcp.service import DhcpService
 from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_PXE, UUID_OPTION, request
-from tests.unit.test_dhcp_service import SERVER, ask, make_service
+from tests.helpers.dhcp_service import SERVER, ask, make_service
 
 LINUX = {"arch": "bios", "text": "Linux", "file": "pxelinux.0"}
 DISK = {"arch": "bios", "text": "Local disk", "local": True}
@@ -221,7 +221,7 @@ def test_multicast_discovery_bytes() -> None:
     chained = menus.for_client(classify(ipxe))
     assert chained is not None and chained.multicast == menus.multicast
     # --log-dhcp shows it decoded.
-    from netbootd.proto.dhcp import DhcpPacket, Op
+    from netbootd.proto.dhcp.codec import DhcpPacket, Op
 
     packet = DhcpPacket(Op.BOOTREPLY, 1, bytes(6), options=((43, menu.vendor_options(SERVER)),))
     (line,) = describe(packet)
@@ -264,7 +264,7 @@ def test_multicast_needs_a_menu(tmp_path: Path) -> None:
 
 
 def test_describe_decodes_pxe_suboptions() -> None:
-    from netbootd.proto.dhcp import DhcpPacket, Op
+    from netbootd.proto.dhcp.codec import DhcpPacket, Op
 
     packet = DhcpPacket(Op.BOOTREPLY, 1, bytes(6), options=((43, TWO_ITEM_MENU),))
     (line,) = describe(packet)
@@ -399,7 +399,7 @@ async def test_transaction_lines_keep_their_exact_form(caplog: pytest.LogCapture
     in its order, quoted only where it must be."""
     from ipaddress import IPv4Address as Address
 
-    from netbootd.proto.dhcp import DhcpPacket, Op
+    from netbootd.proto.dhcp.codec import DhcpPacket, Op
 
     group = Address("239.1.2.3")
     service = with_menus(make_service()[0], build_menus([LINUX, DISK], PROMPT, str(group)))

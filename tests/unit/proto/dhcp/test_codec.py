@@ -1,4 +1,4 @@
-"""Unit tests for the DHCPv4 wire codec (netbootd.proto.dhcp).
+"""Unit tests for the DHCPv4 wire codec (netbootd.proto.dhcp.codec).
 
 The golden packets below are assembled field by field from the RFC 2131 §2 layout, with the
 option sets that BIOS PXE (SeaBIOS + iPXE), UEFI x64 PXE, UEFI HTTP boot and a relay agent put
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netbootd.proto.dhcp import (
+from netbootd.proto.dhcp.codec import (
     BOOTP_MIN_SIZE,
     HEADER_SIZE,
     MAGIC_COOKIE,

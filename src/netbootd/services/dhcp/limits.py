@@ -1,10 +1,11 @@
 """Caps on what new DHCP clients may take: open offers, and leases per pool.
 
-A DISCOVER costs an address held for :data:`~netbootd.services.dhcp.OFFER_HOLD_SECONDS` until
-the client asks for it. A flood of DISCOVERs from made-up MACs would hold the whole pool (and
-memory) that way. :func:`refusal` says which cap a client new to the lease book meets, if any;
-clients the book already knows (renewing, rebooting, asking for their offer) are never refused.
-:class:`Throttle` keeps the warning about refusals to one line a minute, however hard the flood;
+A DISCOVER costs an address held for
+:data:`~netbootd.services.dhcp.authoritative.OFFER_HOLD_SECONDS` until the client asks for it.
+A flood of DISCOVERs from made-up MACs would hold the whole pool (and memory) that way.
+:func:`refusal` says which cap a client new to the lease book meets, if any; clients the book
+already knows (renewing, rebooting, asking for their offer) are never refused. :class:`Throttle`
+keeps the warning about refusals to one line a minute, however hard the flood;
 :class:`LineBudget` lets a burst of lines about bad datagrams through and then holds the rest
 back, so that junk sent fast cannot fill the disk with log lines.
 

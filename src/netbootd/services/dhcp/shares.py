@@ -1,13 +1,14 @@
 """How DHCP workers divide the clients and the addresses between them.
 
 With ``dhcp-workers = N`` (authoritative mode), N processes answer DHCP. A client belongs to the
-worker numbered by the last octet of its hardware address modulo N: the kernel steers each
-datagram to that worker (see the DHCP transport), so a client's DISCOVER, REQUEST, renewals and
-RELEASE all meet the same lease book. Each worker hands out addresses from its own contiguous
-part of every pool only (:meth:`Subnet.share`), and keeps in its book only the leases of its
-part, plus, outside the pools (reservations), those of its own clients. No address is ever in
-two books, so no two workers can give it away, and each acknowledges a lease only once it is
-on disk, as a single process does.
+worker numbered by the last octet of its hardware address modulo N
+(:func:`~netbootd.proto.dhcp.wire.client_worker`): the kernel steers each datagram to that
+worker, so a client's DISCOVER, REQUEST, renewals and RELEASE all meet the same lease book. Each
+worker hands out addresses from its own contiguous part of every pool only
+(:meth:`Subnet.share`), and keeps in its book only the leases of its part, plus, outside the
+pools (reservations), those of its own clients. No address is ever in two books, so no two
+workers can give it away, and each acknowledges a lease only once it is on disk, as a single
+process does.
 
 The caps on open offers and leases apply to each worker's part: each gets its share of them.
 
@@ -21,20 +22,8 @@ from dataclasses import dataclass
 
 from netbootd.boot.leases import Lease
 from netbootd.boot.subnets import Subnet
-from netbootd.services.dhcp_limits import DhcpLimits
-
-
-def client_worker(mac: str, workers: int) -> int:
-    """The worker of the client with hardware address ``mac`` (``aa:bb:...`` text): its sixth
-    octet, the last of an Ethernet address, modulo ``workers``; 0 for a shorter one (the
-    octet is then the chaddr field's zero padding)."""
-    octets = mac.split(":")
-    if len(octets) < 6:
-        return 0
-    try:
-        return int(octets[5], 16) % workers
-    except ValueError:
-        return 0
+from netbootd.proto.dhcp.wire import client_worker
+from netbootd.services.dhcp.limits import DhcpLimits
 
 
 @dataclass(frozen=True, slots=True)

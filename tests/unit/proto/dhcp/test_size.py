@@ -9,8 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netbootd.proto.dhcp import DhcpPacket, MessageType, Opt, decode, encode
-from netbootd.proto.dhcp_fit import ESSENTIAL, fit, leave_out_order
+from netbootd.proto.dhcp.codec import (
+    DhcpDecodeError,
+    DhcpPacket,
+    MessageType,
+    Opt,
+    decode,
+    encode,
+    u16_option,
+)
+from netbootd.proto.dhcp.size import ESSENTIAL, fit, leave_out_order, max_message_size
 
 MAC = bytes.fromhex("525400123456")
 
@@ -136,3 +144,18 @@ def _encodes(packet: DhcpPacket, max_size: int) -> bool:
     except ValueError:
         return False
     return True
+
+
+@pytest.mark.parametrize(("option", "size"), [(None, 576), (300, 576), (1500, 1500)])
+def test_the_maximum_message_size_is_option_57_never_below_576(
+    option: int | None, size: int
+) -> None:
+    # RFC 2132 §9.10: option 57 says the largest message; 576 is the least any client takes.
+    options = () if option is None else ((Opt.MAX_MESSAGE_SIZE, u16_option(option)),)
+    assert max_message_size(dataclasses.replace(_reply(), options=options)) == size
+
+
+def test_a_malformed_option_57_is_the_peers_error() -> None:
+    broken = dataclasses.replace(_reply(), options=((Opt.MAX_MESSAGE_SIZE, b"\x05"),))
+    with pytest.raises(DhcpDecodeError):
+        max_message_size(broken)

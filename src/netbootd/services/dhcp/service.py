@@ -1,0 +1,255 @@
+"""The DHCP service: a decoded request in, at most one reply (and where to send it) out.
+
+:class:`DhcpService` holds what the transactions share (settings, lease book, lease store,
+inventory, counters) and dispatches each request to the module that answers its kind:
+:mod:`.authoritative` (RFC 2131), :mod:`.bootp` (RFC 951), :mod:`.proxy` (proxyDHCP and PXE
+boot items); :mod:`.reply` assembles the replies, :mod:`.log` writes the transaction's line.
+A request is served from the subnet it comes from (the interface's, or the relay agent's for a
+relayed one). It owns no socket: the transport decodes, calls :meth:`DhcpService.answer`, and
+sends what comes back. It starts no task and reads no clock but the one it is given.
+
+Answering is synchronous. A transaction whose outcome must be on disk first (an ACK, a release,
+a decline, a dynamic BOOTP lease) comes back as a :class:`Pending`: the change is queued to the
+lease store, and the reply exists only once the store says the change is durable. No task is
+made per packet, and the store writes every change queued meanwhile in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from netbootd.boot.client import ClientInfo, classify
+from netbootd.boot.leases import LeaseBook
+from netbootd.boot.policy import BootDecision, BootPolicy
+from netbootd.boot.pxe_menu import boot_item
+from netbootd.boot.subnets import Subnet, subnet_for
+from netbootd.config import DhcpMode
+from netbootd.proto.dhcp.codec import DhcpDecodeError, DhcpPacket, MessageType, Op, Opt
+from netbootd.proto.dhcp.size import max_message_size
+from netbootd.proto.dhcp.wire import PXE_PORT, ZERO
+from netbootd.services.dhcp.authoritative import (
+    answer_decline,
+    answer_discover,
+    answer_inform,
+    answer_release,
+    answer_request,
+)
+from netbootd.services.dhcp.bootp import answer_bootp
+from netbootd.services.dhcp.limits import LineBudget, Throttle
+from netbootd.services.dhcp.log import detail_lines, log_options, log_transaction, message_kind
+from netbootd.services.dhcp.proxy import answer_boot_item, answer_proxy
+from netbootd.services.dhcp.reply import choose_boot, fitted
+from netbootd.services.dhcp.reservations import Reservations
+from netbootd.services.dhcp.settings import DhcpSettings
+from netbootd.services.dhcp.transaction import Outcome, Pending, Reply, Step
+from netbootd.services.machines import Machines
+from netbootd.store.leases import LeaseStore
+
+__all__ = ["DhcpService"]
+
+log = logging.getLogger("netbootd.dhcp")
+
+
+@dataclass
+class DhcpService:
+    settings: DhcpSettings
+    policy: BootPolicy
+    book: LeaseBook = field(default_factory=LeaseBook)
+    store: LeaseStore | None = None
+    clock: Callable[[], float] = time.time
+    counters: Counter[str] = field(default_factory=Counter)
+    machines: Machines | None = None  # the inventory, when there is one
+    _reservations: Reservations | None = field(default=None, repr=False)
+    refusals: Throttle = field(default_factory=Throttle)  # the warning about caps met
+    full_pools: dict[str, Throttle] = field(default_factory=dict)  # warnings of full pools
+    bad_lines: LineBudget = field(default_factory=LineBudget)  # lines about bad requests
+
+    @property
+    def subnets(self) -> tuple[Subnet, ...]:
+        """The served subnets."""
+        return self.settings.subnets
+
+    @property
+    def reservations(self) -> Reservations:
+        """The config's hosts and the inventory's machines (read as the inventory stands at
+        each question), made once for the settings and inventory in force."""
+        made = self._reservations
+        if (
+            made is None
+            or made.hosts is not self.settings.hosts
+            or made.machines is not self.machines
+        ):
+            made = self._reservations = Reservations(self.settings.hosts, self.machines)
+        return made
+
+    async def handle(
+        self, request: DhcpPacket, *, local_port: int, source: tuple[str, int]
+    ) -> Reply | None:
+        """Answer one request and wait until it is concluded; None means silence."""
+        step = self.answer(request, local_port=local_port, source=source)
+        if isinstance(step, Pending):
+            await asyncio.wait([step.durable])
+            return step.finish()
+        return step
+
+    def answer(
+        self,
+        request: DhcpPacket,
+        *,
+        local_port: int,
+        source: tuple[str, int],
+        group: IPv4Address | None = None,
+    ) -> Reply | Pending | None:
+        """Answer one request received on ``local_port`` from ``source``; None means silence.
+        ``group`` is the multicast group the request was sent to, if it was.
+
+        A :class:`Pending` means the reply waits for the lease store: send what its
+        :meth:`Pending.finish` gives once its ``durable`` future is done.
+        """
+        if self.settings.log_dhcp:
+            log_options("received", request)
+        self.book.expire(self.clock())
+        client = classify(request)
+        outcome = Outcome(group=group)
+        step: Step = None
+        kind = message_kind(request)
+        try:
+            # Read up front what the reply needs later: a broken option 57 must not surface
+            # only once a lease is on disk.
+            max_message_size(request)
+            step = self._dispatch(request, client, outcome, local_port, source)
+        except DhcpDecodeError as exc:
+            # A well-framed packet whose option contents are broken (a 3-byte option 50, say).
+            outcome.reject("option", f"malformed option: {exc}")
+            step = None
+        if isinstance(step, Pending):
+            pending = step
+
+            def conclude(error: BaseException | None) -> Reply | None:
+                return self._conclude(
+                    request,
+                    client,
+                    kind,
+                    outcome,
+                    local_port=local_port,
+                    reply=pending.finish_with(error),
+                )
+
+            return Pending(pending.durable, conclude)
+        return self._conclude(request, client, kind, outcome, local_port=local_port, reply=step)
+
+    def _conclude(
+        self,
+        request: DhcpPacket,
+        client: ClientInfo,
+        kind: str,
+        outcome: Outcome,
+        *,
+        local_port: int,
+        reply: Reply | None,
+    ) -> Reply | None:
+        """Count and log the transaction; the reply, fitted to the client's maximum size."""
+        if outcome.bad:
+            self.counters[f"bad-request:{outcome.bad}"] += 1
+        if reply is not None:
+            reply = fitted(self.counters, request, reply)
+        self.counters[f"{kind}:{outcome.decision}"] += 1
+        log_transaction(
+            request,
+            client,
+            kind,
+            outcome,
+            local_port=local_port,
+            bad_lines=self.bad_lines,
+            clock=self.clock,
+        )
+        if self.settings.log_dhcp:
+            for line in detail_lines(
+                request,
+                client,
+                boot=outcome.boot,
+                resolution=outcome.resolution,
+                reply=reply.packet if reply is not None else None,
+                destination=(reply.address, reply.port) if reply is not None else None,
+                max_size=reply.max_size if reply is not None else None,
+            ):
+                log.info(line)
+            if reply is not None:
+                log_options("sent", reply.packet)
+        return reply
+
+    def _dispatch(
+        self,
+        request: DhcpPacket,
+        client: ClientInfo,
+        outcome: Outcome,
+        local_port: int,
+        source: tuple[str, int],
+    ) -> Step:
+        if request.op != Op.BOOTREQUEST:
+            outcome.reject("op", "not a BOOTREQUEST")
+            return None
+        if not request.chaddr and request.get(Opt.CLIENT_ID) is None:
+            # Neither a hardware address nor a client identifier: nothing names the client.
+            outcome.reject("chaddr", "no hardware address and no client identifier")
+            return None
+        mtype = request.message_type
+        if mtype == MessageType.REQUEST and self.settings.pxe_menus:
+            # PXE 2.1 §2.2.5: a request for a menu item, to its boot server (port 4011, or 67
+            # when the client broadcasts it), in either mode.
+            menu = self.settings.pxe_menus.for_client(client)
+            item = boot_item(request) if menu is not None else None
+            if menu is not None and item is not None:
+                return answer_boot_item(self, request, menu, item, outcome, source=source)
+        if self.settings.mode is DhcpMode.PROXY:
+            if mtype is None:
+                outcome.reason = "BOOTP request: a proxyDHCP answers PXE DHCP clients only"
+                return None
+            return answer_proxy(
+                self, request, client, outcome, local_port=local_port, source=source
+            )
+        if local_port == PXE_PORT:
+            outcome.reason = "port 4011 is only answered in proxy mode"
+            return None
+        subnet = subnet_for(self.subnets, request, self.settings.server)
+        if subnet is None:
+            if request.giaddr != ZERO:
+                # A relay agent configured for a network we do not serve: the operator's to fix.
+                self.counters["relay-unknown-subnet"] += 1
+                outcome.reject(
+                    "giaddr", f"relayed from {request.giaddr}, which is in no served subnet"
+                )
+            else:
+                self.counters["no-subnet"] += 1
+                outcome.reason = f"no subnet served on {self.settings.network}"
+            return None
+        if mtype is None:
+            return answer_bootp(self, request, client, outcome, subnet)
+        if mtype == MessageType.DISCOVER:
+            return answer_discover(self, request, client, outcome, subnet)
+        if mtype == MessageType.REQUEST:
+            return answer_request(self, request, client, outcome, subnet)
+        if mtype == MessageType.RELEASE:
+            return answer_release(self, request, outcome)
+        if mtype == MessageType.DECLINE:
+            return answer_decline(self, request, outcome, subnet)
+        if mtype == MessageType.INFORM:
+            return answer_inform(self, request, client, outcome, subnet)
+        outcome.reason = f"message type {mtype} is not for a server"
+        return None
+
+    def boot_choice(self, request: DhcpPacket) -> tuple[BootDecision, bool]:
+        """What the client of ``request`` is told to boot, as a reply would tell it (its host
+        entry first), and whether that was decided for this machine; for ``explain``."""
+        host = (
+            self.reservations.host(request)
+            if self.settings.mode is DhcpMode.AUTHORITATIVE
+            else None
+        )
+        return choose_boot(self, classify(request), ZERO, host)
