@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The modules setup.py compiles with mypyc: an edit to one rebuilds them.
-COMPILED := $(shell sed -n 's/^ *"\(src\/netbootd\/[a-z_/]*\.py\)",$$/\1/p' setup.py)
+# The modules setup.py compiles with mypyc ([tool.netbootd] in pyproject.toml): an edit to one
+# rebuilds them.
+COMPILED := $(shell $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["netbootd"]["compiled"])')
 
 .PHONY: setup system venv demo test test-python test-unit test-integration test-e2e lint clean bench-tftp bench-http bench-dhcp fuzz-dhcp
 

@@ -12,38 +12,16 @@ it all as plain Python, which behaves the same, slower.
 from __future__ import annotations
 
 import os
+import tomllib
+from pathlib import Path
 
 from setuptools import setup
 
-# The DHCP path, from the socket to the lease store and the log line.
-COMPILED = [
-    "src/netbootd/proto/dhcp/codec.py",
-    "src/netbootd/proto/dhcp/size.py",
-    "src/netbootd/proto/dhcp/wire.py",
-    "src/netbootd/boot/bootp.py",
-    "src/netbootd/boot/client.py",
-    "src/netbootd/boot/hosts.py",
-    "src/netbootd/boot/leases.py",
-    "src/netbootd/boot/policy.py",
-    "src/netbootd/boot/pxe_menu.py",
-    "src/netbootd/boot/subnets.py",
-    "src/netbootd/services/dhcp/authoritative.py",
-    "src/netbootd/services/dhcp/bootp.py",
-    "src/netbootd/services/dhcp/limits.py",
-    "src/netbootd/services/dhcp/log.py",
-    "src/netbootd/services/dhcp/proxy.py",
-    "src/netbootd/services/dhcp/reply.py",
-    "src/netbootd/services/dhcp/reservations.py",
-    "src/netbootd/services/dhcp/service.py",
-    "src/netbootd/services/dhcp/settings.py",
-    "src/netbootd/services/dhcp/shares.py",
-    "src/netbootd/services/dhcp/transaction.py",
-    "src/netbootd/services/dhcp/watch.py",
-    "src/netbootd/store/leases.py",
-    "src/netbootd/transport/dhcp.py",
-    "src/netbootd/logfmt.py",
-    "src/netbootd/loglines.py",
-]
+# The DHCP path, from the socket to the lease store and the log line: [tool.netbootd] compiled
+# in pyproject.toml, where the Makefile reads it too.
+COMPILED: list[str] = tomllib.loads(
+    Path(__file__).with_name("pyproject.toml").read_text()
+)["tool"]["netbootd"]["compiled"]
 
 
 def extensions() -> list[object]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -46,18 +48,26 @@ def test_an_installed_copy_is_not_checked(tmp_path: Path) -> None:
 )
 def test_the_build_under_test_is_the_one_expected() -> None:
     # make test runs the compiled build, then the Python source: each run must be what it says,
-    # and a build that quietly fell back to Python would void the rate figures.
-    import netbootd.proto.dhcp.codec
-    import netbootd.services.dhcp.service
-    import netbootd.transport.dhcp
-
+    # and a build that quietly fell back to Python would void the rate figures. Every module
+    # the build list names is checked, so a module moved without its entry fails here too.
     expected = os.environ["NETBOOTD_EXPECT_COMPILED"] == "1"
-    for module in (
-        netbootd.proto.dhcp.codec,
-        netbootd.services.dhcp.service,
-        netbootd.transport.dhcp,
-    ):
+    listed = compiled_list()
+    assert "src/netbootd/services/dhcp/service.py" in listed
+    for path in listed:
+        name = path.removeprefix("src/").removesuffix(".py").replace("/", ".")
+        module = importlib.import_module(name)
         assert str(module.__file__).endswith(".so") is expected, module.__file__
+
+
+def compiled_list() -> list[str]:
+    """The modules setup.py compiles, as pyproject.toml lists them for it and the Makefile."""
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    return list(tomllib.loads(pyproject.read_text())["tool"]["netbootd"]["compiled"])
+
+
+def test_the_build_list_names_modules_that_exist() -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert [path for path in compiled_list() if not (root / path).is_file()] == []
 
 
 @pytest.mark.skipif(
