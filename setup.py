@@ -19,9 +19,9 @@ from setuptools import setup
 
 # The DHCP path, from the socket to the lease store and the log line: [tool.netbootd] compiled
 # in pyproject.toml, where the Makefile reads it too.
-COMPILED: list[str] = tomllib.loads(
-    Path(__file__).with_name("pyproject.toml").read_text()
-)["tool"]["netbootd"]["compiled"]
+COMPILED: list[str] = tomllib.loads(Path(__file__).with_name("pyproject.toml").read_text())["tool"][
+    "netbootd"
+]["compiled"]
 
 
 def extensions() -> list[object]:

@@ -1,7 +1,7 @@
 """Boot servers run inside a lab namespace: netbootd itself, and dnsmasq as a reference peer.
 
 Each server writes its log to a file; :meth:`BootServer.events` reads it back as
-:class:`LogEvent` values. netbootd lines are parsed with :func:`netbootd.logfmt.parse_event`;
+:class:`LogEvent` values. netbootd lines are parsed with :func:`netbootd.logs.events.parse_event`;
 dnsmasq lines are mapped onto the same shape (``dhcp``/``tftp`` events with ``file``,
 ``result``, ``address`` fields) so that a test can hold both to the same expectations.
 A server counts as started once its UDP ports are bound in the namespace, whatever it prints.
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from netbootd.logfmt import parse_event
+from netbootd.logs.events import parse_event
 from netbootd_lab.netns import Host, Lab, LabError, Namespace, Process
 
 DHCP_PORT = 67

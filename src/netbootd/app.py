@@ -24,7 +24,7 @@ from netbootd.boot.leases import LeaseBook
 from netbootd.boot.policy import DEFAULT_BOOT, GRUB_LOADER, PXELINUX_LOADER, BootPolicy
 from netbootd.boot.subnets import NetworkSettings, Subnet, check_overlaps, check_server
 from netbootd.config import Config, ConfigError, DhcpMode
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.dhcp.codec import Opt, ips_option
 from netbootd.proto.dhcp.wire import DHCP_SERVER_PORT, PXE_PORT
 from netbootd.services.dhcp.limits import DhcpLimits

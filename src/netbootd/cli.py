@@ -22,7 +22,7 @@ from netbootd.app import App, StartError, serve
 from netbootd.boot.client import BootClass, BootKey, boot_key_name, parse_boot_key
 from netbootd.config import Config, ConfigError, build, load_file
 from netbootd.explain import ClientDescription, explain
-from netbootd.logsetup import setup_logging
+from netbootd.logs.handler import setup_logging
 from netbootd.proto.dhcp.codec import encode_option_value, option_code
 from netbootd.workers import WorkerError
 

@@ -32,7 +32,7 @@ from ipaddress import IPv4Address
 
 from netbootd.boot.client import ClientInfo
 from netbootd.config import Config
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 
 log = logging.getLogger("netbootd")
 

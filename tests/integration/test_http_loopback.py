@@ -110,7 +110,7 @@ async def test_symlink_inside_root_and_system_ipxe(server: tuple[HttpServer, Pat
 async def test_one_log_line_per_request(
     server: tuple[HttpServer, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from netbootd.logfmt import parse_event
+    from netbootd.logs.events import parse_event
 
     http, _ = server
     with caplog.at_level("INFO", logger="netbootd.http"):
@@ -253,7 +253,7 @@ def test_zero_copy_under_uvloop(
     assert calls[:3] == [(0, len(data)), (0, len(data)), (1000, 1000)]
     assert calls[-1] == (0, len(data)) and len(calls) == 5
     # The log says what went out, and that the fourth request was cut short.
-    from netbootd.logfmt import parse_event
+    from netbootd.logs.events import parse_event
 
     lines = [parse_event(r.getMessage())[1] for r in caplog.records if r.name == "netbootd.http"]
     assert [(f["bytes"], f["result"]) for f in lines[:3]] == [

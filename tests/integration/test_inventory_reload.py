@@ -15,7 +15,7 @@ from aiohttp import ClientSession
 
 from netbootd.app import App
 from netbootd.config import ConfigError, build
-from netbootd.logfmt import parse_event
+from netbootd.logs.events import parse_event
 
 MAC = "52:54:00:aa:bb:01"
 SCRIPT = "/m/52-54-00-aa-bb-01/boot.ipxe"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.logfmt import parse_event
+from netbootd.logs.events import parse_event
 from netbootd.proto.tftp import (
     Ack,
     Data,

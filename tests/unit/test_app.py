@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from netbootd.app import watch_inventory
-from netbootd.logfmt import parse_event
+from netbootd.logs.events import parse_event
 from netbootd.services.machines import LiveInventory, ServerAddress
 
 SITE = """\

@@ -37,9 +37,9 @@ def test_a_compiled_module_older_than_its_source_is_refused(tmp_path: Path) -> N
 def test_an_installed_copy_is_not_checked(tmp_path: Path) -> None:
     package = tmp_path / "site-packages" / "netbootd"
     package.mkdir(parents=True)
-    (package / f"logfmt{SUFFIX}").write_bytes(b"")
-    (package / "logfmt.py").write_text("")
-    os.utime(package / f"logfmt{SUFFIX}", (1_000_000, 1_000_000))
+    (package / f"codec{SUFFIX}").write_bytes(b"")
+    (package / "codec.py").write_text("")
+    os.utime(package / f"codec{SUFFIX}", (1_000_000, 1_000_000))
     _check_compiled(package)
 
 

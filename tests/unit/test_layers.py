@@ -13,8 +13,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "netbootd"
 
 # Which netbootd modules each layer may import. Every module of the package is in a layer: a
 # new top-level module must be given its place here.
-_LOGS = {"logfmt", "loglines"}
-_BELOW_EDGES = {"proto", "boot", "store", "services", "config", "toml_lines", *_LOGS}
+_BELOW_EDGES = {"proto", "boot", "store", "services", "config", "toml_lines", "logs"}
 ALLOWED: dict[str, set[str]] = {
     "proto": {"proto"},
     "boot": {"proto", "boot"},
@@ -25,13 +24,11 @@ ALLOWED: dict[str, set[str]] = {
     "workers": {*_BELOW_EDGES, "workers"},
     "config": {"proto", "boot", "config", "toml_lines"},
     "toml_lines": set(),
-    "logfmt": set(),
-    "loglines": set(),
-    "logsetup": {"loglines"},
+    "logs": set(),
     # The composition root wires everything but the commands that drive it.
     "app": {*_BELOW_EDGES, "transport", "api", "workers", "app"},
     "explain": {*_BELOW_EDGES, "app", "explain"},
-    "cli": {*_BELOW_EDGES, "transport", "workers", "app", "explain", "logsetup", "cli", ""},
+    "cli": {*_BELOW_EDGES, "transport", "workers", "app", "explain", "cli", ""},
     "__main__": {"cli"},
     "__init__": set(),
 }

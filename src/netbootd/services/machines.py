@@ -46,7 +46,7 @@ from netbootd.boot.render import (
     render_boot,
     render_text,
 )
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.services.files import (
     FileLookupError,
     FileNotFound,

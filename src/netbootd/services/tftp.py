@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.tftp import (
     Error,
     ErrorCode,

@@ -27,7 +27,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from ipaddress import IPv4Address
 
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.dhcp.codec import DhcpDecodeError, DhcpPacket, MessageType, decode, encode
 from netbootd.proto.dhcp.wire import (
     BROADCAST,

@@ -25,7 +25,7 @@ from aiohttp.abc import AbstractAccessLogger, AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.services.files import (
     AccessDenied,
     FileLookupError,

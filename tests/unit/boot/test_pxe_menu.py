@@ -13,7 +13,7 @@ from netbootd.boot.client import BootClass, classify
 from netbootd.boot.pxe_menu import PxeMenuError, PxeMenus, boot_item, build_menus
 from netbootd.cli import config_from_args, make_parser
 from netbootd.config import ConfigError, DhcpMode, build, load_file
-from netbootd.logfmt import parse_event
+from netbootd.logs.events import parse_event
 from netbootd.proto.dhcp.codec import (
     DhcpDecodeError,
     MessageType,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netbootd.logfmt import parse_event
+from netbootd.logs.events import parse_event
 from netbootd.proto.tftp import (
     Error,
     ErrorCode,

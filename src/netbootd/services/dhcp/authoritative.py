@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from netbootd.boot.client import ClientInfo
 from netbootd.boot.leases import AddressRange, Lease, LeaseState, choose_address, client_key
 from netbootd.boot.subnets import Subnet
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.dhcp.codec import DhcpPacket, MessageType, Opt, option_ip
 from netbootd.proto.dhcp.wire import ZERO
 from netbootd.services.dhcp.limits import Throttle, refusal

@@ -16,7 +16,7 @@ from netbootd.boot.bootp import bootp_reply
 from netbootd.boot.client import ClientInfo
 from netbootd.boot.leases import Lease, LeaseState, choose_address, client_key
 from netbootd.boot.subnets import Subnet, with_agent_info
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.dhcp.codec import DhcpPacket, Opt, ip_option
 from netbootd.proto.dhcp.size import max_message_size
 from netbootd.proto.dhcp.wire import reply_destination

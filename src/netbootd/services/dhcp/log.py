@@ -28,8 +28,8 @@ from ipaddress import IPv4Address
 from netbootd.boot.client import ClientInfo, arch_name
 from netbootd.boot.inventory import Resolution
 from netbootd.boot.policy import BootDecision
-from netbootd.logfmt import format_event, format_fields
-from netbootd.loglines import log_line
+from netbootd.logs.buffer import log_line
+from netbootd.logs.events import format_event, format_fields
 from netbootd.proto.dhcp.codec import (
     DhcpPacket,
     MessageType,

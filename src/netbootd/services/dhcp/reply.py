@@ -22,7 +22,7 @@ from netbootd.boot.policy import BootDecision
 from netbootd.boot.pxe_menu import USE_BOOTFILE_OPTION, menu_offer
 from netbootd.boot.subnets import Subnet, with_agent_info
 from netbootd.config import DhcpMode
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.dhcp.codec import (
     DhcpPacket,
     MessageType,

@@ -12,7 +12,7 @@ import socket
 from collections import Counter, deque
 from collections.abc import Callable
 
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.tftp.framing import Datagram
 from netbootd.transport.tftp.send import Address, log_send_failed, send, udp_socket
 

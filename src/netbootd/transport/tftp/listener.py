@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.tftp import (
     Error,
     ErrorCode,

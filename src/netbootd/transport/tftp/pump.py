@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.tftp import (
     Action,
     ErrorCode,

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.tftp.framing import Datagram, segments
 from netbootd.services.tftp import client_text
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING
 
-from netbootd.logfmt import format_event
+from netbootd.logs.events import format_event
 from netbootd.proto.tftp import (
     Ack,
     Action,

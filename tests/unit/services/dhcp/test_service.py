@@ -10,7 +10,7 @@ import pytest
 from netbootd.boot.inventory import Machine
 from netbootd.boot.leases import Lease, LeaseState
 from netbootd.config import DhcpMode
-from netbootd.logfmt import parse_event
+from netbootd.logs.events import parse_event
 from netbootd.proto.dhcp.codec import MessageType, Op, Opt, decode_ip, decode_u32
 from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_HTTP, UUID_OPTION, request
 from tests.helpers.dhcp_service import (

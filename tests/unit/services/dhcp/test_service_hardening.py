@@ -19,7 +19,7 @@ from netbootd.boot.inventory import Group, Inventory, Method, Profile, Selector
 from netbootd.boot.leases import AddressRange, Lease, LeaseBook, LeaseState
 from netbootd.boot.policy import BootPolicy
 from netbootd.config import ConfigError, DhcpMode
-from netbootd.logfmt import format_event, parse_event
+from netbootd.logs.events import format_event, parse_event
 from netbootd.proto.dhcp.codec import DhcpPacket, MessageType, Op, Opt, decode, encode, u16_option
 from netbootd.services.dhcp.limits import DhcpLimits, LineBudget, Throttle
 from netbootd.services.dhcp.service import DhcpService

@@ -15,7 +15,7 @@ from netbootd.boot.leases import AddressRange, LeaseBook, LeaseState
 from netbootd.boot.policy import BootPolicy
 from netbootd.boot.subnets import NetworkSettings, Subnet
 from netbootd.config import DhcpMode
-from netbootd.logfmt import parse_event
+from netbootd.logs.events import parse_event
 from netbootd.proto.dhcp.codec import HEADER_SIZE, MAGIC_COOKIE, MessageType, Op, Opt, encode
 from netbootd.services.dhcp.limits import DhcpLimits
 from netbootd.services.dhcp.service import DhcpService

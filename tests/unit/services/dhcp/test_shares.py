@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from netbootd.boot.leases import AddressRange, Lease, LeaseState
 from netbootd.boot.subnets import Subnet
-from netbootd.loglines import ATOMIC_WRITE, _chunks
+from netbootd.logs.buffer import ATOMIC_WRITE, _chunks
 from netbootd.proto.dhcp.codec import MessageType, encode
 from netbootd.proto.dhcp.wire import client_worker, worker_of
 from netbootd.services.dhcp.limits import DhcpLimits

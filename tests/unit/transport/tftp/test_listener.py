@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.logfmt import parse_event
+from netbootd.logs.events import parse_event
 from netbootd.services.files import FileTree
 from netbootd.transport.tftp import TftpServer
 

@@ -5,7 +5,7 @@ A DHCP server under load writes a line per transaction, thousands a second. The 
 for the caller's file and line, formats the time afresh with ``strftime``, and makes a
 ``write`` system call per line. Here the time text is made once a second, the caller is not
 looked up (no line uses it), and the lines of one event-loop turn go out in one write at the end
-of that turn (:mod:`netbootd.loglines`, compiled with the DHCP path). A WARNING or worse, a line
+of that turn (:mod:`netbootd.logs.buffer`, compiled with the DHCP path). A WARNING or worse, a line
 logged outside the event loop, and a full buffer are written at once, so nothing waits behind
 a quiet loop and order is kept.
 """
@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import TextIO
 
-from netbootd.loglines import Installed, LineBuffer, TimeText, level_text, line_text
+from netbootd.logs.buffer import Installed, LineBuffer, TimeText, level_text, line_text
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s %(message)s"
 

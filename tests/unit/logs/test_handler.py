@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from netbootd.loglines import MAX_BUFFERED, log_line
-from netbootd.logsetup import LineFormatter, TurnBufferedHandler, setup_logging
+from netbootd.logs.buffer import MAX_BUFFERED, log_line
+from netbootd.logs.handler import LineFormatter, TurnBufferedHandler, setup_logging
 
 
 class CountingStream(io.StringIO):
@@ -29,7 +29,7 @@ def logged() -> tuple[logging.Logger, CountingStream, TurnBufferedHandler]:
     stream = CountingStream()
     handler = TurnBufferedHandler(stream)
     handler.setFormatter(LineFormatter())
-    logger = logging.getLogger("netbootd.test-logsetup")
+    logger = logging.getLogger("netbootd.test-handler")
     logger.propagate = False
     logger.setLevel(logging.DEBUG)
     logger.handlers = [handler]
@@ -37,7 +37,7 @@ def logged() -> tuple[logging.Logger, CountingStream, TurnBufferedHandler]:
 
 
 def lines(stream: io.StringIO) -> list[str]:
-    return [line.split(" netbootd.test-logsetup ", 1)[1] for line in stream.getvalue().splitlines()]
+    return [line.split(" netbootd.test-handler ", 1)[1] for line in stream.getvalue().splitlines()]
 
 
 def test_outside_a_loop_each_line_is_written_at_once(logged) -> None:
@@ -131,8 +131,8 @@ def test_the_line_format_and_tracebacks(logged) -> None:
     text = stream.getvalue().splitlines()
     date, clock, rest = text[0].split(" ", 2)
     assert len(date) == 10 and len(clock) == 12 and clock[8] == ","
-    assert rest == "INFO    netbootd.test-logsetup plain text"
-    assert "ERROR   netbootd.test-logsetup failed" in text[1]
+    assert rest == "INFO    netbootd.test-handler plain text"
+    assert "ERROR   netbootd.test-handler failed" in text[1]
     assert text[2] == "Traceback (most recent call last):"
     assert text[-1] == "RuntimeError: boom"
 
@@ -167,7 +167,7 @@ def test_setup_leaves_configured_logging_alone() -> None:
 @pytest.fixture
 def installed() -> Iterator[io.StringIO]:
     """setup_logging on a root logger without handlers, as in the server; undone after."""
-    from netbootd.loglines import Installed
+    from netbootd.logs.buffer import Installed
 
     root = logging.getLogger()
     flags = ("logThreads", "logProcesses", "logMultiprocessing", "_srcfile")

@@ -5,7 +5,7 @@ is made once a second, and the lines of one event-loop turn go out in one write 
 that turn. A WARNING or worse, a line logged outside the event loop, and a full buffer are
 written at once, so nothing waits behind a quiet loop and order is kept.
 
-The module is compiled with the DHCP path (see ``setup.py``); :mod:`netbootd.logsetup` joins
+The module is compiled with the DHCP path (see ``setup.py``); :mod:`netbootd.logs.handler` joins
 it to :mod:`logging`. It has no format specifications in its f-strings: compiled, each is a
 ``str.format`` call that parses its template every time.
 """
@@ -129,14 +129,14 @@ def _chunks(lines: list[str]) -> list[str]:
 
 
 class Installed:
-    """The buffer :func:`netbootd.logsetup.setup_logging` installed as the only way out."""
+    """The buffer :func:`netbootd.logs.handler.setup_logging` installed as the only way out."""
 
     buffer: ClassVar[LineBuffer | None] = None
 
 
 def log_line(logger: logging.Logger, level: int, message: str) -> None:
     """``logger.log(level, message)``, for the lines a busy server writes most (a DHCP
-    transaction each). When :func:`netbootd.logsetup.setup_logging` installed its handler,
+    transaction each). When :func:`netbootd.logs.handler.setup_logging` installed its handler,
     the only one, the line goes straight to its buffer, formatted alike, without the
     ``LogRecord`` and the handler chain that cost as much as the rest of the transaction's
     line. netbootd adds no handler or filter of its own after that; where logging was set up

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netbootd.logfmt import format_event, parse_event
+from netbootd.logs.events import format_event, parse_event
 
 keys = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True)
 
