@@ -17,7 +17,7 @@ from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netbootd.logs.events import format_event
 from netbootd.proto.tftp import (
@@ -149,6 +149,7 @@ class Refused:
 Verdict = Duplicate | Admitted | Refused
 
 
+@dataclass(eq=False, kw_only=True)
 class Admission:
     """Which requests the server takes on, and the transfers it has taken on and not released.
 
@@ -156,18 +157,11 @@ class Admission:
     :meth:`release`; the caps on transfers, in all and per client host, count the same.
     """
 
-    def __init__(
-        self,
-        *,
-        max_sessions: int,
-        max_sessions_per_client: int,
-        uploads: bool,
-    ) -> None:
-        self._max_sessions = max_sessions
-        self._max_per_client = max_sessions_per_client
-        self._uploads = uploads
-        self._live: set[Key] = set()
-        self._per_client: Counter[Hashable] = Counter()
+    max_sessions: int
+    max_sessions_per_client: int
+    uploads: bool  # whether write requests are taken at all
+    _live: set[Key] = field(default_factory=set, init=False)
+    _per_client: Counter[Hashable] = field(default_factory=Counter, init=False)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -180,7 +174,7 @@ class Admission:
         old transfer (a reset PXE ROM reuses its port), so the old one is superseded and stops
         counting before the caps are checked.
         """
-        if isinstance(request, WriteRequest) and not self._uploads:
+        if isinstance(request, WriteRequest) and not self.uploads:
             return Refused(_READ_ONLY)
         key = (client, request)
         if key in self._live:
@@ -189,8 +183,8 @@ class Admission:
         if replacing is not None:
             self.release(replacing)
         if (
-            len(self._live) >= self._max_sessions
-            or self._per_client[client[0]] >= self._max_per_client
+            len(self._live) >= self.max_sessions
+            or self._per_client[client[0]] >= self.max_sessions_per_client
         ):
             return Refused(_BUSY, supersede)
         mode_error = check_mode(request.mode)

@@ -46,6 +46,7 @@ __all__ = [
     "SendBlocks",
     "SendError",
     "SendOack",
+    "TransferSession",
     "check_mode",
     "negotiate",
     "option_number",
@@ -232,7 +233,56 @@ class _State(Enum):
     DONE = "done"
 
 
-class ReadSession:
+class TransferSession:
+    """What a read session and a write session share: the options agreed with the client, and
+    the retransmission timer with its count of tries (RFC 1350 §2: a side that hears nothing
+    within the timeout sends its last packet again, and gives up after so many tries).
+
+    Subclasses keep their own state machine; this holds only the timer they both run. Their
+    hot paths (an ACK in, the next window out) set ``_deadline`` and ``_retries`` themselves,
+    without a method call per packet.
+    """
+
+    def __init__(
+        self, negotiated: Negotiated, *, retransmit_timeout: float, max_retries: int
+    ) -> None:
+        if retransmit_timeout <= 0:
+            raise ValueError("retransmit_timeout must be positive")
+        if max_retries < 0:
+            raise ValueError("max_retries must not be negative")
+        self._negotiated = negotiated
+        self._blksize = negotiated.blksize
+        self._window = negotiated.windowsize
+        self._rto = retransmit_timeout
+        self._max_retries = max_retries
+        self._retries = 0
+        self._deadline: float | None = None
+
+    @property
+    def deadline(self) -> float | None:
+        """When :meth:`timeout` wants to be called; None while nothing is awaited."""
+        return self._deadline
+
+    @property
+    def negotiated(self) -> Negotiated:
+        return self._negotiated
+
+    def _due(self, now: float) -> bool:
+        return self._deadline is not None and now >= self._deadline
+
+    def _arm(self, now: float) -> None:
+        self._deadline = now + self._rto
+
+    def _try_again(self, now: float) -> bool:
+        """Count one more try after a timeout and wait for it; False once the tries are spent."""
+        self._retries += 1
+        if self._retries > self._max_retries:
+            return False
+        self._arm(now)
+        return True
+
+
+class ReadSession(TransferSession):
     """One read transfer, from the server's side, as a state machine.
 
     ``NEW --start--> AWAIT_OACK_ACK --ACK 0--> TRANSFER --last ACK--> DONE`` (the OACK step is
@@ -252,16 +302,8 @@ class ReadSession:
     ) -> None:
         if file_size < 0:
             raise ValueError("file_size must not be negative")
-        if retransmit_timeout <= 0:
-            raise ValueError("retransmit_timeout must be positive")
-        if max_retries < 0:
-            raise ValueError("max_retries must not be negative")
+        super().__init__(negotiated, retransmit_timeout=retransmit_timeout, max_retries=max_retries)
         self._size = file_size
-        self._negotiated = negotiated
-        self._blksize = negotiated.blksize
-        self._window = negotiated.windowsize
-        self._rto = retransmit_timeout
-        self._max_retries = max_retries
         # A final block shorter than blksize ends the transfer (RFC 1350 §6), so a size that
         # is a multiple of blksize ends with an empty block.
         self._blocks = file_size // self._blksize + 1
@@ -270,24 +312,14 @@ class ReadSession:
         self._acked = 0  # highest block acknowledged, absolute
         self._window_end = 0  # highest block sent in the current window, absolute
         self._highest_sent = 0
-        self._retries = 0
-        self._deadline: float | None = None
         self._bytes_sent = 0
         self._retransmissions = 0
 
     # -- read-only state ----------------------------------------------------------------------
 
     @property
-    def deadline(self) -> float | None:
-        return self._deadline
-
-    @property
     def done(self) -> bool:
         return self._state is _State.DONE
-
-    @property
-    def negotiated(self) -> Negotiated:
-        return self._negotiated
 
     @property
     def total_blocks(self) -> int:
@@ -317,7 +349,7 @@ class ReadSession:
         if options:
             # RFC 2347: the OACK stands in for DATA 1 and is acknowledged with ACK 0.
             self._state = _State.AWAIT_OACK_ACK
-            self._deadline = now + self._rto
+            self._arm(now)
             return [SendOack(options)]
         self._state = _State.TRANSFER
         return self._send_window(now)
@@ -352,12 +384,10 @@ class ReadSession:
         return [SendError(code, message), *self._finish(Finish(Outcome.ERROR_SENT, message))]
 
     def timeout(self, now: float) -> list[Action]:
-        if self._deadline is None or now < self._deadline:
+        if not self._due(now):
             return []
-        self._retries += 1
-        if self._retries > self._max_retries:
+        if not self._try_again(now):
             return self._finish(Finish(Outcome.TIMED_OUT))
-        self._deadline = now + self._rto
         if self._state is _State.AWAIT_OACK_ACK:
             self._retransmissions += 1
             return [SendOack(self._negotiated.oack_options)]

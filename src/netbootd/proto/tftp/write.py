@@ -25,6 +25,7 @@ from netbootd.proto.tftp.read import (
     Outcome,
     SendError,
     SendOack,
+    TransferSession,
     negotiate,
     option_number,
 )
@@ -124,7 +125,7 @@ class _State(Enum):
     DONE = "done"
 
 
-class WriteSession:
+class WriteSession(TransferSession):
     """One write transfer, from the server's side, as a state machine.
 
     ``NEW --start--> TRANSFER --last DATA--> DALLY --deadline--> DONE``. ``start`` answers the
@@ -149,30 +150,16 @@ class WriteSession:
     ) -> None:
         if max_size < 0:
             raise ValueError("max_size must not be negative")
-        if retransmit_timeout <= 0:
-            raise ValueError("retransmit_timeout must be positive")
-        if max_retries < 0:
-            raise ValueError("max_retries must not be negative")
-        self._negotiated = negotiated
-        self._blksize = negotiated.blksize
-        self._window = negotiated.windowsize
+        super().__init__(negotiated, retransmit_timeout=retransmit_timeout, max_retries=max_retries)
         self._max_size = max_size
-        self._rto = retransmit_timeout
-        self._max_retries = max_retries
         self._state = _State.NEW
         self._received = 0  # highest block received in order, absolute; 0 before DATA 1
         self._acked = 0  # the block of the last ACK sent, absolute; the client's window base
         self._gap_reported = False  # an ACK has already answered the current gap
-        self._retries = 0
-        self._deadline: float | None = None
         self._bytes = 0
         self._complete = False
 
     # -- read-only state ----------------------------------------------------------------------
-
-    @property
-    def deadline(self) -> float | None:
-        return self._deadline
 
     @property
     def done(self) -> bool:
@@ -182,10 +169,6 @@ class WriteSession:
     def complete(self) -> bool:
         """Every block has been received and handed out; true from :class:`Complete` on."""
         return self._complete
-
-    @property
-    def negotiated(self) -> Negotiated:
-        return self._negotiated
 
     @property
     def bytes_received(self) -> int:
@@ -198,7 +181,7 @@ class WriteSession:
         if self._state is not _State.NEW:
             raise RuntimeError("session already started")
         self._state = _State.TRANSFER
-        self._deadline = now + self._rto
+        self._arm(now)
         return [self._first_answer()]
 
     def receive(self, packet: Packet, now: float) -> list[WriteAction]:
@@ -228,15 +211,13 @@ class WriteSession:
         return [SendError(code, message), *self._finish(Finish(Outcome.ERROR_SENT, message))]
 
     def timeout(self, now: float) -> list[WriteAction]:
-        if self._deadline is None or now < self._deadline:
+        if not self._due(now):
             return []
         if self._state is _State.DALLY:
             # No retransmitted last DATA within one timeout: the client has the final ACK.
             return self._finish(Finish(Outcome.OK))
-        self._retries += 1
-        if self._retries > self._max_retries:
+        if not self._try_again(now):
             return self._finish(Finish(Outcome.TIMED_OUT))
-        self._deadline = now + self._rto
         # RFC 7440 §4: a receiver that times out acknowledges the last block it has in order;
         # the sender starts its next window right after it. With a window of 1 this is plain
         # RFC 1350 retransmission of the last ACK.
