@@ -252,8 +252,11 @@ class ConfigFile:
     lines: KeyLines = field(repr=False)
 
     def where(self, key: tuple[str, ...] = ()) -> str:
-        """``file:line`` of ``key`` (its nearest enclosing table's, if it is not written)."""
-        return f"{self.path}:{self.lines.line_of(key)}" if key else str(self.path)
+        """``file:line`` of ``key`` (its nearest enclosing table's, if it is not written); the
+        file alone for a key the file does not set."""
+        if not key or key[0] not in self.settings:
+            return str(self.path)
+        return f"{self.path}:{self.lines.line_of(key)}"
 
     def where_in_message(self, message: str) -> str:
         """``file:line`` of the table a message names (``[[subnets]] #2``, ``lease-time: ...``)."""
@@ -266,8 +269,7 @@ class ConfigFile:
             line = self.lines.table_line((indexed["table"],), int(indexed["index"]) + 1)
             if line is not None:
                 return f"{self.path}:{line}"
-        key = message.split(":", 1)[0].split("[", 1)[0].strip()
-        return self.where((key,)) if key in self.settings else str(self.path)
+        return self.where((message.split(":", 1)[0].split("[", 1)[0].strip(),))
 
 
 # How a table of an array of tables is named in messages: "[[subnets]] #2 (10.0.5.0/24): ..."
@@ -294,7 +296,7 @@ def _explain(
         origin = f"--{key}"
     else:
         path = tuple(str(part) for part in first.get("loc", ()) if isinstance(part, str))
-        origin = _origin(file, tuple(part.replace("_", "-") for part in path) or ("",))
+        origin = _origin(file, tuple(part.replace("_", "-") for part in path))
     if from_flag and where == key:
         where = ""  # "--boot: boot: ..." says the same thing twice
     prefix = f"{origin}: " if origin else ""
@@ -310,6 +312,8 @@ def load_file(path: Path) -> ConfigFile:
         raise ConfigError(f"{path}: no such file") from exc
     except PermissionError as exc:
         raise ConfigError(f"{path}: permission denied") from exc
+    except OSError as exc:  # a directory, a device that cannot be read, an I/O error
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:

@@ -335,3 +335,13 @@ def test_file_errors_name_the_line_of_the_key(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"^.*site\.toml: --proxy excludes"):
         parse("--config", str(conf))
+
+
+def test_a_config_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "conf.d").mkdir()
+    with pytest.raises(ConfigError, match=r"^.*/conf\.d: Is a directory$"):
+        parse("--config", str(tmp_path / "conf.d"))
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'interface = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"^.*latin\.toml: not UTF-8 text \(byte 16\)$"):
+        parse("--config", str(latin))
