@@ -12,7 +12,7 @@ import pytest
 from netbootd.boot.client import BootClass, classify
 from netbootd.boot.pxe_menu import PxeMenuError, PxeMenus, boot_item, build_menus
 from netbootd.cli import config_from_args, make_parser
-from netbootd.config import ConfigError, DhcpMode, build, load_file
+from netbootd.config import ConfigError, DhcpMode, build
 from netbootd.logs.events import parse_event
 from netbootd.proto.dhcp.codec import (
     DhcpDecodeError,
@@ -22,6 +22,7 @@ from netbootd.proto.dhcp.codec import (
     describe,
 )
 from netbootd.services.dhcp.service import DhcpService
+from tests.helpers.config import from_file
 from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_PXE, UUID_OPTION, request
 from tests.helpers.dhcp_service import SERVER, ask, make_service
 
@@ -256,9 +257,9 @@ def test_multicast_needs_a_menu(tmp_path: Path) -> None:
         '[[pxe-menu]]\narch = "bios"\ntext = "Linux"\nfile = "pxelinux.0"\n'
     )
     with pytest.raises(ConfigError, match=r"netbootd\.toml:3: pxe-multicast: an IPv4 multicast"):
-        build(load_file(path).settings, {}, load_file(path))
+        from_file(path)
     path.write_text(path.read_text().replace("10.1.2.3", "239.1.2.3"))
-    config = build(load_file(path).settings, {}, load_file(path))
+    config = from_file(path)
     assert config.pxe_menus.multicast == IPv4Address("239.1.2.3")
     assert config.pxe_menus.by_key[BootClass.BIOS].multicast == IPv4Address("239.1.2.3")
 
@@ -309,14 +310,14 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         '[[pxe-menu]]\narch = "bios"\ntext = "Local disk"\nlocal = true\n'
         '[pxe-prompt]\ntext = "Press F8"\ntimeout = 3\n'
     )
-    config = build(load_file(path).settings, {}, load_file(path))
+    config = from_file(path)
     menu = config.pxe_menus.by_key[BootClass.BIOS]
     assert menu.vendor_options(IPv4Address("10.99.0.1")) == TWO_ITEM_MENU
     path.write_text(
         'interface = "lo"\nroot = "/srv"\n[[pxe-menu]]\narch = "bios"\ntext = "Linux"\n'
     )
     with pytest.raises(ConfigError, match=r"netbootd.toml:3: pxe-menu\[0\]: exactly one of"):
-        build(load_file(path).settings, {}, load_file(path))
+        from_file(path)
     args = make_parser().parse_args(
         [
             "serve",
