@@ -15,6 +15,10 @@ netbootd never offered or acknowledged an address, and, from ``--log-dhcp``, tha
 netbootd's answers carries option 60 ``PXEClient`` and the client's UUID (option 97) as the
 client sent it.
 
+(c) OVMF with EDK2's own UEFI HTTP Boot beside Kea: it takes Kea's offer for its address and
+netbootd's proxy offer (no address, option 60 ``HTTPClient``, the URL of ``snponly.efi``) for
+its boot file, fetches it over HTTP, and the iPXE it runs asks again and gets the script.
+
 Then the other layout PXE 2.1 describes: Kea and netbootd on one host. Kea holds port 67 and
 says ``PXEClient`` itself; netbootd serves port 4011 alone, and both firmwares boot through it.
 """
@@ -188,6 +192,67 @@ def test_proxy_beside_site_server(
         and ev.get("result") == "ok"
     ]
     assert len(loader_loads) == sum(1 for _, file in case.answers if file == "snponly.efi")
+
+
+@pytest.mark.usefixtures("firmware_prerequisites")
+def test_uefi_http_boot_through_proxy_beside_kea(lab: Lab, ipxe_root: Path, tmp_path: Path) -> None:
+    """(c): EDK2's HTTP Boot alone (its PXE off), Kea handing out the address."""
+    site = _site_server("kea", lab, tmp_path)
+    server = NetbootdServer(
+        lab,
+        ipxe_root,
+        state_dir=tmp_path / "state",
+        log_path=lab.workdir / "netbootd.log",
+        boot=(),
+        extra_args=["--log-dhcp"],
+        proxy=True,
+    ).start()
+    vm = start_vm(lab, firmware=Firmware.UEFI, nic=EDK2_NIC, uefi_boot=UefiBoot.HTTP, extra_args=[])
+    seconds = vm.wait_for(BOOT_MARKER, timeout=BOOT_TIMEOUT)
+    vm.wait_for(CMDLINE_PREFIX, timeout=10)
+    print(f"\nUEFI HTTP Boot through proxyDHCP beside Kea: {seconds:.1f} s")
+    cmdline = vm.kernel_cmdline()
+    assert cmdline is not None
+    args = cmdline.split()
+    assert "netbootd.lab=ipxe" in args and "netbootd.platform=efi" in args
+
+    acked = [
+        ev.get("address")
+        for ev in site.events()
+        if ev.get("decision") == "ACK" and ev.get("mac") == vm.mac
+    ]
+    assert acked, f"Kea never allocated an address to the VM:\n{site.log_tail()}"
+
+    events = server.events()
+    ours = [ev for ev in transactions(events) if ev.get("mac").lower() == vm.mac]
+    assert not {ev.get("decision") for ev in ours} & {"OFFER", "ACK", "NAK"}
+    assert all(ev.get("address") == "-" for ev in ours), [ev.line for ev in ours]
+    url = f"http://{lab.server_ip}/snponly.efi"
+    script = f"http://{lab.server_ip}/{IPXE_SCRIPT_NAME}"
+    answers = list(
+        dict.fromkeys((ev.get("client"), ev.get("decision"), ev.get("file")) for ev in ours)
+    )
+    answers = [answer for answer in answers if answer[2] != "-"]
+    assert answers[0] == ("uefi-http", "PROXY-OFFER", url), [ev.line for ev in ours]
+    assert ("ipxe", script) in {(kind, file) for kind, _, file in answers[1:]}, answers
+    # The proxy offer carried HTTPClient and the URL, and no address or TFTP server.
+    offer = next(ev for ev in ours if ev.get("client") == "uefi-http")
+    sent = dhcp_options(server.log_text())[("sent", offer.get("xid"))]
+    assert sent.get("60") == "HTTPClient" and sent.get("67") == url, sent
+    assert "51" not in sent and "66" not in sent, sent
+    # Every REQUEST of the firmware went to Kea, and netbootd said so at INFO.
+    to_site = [ev for ev in ours if ev.get("client") == "uefi-http" and ev.event == "REQUEST"]
+    assert to_site and all(ev.get("decision") == "ignored" for ev in to_site)
+    assert all("site DHCP server" in ev.get("reason") for ev in to_site), to_site
+
+    requests = [
+        (ev.get("method"), ev.get("path"), ev.get("status"))
+        for ev in events
+        if ev.svc == "http" and ev.event == "request"
+    ]
+    assert requests[:2] == [("HEAD", "/snponly.efi", "200"), ("GET", "/snponly.efi", "200")]
+    for name in (IPXE_SCRIPT_NAME, KERNEL_NAME, INITRD_NAME):
+        assert ("GET", f"/{name}", "200") in requests, name
 
 
 def udp_port_owners(lab: Lab, port: int) -> str:

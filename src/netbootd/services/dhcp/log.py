@@ -68,10 +68,12 @@ def log_transaction(
     bad_lines: LineBudget,
     clock: Callable[[], float],
 ) -> None:
-    """The transaction's line: at info when it was answered or notable, at debug when it was
-    ignored, a warning for a NAK, an unknown menu item or a request that breaks the protocol
-    (those under ``bad_lines``)."""
-    level = logging.INFO if outcome.decision != "ignored" or outcome.notable else logging.DEBUG
+    """The transaction's line: at info when it was answered, notable, or a boot client's
+    (whoever wants to network-boot and is not answered is told why), at debug when anyone
+    else's was ignored, a warning for a NAK, an unknown menu item or a request that breaks the
+    protocol (those under ``bad_lines``)."""
+    answered = outcome.decision != "ignored"
+    level = logging.INFO if answered or outcome.notable or client.wants_boot else logging.DEBUG
     if outcome.decision in ("NAK", "unknown-item") or outcome.bad:
         level = logging.WARNING
     if not log.isEnabledFor(level):

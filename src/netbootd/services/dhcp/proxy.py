@@ -2,7 +2,10 @@
 
 A proxyDHCP gives PXE clients boot information beside the site server's offer, never an
 address: a PROXY-OFFER to a DISCOVER at port 67, a PROXY-ACK to the REQUEST or INFORM a client
-then sends to port 4011 (or, mistaking the proxy for a DHCP server, to port 67). A client that
+then sends to port 4011 (or, mistaking the proxy for a DHCP server, to port 67). UEFI HTTP Boot
+clients get the PROXY-OFFER too: EDK2 takes the site server's offer for its address and the
+proxy's (no address, option 60 ``HTTPClient`` and a URL) for its boot file, and asks no more
+(UEFI 2.x §24.7.2.1, "DHCP only" plus "proxy with the URI"). A client that
 chose an item of a PXE menu asks the boot server for it, in either mode, and gets that item's
 boot file. No sockets, no clock, no lease book.
 """
@@ -39,8 +42,8 @@ def answer_proxy(
     source: tuple[str, int],
 ) -> Reply | None:
     """The proxy's answer to a DHCP request of a PXE client, or silence."""
-    if not client.is_pxe:
-        outcome.reason = "proxy mode answers PXE clients only"
+    if not client.is_pxe and not client.is_http_boot:
+        outcome.reason = "proxy mode answers PXE and UEFI HTTP Boot clients only"
         return None
     mtype = request.message_type
     if local_port == DHCP_SERVER_PORT and mtype == MessageType.DISCOVER:

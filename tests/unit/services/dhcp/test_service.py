@@ -320,6 +320,47 @@ async def test_proxy_offers_boot_information_only() -> None:
     assert store.rows == {}
 
 
+async def test_proxy_offers_http_boot_clients_their_url() -> None:
+    """EDK2's HTTP Boot takes the site server's offer for its address and a proxy offer with
+    no address, HTTPClient and an IP-expressed URL for its boot file (UEFI 2.x §24.7.2.1)."""
+    service, store, _ = make_service(DhcpMode.PROXY)
+    offer = await ask(service, request(MessageType.DISCOVER, vendor_class=UEFI_HTTP, arch=16))
+    assert mtype(offer) == MessageType.OFFER and offer is not None
+    p = offer.packet
+    assert p.yiaddr == IPv4Address(0)
+    assert decode_ip(p.get(Opt.SERVER_ID) or b"") == SERVER
+    assert p.get(Opt.VENDOR_CLASS) == b"HTTPClient"
+    assert p.get(Opt.BOOTFILE) == p.file == b"http://10.99.0.1/snponly.efi"
+    for code in (Opt.LEASE_TIME, Opt.SUBNET_MASK, Opt.TFTP_SERVER, Opt.VENDOR_SPECIFIC):
+        assert p.get(code) is None, code
+    assert (offer.address, offer.port) == (BCAST, 68)
+    # Its REQUEST names the site server: not ours.
+    to_site = request(MessageType.REQUEST, vendor_class=UEFI_HTTP, arch=16, server_id="10.99.0.254")
+    assert await ask(service, to_site) is None
+    assert store.rows == {}
+
+
+async def test_a_boot_client_not_answered_is_told_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whoever wants to network-boot and gets nothing is one INFO line with the reason; a
+    client that does not boot from the network stays at debug."""
+    service, _, _ = make_service(DhcpMode.PROXY)
+    with caplog.at_level(logging.INFO, logger="netbootd.dhcp"):
+        to_site = request(MessageType.REQUEST, vendor_class=BIOS_PXE, server_id="10.99.0.254")
+        assert await ask(service, to_site) is None
+        assert await ask(service, request(MessageType.DISCOVER)) is None
+    [(event, fields)] = [parse_event(r.getMessage()) for r in caplog.records]
+    assert caplog.records[0].levelno == logging.INFO
+    assert (event, fields["decision"], fields["client"]) == ("REQUEST", "ignored", "pxe")
+    assert fields["reason"] == "REQUEST on port 67 is the site DHCP server's"
+    with caplog.at_level(logging.DEBUG, logger="netbootd.dhcp"):
+        assert await ask(service, request(MessageType.DISCOVER)) is None
+    event, fields = parse_event(caplog.records[-1].getMessage())
+    assert caplog.records[-1].levelno == logging.DEBUG
+    assert fields["reason"] == "proxy mode answers PXE and UEFI HTTP Boot clients only"
+
+
 async def test_transaction_log_line(caplog: pytest.LogCaptureFixture) -> None:
     service, _, _ = make_service(bios="pxelinux.0")
     with caplog.at_level(logging.INFO, logger="netbootd.dhcp"):
