@@ -18,12 +18,22 @@ from typing import Any, NoReturn
 import uvloop
 
 from netbootd import __version__
-from netbootd.app import App, StartError, serve
+from netbootd.app import StartError, serve
 from netbootd.boot.client import BootClass, BootKey, boot_key_name, parse_boot_key
 from netbootd.config import Config, ConfigError, build, load_file
 from netbootd.explain import ClientDescription, explain
 from netbootd.logs.handler import setup_logging
 from netbootd.proto.dhcp.codec import encode_option_value, option_code
+from netbootd.state import (
+    NotDone,
+    lease_json,
+    lease_list,
+    lease_rows,
+    lease_table,
+    machine_names,
+    mark_installed,
+    state_paths,
+)
 from netbootd.workers import WorkerError
 
 EXIT_BAD_USAGE = 2
@@ -117,8 +127,8 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
 
 
-def _server_options(parser: argparse.ArgumentParser) -> None:
-    """The options that describe a server; serve, explain and installed all take them."""
+def _where_options(parser: argparse.ArgumentParser) -> None:
+    """Where the server's configuration and state are."""
     parser.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
     parser.add_argument(
         "--interface",
@@ -128,6 +138,16 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--root", type=Path, metavar="DIR", help="the files served over TFTP and HTTP"
     )
+    parser.add_argument(
+        "--inventory",
+        type=Path,
+        metavar="DIR",
+        help="machines, profiles and groups (TOML files); reloaded when they change",
+    )
+    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="leases and other state")
+
+
+def _mode_options(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--dhcp-range",
@@ -149,22 +169,10 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="turn DHCP off",
     )
-    parser.add_argument(
-        "--no-tftp",
-        dest="tftp",
-        action="store_const",
-        const=False,
-        default=None,
-        help="turn TFTP off",
-    )
-    parser.add_argument(
-        "--no-http",
-        dest="http",
-        action="store_const",
-        const=False,
-        default=None,
-        help="turn HTTP off",
-    )
+
+
+def _answer_options(parser: argparse.ArgumentParser) -> None:
+    """What changes the answers clients get (serve and explain)."""
     parser.add_argument(
         "--boot",
         type=_boot_flag,
@@ -177,29 +185,6 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         "relative to --root; for ipxe and the uefi-http classes it is handed out as an http:// "
         "URL to this server",
     )
-    parser.add_argument("--http-port", type=_port, metavar="PORT", help="HTTP port (default 80)")
-    parser.add_argument("--tftp-port", type=_port, metavar="PORT", help="TFTP port (default 69)")
-    parser.add_argument(
-        "--tftp-max-blksize",
-        type=_count,
-        metavar="OCTETS",
-        help="the largest TFTP block a client may negotiate, 8-65464 (default: what fits the "
-        "interface MTU unfragmented)",
-    )
-    parser.add_argument(
-        "--tftp-single-port",
-        action="store_const",
-        const=True,
-        default=None,
-        help="answer every TFTP transfer from the TFTP port itself, for NAT and firewalls",
-    )
-    parser.add_argument(
-        "--tftp-upload-dir",
-        type=Path,
-        metavar="DIR",
-        help="accept TFTP writes of new files into DIR (default: read-only)",
-    )
-    parser.add_argument("--state-dir", type=Path, metavar="DIR", help="leases and other state")
     parser.add_argument(
         "--dhcp-option",
         type=_dhcp_option_flag,
@@ -228,6 +213,48 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         help="the prompt shown before a PXE menu, and the seconds until its first item boots "
         "(0: at once, 255: wait for the user); without CLASS, for every menu",
     )
+    parser.add_argument("--http-port", type=_port, metavar="PORT", help="HTTP port (default 80)")
+    parser.add_argument("--tftp-port", type=_port, metavar="PORT", help="TFTP port (default 69)")
+
+
+def _serve_options(parser: argparse.ArgumentParser) -> None:
+    """What only a running server uses."""
+    parser.add_argument(
+        "--no-tftp",
+        dest="tftp",
+        action="store_const",
+        const=False,
+        default=None,
+        help="turn TFTP off",
+    )
+    parser.add_argument(
+        "--no-http",
+        dest="http",
+        action="store_const",
+        const=False,
+        default=None,
+        help="turn HTTP off",
+    )
+    parser.add_argument(
+        "--tftp-max-blksize",
+        type=_count,
+        metavar="OCTETS",
+        help="the largest TFTP block a client may negotiate, 8-65464 (default: what fits the "
+        "interface MTU unfragmented)",
+    )
+    parser.add_argument(
+        "--tftp-single-port",
+        action="store_const",
+        const=True,
+        default=None,
+        help="answer every TFTP transfer from the TFTP port itself, for NAT and firewalls",
+    )
+    parser.add_argument(
+        "--tftp-upload-dir",
+        type=Path,
+        metavar="DIR",
+        help="accept TFTP writes of new files into DIR (default: read-only)",
+    )
     parser.add_argument(
         "--dhcp-workers",
         type=int,
@@ -243,17 +270,42 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         "4011, before they try the boot servers the menu names; this server listens on it",
     )
     parser.add_argument(
-        "--inventory",
-        type=Path,
-        metavar="DIR",
-        help="machines, profiles and groups (TOML files); reloaded when they change",
-    )
-    parser.add_argument(
         "--log-dhcp",
         action="store_const",
         const=True,
         default=None,
         help="log every option received and sent",
+    )
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    """The options that describe a server."""
+    _where_options(parser)
+    _mode_options(parser)
+    _answer_options(parser)
+    _serve_options(parser)
+
+
+def _state_options(parser: argparse.ArgumentParser) -> None:
+    """Where a state command finds the state directory and the inventory."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a TOML config file: its state-dir and inventory are used, nothing else",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="the server's state directory (default: the config's state-dir, else "
+        "/var/lib/netbootd)",
+    )
+    parser.add_argument(
+        "--inventory",
+        type=Path,
+        metavar="DIR",
+        help="machines, profiles and groups (default: the config's inventory)",
     )
 
 
@@ -278,9 +330,13 @@ def make_parser() -> argparse.ArgumentParser:
         help="show what a client would get, and why, without any network",
         description="Show which machine, group and profile a client matches and why, then the "
         "exact DHCP reply it would get and the script or config it would be served. Takes the "
-        "same options as serve (or its --config) and a description of the client.",
+        "server's --config (or the options of serve that change answers) and a description of "
+        "the client. Without an interface, the DHCP reply is not shown and the address the "
+        "scripts name stands in as 192.0.2.1.",
     )
-    _server_options(explain_cmd)
+    _where_options(explain_cmd)
+    _mode_options(explain_cmd)
+    _answer_options(explain_cmd)
     explain_cmd.add_argument("--mac", required=True, metavar="MAC", help="the client's MAC")
     explain_cmd.add_argument(
         "--arch",
@@ -308,47 +364,69 @@ def make_parser() -> argparse.ArgumentParser:
         help="mark a machine's boot-once profile done (or not, with --again)",
         description="Mark the inventory machine with this MAC installed: from its next boot on "
         "it gets its own profile instead of its boot-once one. A running server picks the "
-        "change up by itself.",
+        "change up by itself. Needs only the inventory and the state directory.",
     )
-    _server_options(installed_cmd)
+    _state_options(installed_cmd)
     installed_cmd.add_argument("--mac", required=True, metavar="MAC", help="the machine's MAC")
     installed_cmd.add_argument(
         "--again",
         action="store_true",
         help="undo: boot the boot-once profile again on the next boot",
     )
+    leases_cmd = commands.add_parser(
+        "leases",
+        help="list the leases of the state directory",
+        description="List the addresses netbootd has handed out as the authoritative DHCP "
+        "server, from its state directory: address, MAC, state, when the lease ends (local "
+        "time) and how long is left, the client's host name, the inventory machine of that "
+        "MAC (with --inventory), and whether the client is known by MAC or client identifier. "
+        "Reads the lease database without writing to it, beside a running server too.",
+    )
+    _state_options(leases_cmd)
+    leases_cmd.add_argument("--all", action="store_true", help="the leases that have ended too")
+    leases_cmd.add_argument(
+        "--json", action="store_true", help="one JSON object per lease, for tools"
+    )
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def _flag(args: argparse.Namespace, name: str) -> Any:
+    """A flag's value; None for a flag the command does not take."""
+    return getattr(args, name, None)
+
+
+def config_from_args(args: argparse.Namespace, *, serving: bool = True) -> Config:
     file_settings: dict[str, Any] = {}
     file = None
     if args.config is not None:
         file = load_file(args.config)
         file_settings = dict(file.settings)
     flags: dict[str, Any] = {
-        "interface": args.interface,
-        "root": args.root,
-        "dhcp-range": args.dhcp_range,
-        "proxy": args.proxy,
-        "dhcp": args.dhcp,
-        "tftp": args.tftp,
-        "http": args.http,
-        "http-port": args.http_port,
-        "tftp-port": args.tftp_port,
-        "state-dir": args.state_dir,
-        "log-dhcp": args.log_dhcp,
-        "tftp-max-blksize": args.tftp_max_blksize,
-        "tftp-single-port": args.tftp_single_port,
-        "tftp-upload-dir": args.tftp_upload_dir,
-        "inventory": args.inventory,
-        "dhcp-options": dict(args.dhcp_option),
-        "boot": {boot_key_name(key): path for key, path in args.boot},
-        "pxe-menu": args.pxe_service or None,
-        "pxe-prompt": args.pxe_prompt or None,
-        "pxe-multicast": args.pxe_multicast,
-        "dhcp-workers": args.dhcp_workers,
+        name.replace("_", "-"): _flag(args, name)
+        for name in (
+            "interface",
+            "root",
+            "dhcp_range",
+            "proxy",
+            "dhcp",
+            "tftp",
+            "http",
+            "http_port",
+            "tftp_port",
+            "state_dir",
+            "log_dhcp",
+            "tftp_max_blksize",
+            "tftp_single_port",
+            "tftp_upload_dir",
+            "inventory",
+            "pxe_multicast",
+            "dhcp_workers",
+        )
     }
+    flags["dhcp-options"] = dict(_flag(args, "dhcp_option") or ())
+    flags["boot"] = {boot_key_name(key): path for key, path in _flag(args, "boot") or ()}
+    flags["pxe-menu"] = _flag(args, "pxe_service") or None
+    flags["pxe-prompt"] = _flag(args, "pxe_prompt") or None
     if flags["dhcp-range"] is not None or flags["proxy"] or flags["dhcp"] is False:
         # A mode given on the command line replaces the file's mode entirely.
         for key in ("dhcp-range", "proxy", "dhcp"):
@@ -358,7 +436,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         # interface's pool to them).
         for key in ("subnets", "hosts", "dynamic-bootp", "bootp-lease-time"):
             file_settings.pop(key, None)
-    return build(file_settings, flags, file)
+    return build(file_settings, flags, file, serving=serving)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
@@ -384,23 +462,23 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def _installed(config: Config, args: argparse.Namespace) -> int:
-    if config.inventory is None:
-        print("netbootd: config error: installed needs --inventory", file=sys.stderr)
-        return EXIT_BAD_USAGE
-    app = App(config)
+def _state_command(args: argparse.Namespace) -> int:
+    """``installed`` or ``leases``: the state directory and the inventory, nothing else."""
     try:
-        app.prepare()
-        machine = app.machines.setup.inventory.machine_by_mac(args.mac) if app.machines else None
+        file = load_file(args.config) if args.config is not None else None
+        paths = state_paths(file, args.state_dir, args.inventory)
+        if args.command == "installed":
+            print(mark_installed(paths, args.mac, again=args.again))
+            return 0
+        leases = lease_list(paths)
+        rows, ended = lease_rows(leases, machine_names(paths), everything=args.all)
     except ConfigError as exc:
         print(f"netbootd: config error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE
-    if machine is None or app.inventory is None:
-        print(f"netbootd: no machine with MAC {args.mac} in the inventory", file=sys.stderr)
-        return EXIT_BAD_USAGE
-    app.inventory.installed.mark(machine.name, installed=not args.again)
-    state = "boots its boot-once profile again" if args.again else "is installed"
-    print(f"{machine.name} {state}")
+    except NotDone as exc:
+        print(f"netbootd: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    sys.stdout.write(lease_json(rows) if args.json else lease_table(rows, ended))
     return 0
 
 
@@ -410,15 +488,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_BAD_USAGE
+    if args.command in ("installed", "leases"):
+        return _state_command(args)
     try:
-        config = config_from_args(args)
+        config = config_from_args(args, serving=args.command != "explain")
     except ConfigError as exc:
         print(f"netbootd: config error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE
     if args.command == "explain":
         return _explain(config, args)
-    if args.command == "installed":
-        return _installed(config, args)
     setup_logging(logging.INFO)
     own_args = list(argv) if argv is not None else sys.argv[1:]  # for the DHCP workers
     try:

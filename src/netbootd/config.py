@@ -17,7 +17,15 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from netbootd.boot.client import BootClass, BootKey, parse_boot_key
 from netbootd.boot.hosts import HostTable, parse_hosts
@@ -47,6 +55,7 @@ def _boot_path(value: str) -> str:
     return path
 
 
+DEFAULT_STATE_DIR = Path("/var/lib/netbootd")
 MAX_DHCP_WORKERS = 16  # a process per core; more shares only cost memory
 
 
@@ -72,7 +81,7 @@ class Config(BaseModel):
     boot: dict[BootKey, str] = Field(default_factory=dict)
     http_port: int = Field(default=80, ge=1, le=65535)
     tftp_port: int = Field(default=69, ge=1, le=65535)
-    state_dir: Path = Path("/var/lib/netbootd")
+    state_dir: Path = DEFAULT_STATE_DIR
     log_dhcp: bool = False
     lease_time: int = Field(default=3600, ge=60, le=365 * 86400)
     next_server: IPv4Address | None = None
@@ -159,7 +168,7 @@ class Config(BaseModel):
         return {key: _boot_path(path) for key, path in value.items()}
 
     @model_validator(mode="after")
-    def _consistent(self) -> Config:
+    def _consistent(self, info: ValidationInfo) -> Config:
         no_pool = self.dhcp_range is None and not self.subnets
         if self.dhcp_mode is DhcpMode.AUTHORITATIVE and no_pool:
             raise ValueError("authoritative DHCP needs a dhcp-range or [[subnets]]")
@@ -174,6 +183,8 @@ class Config(BaseModel):
                     raise ValueError(
                         f"{key} is only used by authoritative DHCP, not {self.dhcp_mode}"
                     )
+        if info.context is not None and not info.context.get("serving", True):
+            return self  # explain: what is missing is said where it matters
         if self.dhcp_mode is not DhcpMode.OFF and self.interface is None:
             raise ValueError("serving DHCP needs an interface (--interface)")
         if (self.tftp or self.http) and self.root is None:
@@ -326,12 +337,17 @@ def load_file(path: Path) -> ConfigFile:
 
 
 def build(
-    file_settings: Mapping[str, Any], flags: Mapping[str, Any], file: ConfigFile | None = None
+    file_settings: Mapping[str, Any],
+    flags: Mapping[str, Any],
+    file: ConfigFile | None = None,
+    *,
+    serving: bool = True,
 ) -> Config:
     """Merge file settings and flags (flags win) into a validated :class:`Config`.
 
     Both mappings use the flag spelling (``dhcp-range``, ``no-dhcp`` is ``dhcp = false``).
     ``file`` is the config file they came from, whose name and lines error messages give.
+    Not ``serving`` (``explain``), a config need not say the interface or the root.
     """
     merged: dict[str, Any] = dict(file_settings)
     for key, value in flags.items():
@@ -340,7 +356,7 @@ def build(
         elif value is not None:
             merged[key] = value
     try:
-        return _validate(merged)
+        return _validate(merged, serving=serving)
     except PxeMenuError as exc:
         if str(exc).startswith("pxe-multicast:"):
             origin = (
@@ -361,7 +377,7 @@ def build(
 _MENU_KEYS = ("pxe-menu", "pxe-prompt", "pxe-multicast")
 
 
-def _validate(merged: Mapping[str, Any]) -> Config:
+def _validate(merged: Mapping[str, Any], *, serving: bool = True) -> Config:
     values: dict[str, Any] = {}
     for key, value in merged.items():
         if key in _MENU_KEYS or key in {"proxy", "dhcp", "dhcp-range", "subnets", "hosts"}:
@@ -397,4 +413,4 @@ def _validate(merged: Mapping[str, Any]) -> Config:
             raise ValueError("dhcp-range must be a string FIRST-LAST")
     else:
         values["dhcp_mode"] = DhcpMode.PROXY
-    return Config.model_validate(values)
+    return Config.model_validate(values, context={"serving": serving})

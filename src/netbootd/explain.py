@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid as uuid_module
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 from netbootd.app import App
 from netbootd.boot.client import classify, is_http_arch
@@ -86,13 +87,28 @@ def _section(title: str, lines: list[str]) -> list[str]:
     return [title, *(f"  {line}" for line in lines), ""]
 
 
+# What the scripts name as this server's address when neither the interface nor next-server
+# says it (RFC 5737's documentation network).
+STAND_IN_SERVER = IPv4Address("192.0.2.1")
+
+
 async def explain(config: Config, client: ClientDescription) -> str:
     """The report, as text: the match, the DHCP reply, then what the client fetches."""
+    notes = []
+    if config.interface is None and config.next_server is None:
+        config = config.model_copy(update={"next_server": STAND_IN_SERVER})
+        notes.append(
+            f"no interface: this server's address stands in as {STAND_IN_SERVER} "
+            "(give --interface, or interface in --config)"
+        )
+    if config.root is None:
+        notes.append("no root (--root): the files the client fetches are not shown")
     app = App(config)
     app.prepare()
     packet = client.discover()
     info = classify(packet)
-    out = _section(
+    out = _section("note", notes) if notes else []
+    out += _section(
         "client",
         [
             f"mac {info.mac}, architecture {info.arch_name}"
@@ -174,8 +190,10 @@ def _match_lines(app: App, resolution: Resolution | None) -> list[str]:
 
 async def _reply_lines(app: App, packet: DhcpPacket) -> list[str]:
     """The DHCP service's answer to ``packet``, over an empty lease book that nothing keeps."""
-    if app.config.dhcp_mode is DhcpMode.OFF or app.interface is None:
+    if app.config.dhcp_mode is DhcpMode.OFF:
         return ["DHCP is off here; another server answers this client"]
+    if app.interface is None:
+        return ["not shown: the reply names the interface's address (give --interface)"]
     service = app.dhcp_service(LeaseBook(), None)
     reply = await service.handle(
         packet, local_port=DHCP_SERVER_PORT, source=("0.0.0.0", DHCP_SERVER_PORT + 1)

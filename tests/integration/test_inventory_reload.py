@@ -182,12 +182,12 @@ def test_explain_without_any_network(tmp_path: Path) -> None:
 
 
 def test_installed_command(tmp_path: Path) -> None:
-    (tmp_path / "root").mkdir()
+    """As the README writes it: the inventory and the state directory, no network flags."""
     (tmp_path / "inventory").mkdir()
-    (tmp_path / "inventory" / "site.toml").write_text(SITE)
-    argv = [sys.executable, "-m", "netbootd", "installed", "--interface", "lo", "--no-dhcp"]
-    argv += ["--root", str(tmp_path / "root"), "--inventory", str(tmp_path / "inventory")]
-    argv += ["--state-dir", str(tmp_path / "state")]
+    once = SITE.replace('profile = "web"\n', 'profile = "web"\nboot-once = "installer"\n')
+    (tmp_path / "inventory" / "site.toml").write_text(once)
+    argv = [sys.executable, "-m", "netbootd", "installed"]
+    argv += ["--inventory", str(tmp_path / "inventory"), "--state-dir", str(tmp_path / "state")]
 
     def run(*extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -196,13 +196,19 @@ def test_installed_command(tmp_path: Path) -> None:
 
     marks = tmp_path / "state" / "installed.json"
     done = run("--mac", MAC.upper())
-    assert (done.returncode, done.stdout) == (0, "web1 is installed\n")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == (
+        "web1 is installed: from its next boot on it boots its profile web instead of installer\n"
+    )
     assert '"web1"' in marks.read_text()
     again = run("--mac", MAC, "--again")
-    assert (again.returncode, again.stdout) == (0, "web1 boots its boot-once profile again\n")
+    assert (again.returncode, again.stdout) == (
+        0,
+        "web1 boots its boot-once profile installer again from its next boot on\n",
+    )
     assert '"web1"' not in marks.read_text()
     unknown = run("--mac", "52:54:00:00:00:00")
-    assert unknown.returncode == 2
+    assert unknown.returncode == 1
     assert "no machine with MAC 52:54:00:00:00:00" in unknown.stderr
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from netbootd.cli import main
 from netbootd.config import build
 from netbootd.explain import ClientDescription, explain
 
@@ -28,3 +31,39 @@ async def test_a_host_entrys_boot_file_is_the_decision_shown(tmp_path: Path) -> 
     # Another machine is not that host: the built-in choice for its firmware.
     other = await explain(config, ClientDescription(mac="52:54:00:00:00:08", arch=0))
     assert "special.0" not in other
+
+
+def test_explain_works_from_the_inventory_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No interface, root or mode: the match and the boot decision, and what is not shown
+    said so, with the address the scripts name standing in."""
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "site.toml").write_text(
+        '[profiles.web]\nmethod = "ipxe"\nkernel = "vmlinuz"\n\n'
+        f'[machines.web1]\nmac = "{HOST_MAC}"\nprofile = "web"\n'
+    )
+    argv = ["explain", "--inventory", str(inventory), "--state-dir", str(tmp_path / "state")]
+    code = main([*argv, "--mac", HOST_MAC, "--arch", "7", "--user-class", "iPXE"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    sections = {s.split("\n", 1)[0]: s for s in out.split("\n\n")}
+    assert "this server's address stands in as 192.0.2.1" in sections["note"]
+    assert "no root (--root)" in sections["note"]
+    assert "profile web (site.toml:1), method ipxe" in sections["match"]
+    assert "not shown: the reply names the interface's address" in sections["DHCP reply"]
+    assert "file http://192.0.2.1/m/52-54-00-00-00-07/boot.ipxe" in sections["boot decision"]
+    assert not (tmp_path / "state").exists()  # nothing written
+
+
+def test_explain_takes_the_flags_that_change_answers_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    shown = capsys.readouterr().out
+    for flag in ("--config", "--inventory", "--state-dir", "--boot", "--proxy", "--mac"):
+        assert flag in shown, flag
+    for flag in ("--tftp-single-port", "--tftp-upload-dir", "--dhcp-workers", "--log-dhcp"):
+        assert flag not in shown, flag

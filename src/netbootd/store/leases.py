@@ -148,13 +148,7 @@ class SqliteLeaseStore:
 
     async def load(self) -> list[Lease]:
         def work() -> list[Lease]:
-            rows = self._conn().execute(
-                "SELECT address, client, mac, state, expires, hostname FROM leases"
-            )
-            return [
-                Lease(IPv4Address(a), client, mac, LeaseState(state), expires, hostname)
-                for a, client, mac, state, expires, hostname in rows
-            ]
+            return _leases(self._conn())
 
         return await self._run(work)
 
@@ -279,6 +273,36 @@ class SqliteLeaseStore:
             if self._writer_thread is not None:
                 self._jobs.put(None)  # the thread ends once the queue is worked through
                 self._writer_thread = None
+
+
+_SELECT = "SELECT address, client, mac, state, expires, hostname FROM leases ORDER BY address"
+
+
+def _leases(db: sqlite3.Connection) -> list[Lease]:
+    return [
+        Lease(IPv4Address(a), client, mac, LeaseState(state), expires, hostname)
+        for a, client, mac, state, expires, hostname in db.execute(_SELECT)
+    ]
+
+
+def read_leases(path: Path) -> list[Lease]:
+    """The leases in the file at ``path``, by address, read without writing to it (beside a
+    running server too, whose transactions it does not hold up). Raises
+    :class:`FileNotFoundError` when there is no such file and :class:`StoreError` when it
+    cannot be read as a lease database."""
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: {exc}") from exc
+    try:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return _leases(db)
+    except (sqlite3.Error, ValueError) as exc:
+        raise StoreError(f"{path}: not a lease database ({exc})") from exc
+    finally:
+        db.close()
 
 
 def _succeed(done: asyncio.Future[_T], result: _T) -> None:
