@@ -131,6 +131,8 @@ async def test_boot_once_callback(running: tuple[App, str, Path]) -> None:
             assert (await response.text()).startswith("web1: installed")
         async with session.post(base + "/m/52-54-00-aa-bb-99/installed") as response:
             assert response.status == 404
+        async with session.post(base + "/m/52:54:00:AA:BB:01/installed") as response:
+            assert response.status == 200  # colons, upper case: the same machine
     _, script = await _get(base + SCRIPT)
     assert "profile disk" in script and "sanboot" in script
 

@@ -58,13 +58,16 @@ from netbootd.services.inventory_files import load_inventory
 from netbootd.store.installed import INSTALLED_FILE, InstalledStore
 
 _MAC = r"(?P<mac>[0-9a-fA-F]{2}(?:-[0-9a-fA-F]{2}){5})"
+# In a per-machine URL, written by hand into a template or a kernel command line, the MAC may
+# be written with colons too (one separator throughout), in either case.
+_ANY_MAC = r"(?P<mac>[0-9a-fA-F]{2}(?P<sep>[-:])[0-9a-fA-F]{2}(?:(?P=sep)[0-9a-fA-F]{2}){4})"
 _PXELINUX_NAME = re.compile(rf"^/?pxelinux\.cfg/01-{_MAC}$")
 _GRUB_NAME = re.compile(rf"^/?(?:.*/)?grub\.cfg-01-{_MAC}$")
 # The names tried after the MAC one, which say nothing of the machine but its address: the
 # address in upper-case hex, shortened a digit at a time, then the catch-all.
 _PXELINUX_BY_ADDRESS = re.compile(r"^/?pxelinux\.cfg/(?:(?P<hex>[0-9A-F]{1,8})|default)$")
 _GRUB_BY_ADDRESS = re.compile(r"^/?(?:.*/)?grub\.cfg(?:-(?P<hex>[0-9A-F]{1,8}))?$")
-_MACHINE_NAME = re.compile(rf"^/?m/{_MAC}/(?P<file>[^/]+)$")
+_MACHINE_NAME = re.compile(rf"^/?m/{_ANY_MAC}/(?P<file>[^/]+)$")
 IPXE_SCRIPT = "boot.ipxe"
 
 

@@ -230,7 +230,7 @@ class HttpServer:
         if installed is not None:
             app[_INSTALLED_KEY] = installed
             app.router.add_post(
-                r"/m/{mac:[0-9a-fA-F]{2}(-[0-9a-fA-F]{2}){5}}/installed", _installed
+                r"/m/{mac:[0-9a-fA-F]{2}([-:][0-9a-fA-F]{2}){5}}/installed", _installed
             )
         # add_get answers HEAD too; UEFI HTTP Boot sends a HEAD before its GET.
         app.router.add_get("/{name:.*}", _serve)

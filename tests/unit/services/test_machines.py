@@ -125,6 +125,11 @@ def test_script_per_machine(tmp_path: Path) -> None:
     assert "machine (undescribed) 52:54:00:aa:bb:99, profile web" in read(
         source, "m/52-54-00-aa-bb-99/boot.ipxe"
     )
+    # A MAC written by hand with colons, in either case, names the same machine.
+    assert read(source, "m/52:54:00:AA:BB:01/boot.ipxe") == script
+    assert read(source, "/m/52:54:00:aa:bb:01/boot.ipxe") == script
+    with pytest.raises(FileNotFound):
+        read(source, "m/52:54-00-aa-bb-01/boot.ipxe")  # one separator throughout
 
 
 def test_pxelinux_name_renders_only_for_pxelinux_profiles(tmp_path: Path) -> None:
