@@ -12,8 +12,8 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,8 @@ class App:
     # HTTP and port 4011, and starts the others).
     share: Share | None = None
     _watcher: asyncio.Task[None] | None = None
+    # The built-in boot files missing from the root, found by prepare() (and logged there).
+    missing_defaults: list[tuple[BootClass, str, str]] = field(default_factory=list)
 
     @property
     def dhcp_only(self) -> bool:
@@ -119,46 +121,88 @@ class App:
 
     def prepare(self) -> None:
         """Check what can be checked before binding anything; raise StartError or ConfigError."""
-        config = self.config
-        if config.interface is not None:
+        for step in self._preparation():
+            step()
+
+    def prepare_all(self) -> list[ConfigError]:
+        """Every step of :meth:`prepare` that can run, each problem kept rather than the first
+        raised (``netbootd check``). A step that needs what an earlier one failed to find (the
+        interface, the root) is passed over."""
+        problems = []
+        for step in self._preparation():
             try:
-                self.interface = interface_info(config.interface)
+                step()
+            except ConfigError as exc:
+                problems.append(exc)
+        return problems
+
+    def _preparation(self) -> tuple[Callable[[], None], ...]:
+        return (
+            self._prepare_interface,
+            self._prepare_root,
+            self._prepare_inventory,
+            self._prepare_boot_files,
+            self._prepare_upload_dir,
+            self._prepare_subnets,
+        )
+
+    def _prepare_interface(self) -> None:
+        if self.config.interface is not None:
+            try:
+                self.interface = interface_info(self.config.interface)
             except InterfaceError as exc:
                 raise ConfigError(str(exc)) from exc  # a bad --interface is a bad flag
-        if config.root is not None:
-            if not config.root.is_dir():
-                raise ConfigError(f"root {config.root}: not a directory")
-            self.tree = FileTree(config.root, system_boot_files(config.ipxe_dir))
+
+    def _prepare_root(self) -> None:
+        root = self.config.root
+        if root is not None:
+            if not root.is_dir():
+                raise ConfigError(f"root {root}: not a directory")
+            self.tree = FileTree(root, system_boot_files(self.config.ipxe_dir))
             self.source = self.tree
-        if config.inventory is not None:
-            try:
-                self.inventory = LiveInventory(
-                    config.inventory, config.state_dir, self.server_address()
-                )
-            except InventoryError as exc:
-                raise ConfigError(f"inventory {config.inventory}:\n{exc}") from exc
-            if self.tree is not None:
-                self.source = BootFiles(self.tree, self.inventory.machines)
+
+    def _prepare_inventory(self) -> None:
+        config = self.config
+        if config.inventory is None:
+            return
+        try:
+            self.inventory = LiveInventory(
+                config.inventory,
+                config.state_dir,
+                self.server_address(),
+                None if self.dhcp_only else self.tree,
+            )
+        except InventoryError as exc:
+            raise ConfigError(f"inventory {config.inventory}:\n{exc}") from exc
+        if self.tree is not None:
+            self.source = BootFiles(self.tree, self.inventory.machines)
+
+    def _prepare_boot_files(self) -> None:
         if self.tree is not None and not self.dhcp_only:
             self._check_boot_files(self.tree)
-        if config.tftp_upload_dir is not None:
-            self._check_upload_dir(config.tftp_upload_dir, config.root)
-        if config.dhcp_mode is DhcpMode.AUTHORITATIVE and self.interface is not None:
-            # (Only explain runs without the interface, and shows no DHCP reply then.)
-            network = self.interface.address.network
-            if config.dhcp_range is not None:
-                for end in (config.dhcp_range.first, config.dhcp_range.last):
-                    if end not in network:
-                        raise ConfigError(
-                            f"dhcp-range {config.dhcp_range} is not inside {network}, "
-                            f"the network of {self.interface.name}"
-                        )
-                if self.interface.ip in config.dhcp_range:
+
+    def _prepare_upload_dir(self) -> None:
+        if self.config.tftp_upload_dir is not None:
+            self._check_upload_dir(self.config.tftp_upload_dir, self.config.root)
+
+    def _prepare_subnets(self) -> None:
+        config = self.config
+        if config.dhcp_mode is not DhcpMode.AUTHORITATIVE or self.interface is None:
+            return  # (only explain and check run without the interface)
+        network = self.interface.address.network
+        if config.dhcp_range is not None:
+            for end in (config.dhcp_range.first, config.dhcp_range.last):
+                if end not in network:
                     raise ConfigError(
-                        f"dhcp-range {config.dhcp_range} contains this server's own address "
-                        f"{self.interface.ip}"
+                        f"dhcp-range {config.dhcp_range} is not inside {network}, "
+                        f"the network of {self.interface.name}"
                     )
-            self._check_subnets()
+            if self.interface.ip in config.dhcp_range:
+                raise ConfigError(
+                    f"dhcp-range {config.dhcp_range} contains this server's own address "
+                    f"{self.interface.ip}"
+                )
+        self._check_subnets()
 
     def served_subnets(self) -> tuple[Subnet, ...]:
         """The subnets served in authoritative mode, settled under the server-wide settings:
@@ -248,6 +292,7 @@ class App:
                     if boot_class is not BootClass.IPXE
                     else "put an iPXE script there or pass --boot ipxe=PATH"
                 )
+                self.missing_defaults.append((boot_class, path, hint))
                 log.warning(
                     format_event(
                         "missing-default",
@@ -280,6 +325,7 @@ class App:
         if self.inventory is not None:
             if not self.dhcp_only:
                 self.inventory.log_state("inventory-loaded")
+                self.inventory.log_warnings()
             self._watcher = asyncio.get_running_loop().create_task(watch_inventory(self.inventory))
         if self.dhcp_only:
             assert self.share is not None

@@ -20,6 +20,7 @@ import uvloop
 from netbootd import __version__
 from netbootd.app import StartError, serve
 from netbootd.boot.client import BootClass, BootKey, boot_key_name, parse_boot_key
+from netbootd.check import check
 from netbootd.config import Config, ConfigError, build, load_file
 from netbootd.explain import ClientDescription, explain
 from netbootd.logs.handler import setup_logging
@@ -325,6 +326,17 @@ def make_parser() -> argparse.ArgumentParser:
         "never hands out addresses.",
     )
     _server_options(serve_cmd)
+    check_cmd = commands.add_parser(
+        "check",
+        help="find every mistake in the configuration and the inventory, without serving",
+        description="Go through what serve checks before it starts, keeping every problem "
+        "rather than the first: the config, the interface, the root, the inventory and its "
+        "templates (a variable that does not exist), then what a machine would stop at (a "
+        "profile's kernel or initrd the root does not hold). One line per problem, "
+        "FILE:LINE: KEY: message. Exits 2 when there are problems, 0 when there are only "
+        "warnings or none. Takes serve's options.",
+    )
+    _server_options(check_cmd)
     explain_cmd = commands.add_parser(
         "explain",
         help="show what a client would get, and why, without any network",
@@ -458,8 +470,28 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"netbootd: config error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE
-    sys.stdout.write(report)
+    sys.stdout.write(report.text)
+    if report.unservable:
+        print("netbootd: this client would be handed what cannot be served", file=sys.stderr)
+        return EXIT_CANNOT_RUN
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    setup_logging(logging.ERROR)  # what would be logged is in the report
+    try:
+        config = config_from_args(args)
+        problem = None
+    except ConfigError as exc:
+        problem = exc  # no interface, say: the rest is still checked
+        try:
+            config = config_from_args(args, serving=False)
+        except ConfigError:
+            print(f"{exc}\nchecked the configuration: 1 problem")
+            return EXIT_BAD_USAGE
+    report = check(config, problem)
+    sys.stdout.write(report.text())
+    return EXIT_BAD_USAGE if report.errors else 0
 
 
 def _state_command(args: argparse.Namespace) -> int:
@@ -490,6 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_USAGE
     if args.command in ("installed", "leases"):
         return _state_command(args)
+    if args.command == "check":
+        return _check(args)
     try:
         config = config_from_args(args, serving=args.command != "explain")
     except ConfigError as exc:

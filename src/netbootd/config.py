@@ -408,7 +408,10 @@ def _validate(merged: Mapping[str, Any], *, serving: bool = True) -> Config:
             raise ValueError("--proxy excludes --dhcp-range and [[subnets]]")
         values["dhcp_mode"] = DhcpMode.AUTHORITATIVE
         if isinstance(dhcp_range, str):
-            values["dhcp_range"] = AddressRange.parse(dhcp_range)
+            try:
+                values["dhcp_range"] = AddressRange.parse(dhcp_range)
+            except ValueError as exc:
+                raise ValueError(f"dhcp-range: {exc}") from None
         elif dhcp_range is not None:
             raise ValueError("dhcp-range must be a string FIRST-LAST")
     else:

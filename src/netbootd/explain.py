@@ -14,7 +14,7 @@ from ipaddress import IPv4Address
 
 from netbootd.app import App
 from netbootd.boot.client import classify, is_http_arch
-from netbootd.boot.inventory import Resolution
+from netbootd.boot.inventory import Inventory, Resolution
 from netbootd.boot.leases import LeaseBook
 from netbootd.boot.policy import BootDecision
 from netbootd.boot.pxe_menu import PxeMenu
@@ -23,7 +23,12 @@ from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.proto.dhcp.codec import DhcpPacket, MessageType, Op, Opt, describe
 from netbootd.proto.dhcp.wire import DHCP_SERVER_PORT
 from netbootd.services.files import FileLookupError, FileSource
-from netbootd.services.machines import IPXE_SCRIPT, RenderFailed, pxelinux_name
+from netbootd.services.machines import (
+    IPXE_SCRIPT,
+    RenderFailed,
+    missing_boot_files,
+    pxelinux_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +97,17 @@ def _section(title: str, lines: list[str]) -> list[str]:
 STAND_IN_SERVER = IPv4Address("192.0.2.1")
 
 
-async def explain(config: Config, client: ClientDescription) -> str:
-    """The report, as text: the match, the DHCP reply, then what the client fetches."""
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """The report, and what in it cannot be served (a file the root does not hold, a template
+    that fails): the client would stop there."""
+
+    text: str
+    unservable: tuple[str, ...] = ()
+
+
+async def explain(config: Config, client: ClientDescription) -> Explanation:
+    """The report: the match, the DHCP reply, then what the client fetches."""
     notes = []
     if config.interface is None and config.next_server is None:
         config = config.model_copy(update={"next_server": STAND_IN_SERVER})
@@ -132,15 +146,34 @@ async def explain(config: Config, client: ClientDescription) -> str:
     if menu is not None and menu.direct is None:
         # The client picks an item, then asks for its file: each item is shown instead.
         out += _section(f"PXE menu {menu.name}", _menu_lines(menu))
-        return "\n".join(out).rstrip() + "\n"
+        return Explanation("\n".join(out).rstrip() + "\n")
     if menu is not None and menu.direct is not None:
         decision = BootDecision(decision.boot_class, menu.direct.file, None, "pxe-menu: one item")
     out += _section(
         "boot decision", [f"file {decision.filename or '-'}", f"why: {decision.reason}"]
     )
+    unservable = _unservable_file(app, decision.path)
+    fetched, failed = _fetches(app, info.mac, decision.path, is_ipxe=info.is_ipxe)
+    out += fetched
+    unservable += failed
+    if resolution is not None and app.tree is not None and app.inventory is not None:
+        chosen = Inventory(profiles={resolution.profile.name: resolution.profile})
+        missing = missing_boot_files(chosen, app.inventory.directory, app.tree)
+        unservable += [str(problem) for problem in missing]
+    if unservable:
+        out += _section("cannot be served (the client stops there)", unservable)
+    return Explanation("\n".join(out).rstrip() + "\n", tuple(unservable))
 
-    out += _fetches(app, info.mac, decision.path, is_ipxe=info.is_ipxe)
-    return "\n".join(out).rstrip() + "\n"
+
+def _unservable_file(app: App, path: str | None) -> list[str]:
+    """The boot file itself, when the root (or the system's boot files) cannot serve it."""
+    if path is None or app.tree is None or path.startswith("m/"):
+        return []  # no file; no root to look in; a per-machine file, shown rendered below
+    try:
+        app.tree.resolve(path)
+    except FileLookupError as exc:
+        return [f"boot file {path}: {exc.reason} (looked for below the root {app.tree.root})"]
+    return []
 
 
 def _boot_choice(
@@ -211,11 +244,12 @@ async def _reply_lines(app: App, packet: DhcpPacket) -> list[str]:
     ]
 
 
-def _fetches(app: App, mac: str, path: str | None, *, is_ipxe: bool) -> list[str]:
-    """What the client fetches next, rendered exactly as TFTP and HTTP would serve it."""
+def _fetches(app: App, mac: str, path: str | None, *, is_ipxe: bool) -> tuple[list[str], list[str]]:
+    """What the client fetches next, rendered exactly as TFTP and HTTP would serve it; and
+    why it cannot be served, if it cannot."""
     source = app.source
     if source is None or path is None or app.machines is None:
-        return []
+        return [], []
     wanted = path
     name = path.rsplit("/", 1)[-1]
     if name == "pxelinux.0":
@@ -224,20 +258,21 @@ def _fetches(app: App, mac: str, path: str | None, *, is_ipxe: bool) -> list[str
         # The firmware loads iPXE first, which asks again and gets its script.
         wanted = f"{machine_prefix(mac)}/{IPXE_SCRIPT}"
     elif not path.startswith("m/"):
-        return []  # a file of the root, not rendered
+        return [], []  # a file of the root, not rendered
     when = "" if is_ipxe or name == "pxelinux.0" else " (once iPXE runs and asks again)"
-    return _section(f"then {wanted}{when}", _show(source, wanted))
+    shown, failed = _show(source, wanted)
+    return _section(f"then {wanted}{when}", shown), [f"{wanted}: {failed}"] if failed else []
 
 
-def _show(source: FileSource, name: str) -> list[str]:
+def _show(source: FileSource, name: str) -> tuple[list[str], str | None]:
     try:
         opened = source.open(name, None)
     except RenderFailed as exc:
-        return [f"cannot be rendered: {exc.reason}"]
+        return [f"cannot be rendered: {exc.reason}"], exc.reason
     except FileLookupError as exc:
-        return [f"not served: {exc.reason}"]
+        return [f"not served: {exc.reason}"], exc.reason
     try:
         data = opened.read(0, opened.size)
     finally:
         opened.close()
-    return data.decode(errors="replace").splitlines() or ["(empty)"]
+    return data.decode(errors="replace").splitlines() or ["(empty)"], None

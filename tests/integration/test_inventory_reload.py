@@ -163,6 +163,7 @@ def _explain(tmp_path: Path, *client: str) -> subprocess.CompletedProcess[str]:
 
 def test_explain_without_any_network(tmp_path: Path) -> None:
     (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "vmlinuz").write_bytes(b"kernel")
     (tmp_path / "inventory").mkdir()
     (tmp_path / "inventory" / "site.toml").write_text(SITE)
     result = _explain(tmp_path, "--mac", MAC, "--arch", "7")
@@ -229,6 +230,6 @@ def test_templates_are_checked_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         app.prepare()
     lines = str(raised.value).splitlines()[1:]
-    assert lines[0].startswith("profiles.a.template: t/broken.ipxe:2: ")
-    assert lines[1].startswith("site.toml:4: profiles.b.template: method local uses its built-in")
-    assert lines[2].startswith("site.toml:7: profiles.c.cmdline: cmdline:1: ")
+    assert lines[0].startswith("t/broken.ipxe:2: profiles.a.template: ")
+    assert lines[1].startswith("site.toml:6: profiles.b.template: method local uses its built-in")
+    assert lines[2].startswith("site.toml:10: profiles.c.cmdline: cmdline:1: ")

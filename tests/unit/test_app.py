@@ -11,6 +11,7 @@ import pytest
 
 from netbootd.app import watch_inventory
 from netbootd.logs.events import parse_event
+from netbootd.services.files import FileTree
 from netbootd.services.machines import LiveInventory, ServerAddress
 
 SITE = """\
@@ -80,3 +81,36 @@ def test_a_change_is_loaded_once(tmp_path: Path) -> None:
     loaded = live.load_if_changed()
     assert loaded is not None and "disk" in loaded.setup.inventory.profiles
     assert live.load_if_changed() is None
+
+
+def test_what_a_load_lets_pass_but_a_machine_would_stop_at_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kernel the root does not hold, a hostname undescribed machines lack: a warning with
+    file, line and key at the start and at each reload; serving goes on."""
+    caplog.set_level(logging.INFO, logger="netbootd")
+    directory, root = tmp_path / "inventory", tmp_path / "root"
+    directory.mkdir()
+    root.mkdir()
+    site = directory / "site.toml"
+    site.write_text(SITE.format(rev=1))
+    address = ServerAddress("10.99.0.1", 80, 69)
+    live = LiveInventory(directory, tmp_path / "state", address, FileTree(root))
+    live.log_warnings()
+    problems = [parse_event(r.getMessage())[1]["problem"] for r in caplog.records]
+    assert problems == [
+        f"site.toml:3: profiles.web.kernel: vmlinuz: no such file (it is looked for below the "
+        f"root {root})"
+    ]
+    caplog.clear()
+    (root / "vmlinuz").write_bytes(b"kernel")
+    site.write_text(SITE.format(rev="{{ hostname }}") + '\n[default]\nprofile = "web"\n')
+    loaded = live.load_if_changed()
+    assert loaded is not None
+    live.adopt(loaded)
+    assert _events(caplog) == ["inventory-reloaded", "inventory-warning"]
+    warning = parse_event(caplog.records[1].getMessage())[1]["problem"]
+    assert warning.startswith(
+        "site.toml:4: profiles.web.cmdline: hostname is empty for a machine the inventory "
+        "does not describe, and the default gives this profile to such machines"
+    )

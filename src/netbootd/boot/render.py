@@ -12,6 +12,7 @@ template, rendered first, and is available as ``cmdline``.
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError
+from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from netbootd.boot.inventory import Method, Profile
@@ -34,7 +35,14 @@ class Flavour(StrEnum):
 
 
 class RenderError(Exception):
-    """A template that cannot be compiled or rendered; the message names it and the line."""
+    """A template that cannot be compiled or rendered; the message names it and the line.
+
+    ``line`` and ``reason`` are the two apart, for a report that places the line itself."""
+
+    def __init__(self, message: str, line: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+        self.reason = reason if reason is not None else message
 
 
 _ENVIRONMENT = SandboxedEnvironment(
@@ -188,7 +196,8 @@ def compile_template(text: str, name: str) -> None:
     try:
         _compiled(text)
     except TemplateSyntaxError as exc:
-        raise RenderError(f"{name}:{exc.lineno}: {exc.message}") from None
+        reason = exc.message or "syntax error"
+        raise RenderError(f"{name}:{exc.lineno}: {reason}", exc.lineno, reason) from None
 
 
 def render_text(text: str, name: str, variables: Mapping[str, Any]) -> str:
@@ -199,6 +208,65 @@ def render_text(text: str, name: str, variables: Mapping[str, Any]) -> str:
         raise RenderError(f"{name}:{exc.lineno}: {exc.message}") from None
     except TemplateError as exc:
         raise RenderError(f"{name}: {exc}") from None
+
+
+# Every name a template may use: the variables of every context, ``cmdline`` (rendered first,
+# so not in the command line itself), and Jinja2's own globals (range, dict, namespace...).
+VARIABLES: frozenset[str] = frozenset(
+    BootContext("00:00:00:00:00:00", Profile("-", Method.EXIT), "0.0.0.0").variables()
+)
+GLOBALS: frozenset[str] = frozenset(_ENVIRONMENT.globals)
+# The variables that are empty for a machine the inventory does not describe.
+UNDESCRIBED_EMPTY = ("hostname", "machine")
+
+
+@dataclass(frozen=True, slots=True)
+class NameUse:
+    """A variable a template reads, at the first line that reads it; ``tested`` when the
+    template also tests it (``{% if hostname %}``, ``hostname or ...``), so copes with it empty."""
+
+    name: str
+    line: int
+    tested: bool
+
+
+def template_uses(text: str) -> tuple[NameUse, ...]:
+    """The variables ``text`` reads without setting them itself, in line order.
+
+    ``text`` must compile (see :func:`compile_template`)."""
+    tree = _ENVIRONMENT.parse(text)
+    free = meta.find_undeclared_variables(tree)
+    tested: set[str] = set()
+    for node in tree.find_all((nodes.Or, nodes.If, nodes.CondExpr)):
+        test: nodes.Node
+        if isinstance(node, nodes.Or):
+            test = node.left
+        elif isinstance(node, nodes.If | nodes.CondExpr):
+            test = node.test
+        else:
+            continue
+        tested.update(name.name for name in _names(test))
+    first: dict[str, int] = {}
+    for name in tree.find_all(nodes.Name):
+        if name.ctx == "load" and name.name in free:
+            first.setdefault(name.name, name.lineno)
+    uses = (NameUse(name, line, name in tested) for name, line in first.items())
+    return tuple(sorted(uses, key=lambda use: (use.line, use.name)))
+
+
+def _names(node: nodes.Node) -> list[nodes.Name]:
+    found = [node] if isinstance(node, nodes.Name) else []
+    return found + list(node.find_all(nodes.Name))
+
+
+def unknown_variable(use: NameUse, *, cmdline: bool = False) -> str | None:
+    """Why ``use`` is not a variable templates get, or None if it is one."""
+    known = VARIABLES if cmdline else VARIABLES | {"cmdline"}
+    if use.name in known or use.name in GLOBALS:
+        return None
+    close = difflib.get_close_matches(use.name, sorted(known), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "see the README's template variables"
+    return f"{use.name!r} is not a template variable ({hint})"
 
 
 def boot_variables(context: BootContext) -> dict[str, Any]:

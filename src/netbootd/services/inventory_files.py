@@ -52,7 +52,7 @@ from netbootd.boot.inventory import (
 )
 from netbootd.toml_lines import KeyLines, parse_key
 
-__all__ = ["load_inventory"]
+__all__ = ["at_key_lines", "load_inventory"]
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -529,3 +529,29 @@ def load_inventory(directory: Path) -> Inventory:
     for path in _toml_files(directory):
         loader.read(path)
     return loader.finish()
+
+
+def at_key_lines(
+    directory: Path, problems: Sequence[InventoryProblem]
+) -> tuple[InventoryProblem, ...]:
+    """``problems`` found after the load (a missing kernel, a template variable), each placed
+    at the line of its own key rather than its table's, as the load places its own."""
+    lines: dict[str, KeyLines | None] = {}
+    placed = []
+    for problem in problems:
+        location = problem.location
+        if location is None or not location.file.endswith(".toml") or not problem.key:
+            placed.append(problem)
+            continue
+        if location.file not in lines:
+            try:
+                lines[location.file] = KeyLines((directory / location.file).read_text())
+            except (OSError, UnicodeDecodeError):
+                lines[location.file] = None  # changed since: the table's line must do
+        found = lines[location.file]
+        if found is None:
+            placed.append(problem)
+            continue
+        line = found.line_of(parse_key(problem.key))
+        placed.append(replace(problem, location=Location(location.file, line)))
+    return tuple(placed)

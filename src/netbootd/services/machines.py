@@ -32,12 +32,16 @@ from netbootd.boot.inventory import (
     Inventory,
     InventoryError,
     InventoryProblem,
+    Location,
     Resolution,
+    format_key,
     resolve,
 )
 from netbootd.boot.render import (
+    UNDESCRIBED_EMPTY,
     BootContext,
     Flavour,
+    NameUse,
     RenderError,
     boot_variables,
     builtin_template,
@@ -45,16 +49,19 @@ from netbootd.boot.render import (
     method_flavour,
     render_boot,
     render_text,
+    template_uses,
+    unknown_variable,
 )
 from netbootd.logs.events import format_event
 from netbootd.services.files import (
     FileLookupError,
     FileNotFound,
     FileSource,
+    FileTree,
     MemoryFile,
     OpenedFile,
 )
-from netbootd.services.inventory_files import load_inventory
+from netbootd.services.inventory_files import at_key_lines, load_inventory
 from netbootd.store.installed import INSTALLED_FILE, InstalledStore
 
 _MAC = r"(?P<mac>[0-9a-fA-F]{2}(?:-[0-9a-fA-F]{2}){5})"
@@ -86,33 +93,41 @@ class RenderFailed(FileLookupError):  # noqa: N818 - the vocabulary of FileLooku
 
 @dataclass(frozen=True, slots=True)
 class BootSetup:
-    """One loaded and checked inventory directory: the inventory and its template texts."""
+    """One loaded and checked inventory directory: the inventory and its template texts.
+
+    ``warnings`` are what serves, but maybe not as meant (an empty hostname for machines the
+    inventory does not describe)."""
 
     inventory: Inventory
     templates: Mapping[str, str]  # by path relative to the directory
     directory: Path
+    warnings: tuple[InventoryProblem, ...] = ()
 
 
 def load_setup(directory: Path) -> BootSetup:
     """Load the inventory and every template it names; raise :class:`InventoryError`."""
     inventory = load_inventory(directory)
     problems: list[InventoryProblem] = []
+    warnings: list[InventoryProblem] = []
     templates: dict[str, str] = {}
+    given_to_undescribed = _given_to_undescribed(inventory)
     for profile in inventory.profiles.values():
         if profile.template and method_flavour(profile.method) is None:
             problems.append(
                 InventoryProblem(
                     profile.source,
-                    f"profiles.{profile.name}.template",
+                    format_key(("profiles", profile.name, "template")),
                     f"method {profile.method} uses its built-in forms (iPXE, pxelinux, GRUB); "
                     "a template would never be used",
                 )
             )
-        named = [("template", profile.template)] if profile.template else []
-        named += [(f"files.{name}", path) for name, path in profile.files.items()]
+        undescribed = given_to_undescribed.get(profile.name)
+        named: list[tuple[tuple[str, ...], str]] = []
+        if profile.template:
+            named.append((("template",), profile.template))
+        named += [(("files", name), path) for name, path in profile.files.items()]
         for key, relative in named:
-            assert relative is not None
-            where = f"profiles.{profile.name}.{key}"
+            where = format_key(("profiles", profile.name, *key))
             try:
                 text = (directory / relative).read_text()
             except (OSError, UnicodeDecodeError) as exc:
@@ -122,18 +137,57 @@ def load_setup(directory: Path) -> BootSetup:
                 compile_template(text, relative)
             except RenderError as exc:
                 # The template's own file and line say more than the profile's.
-                problems.append(InventoryProblem(None, where, str(exc)))
+                at = Location(relative, exc.line or 1)
+                problems.append(InventoryProblem(at, where, exc.reason))
                 continue
             templates[relative] = text
+            for use in template_uses(text):
+                # The template's own file and line, and the key that names it.
+                at = Location(relative, use.line)
+                if (reason := unknown_variable(use)) is not None:
+                    problems.append(InventoryProblem(at, where, reason))
+                elif undescribed and _empty_when_undescribed(use):
+                    warnings.append(InventoryProblem(at, where, _empty_warning(use, undescribed)))
+        where = format_key(("profiles", profile.name, "cmdline"))
         try:
             compile_template(profile.cmdline, "cmdline")
         except RenderError as exc:
-            problems.append(
-                InventoryProblem(profile.source, f"profiles.{profile.name}.cmdline", str(exc))
-            )
+            problems.append(InventoryProblem(profile.source, where, str(exc)))
+            continue
+        for use in template_uses(profile.cmdline):
+            if (reason := unknown_variable(use, cmdline=True)) is not None:
+                problems.append(InventoryProblem(profile.source, where, reason))
+            elif undescribed and _empty_when_undescribed(use):
+                warnings.append(
+                    InventoryProblem(profile.source, where, _empty_warning(use, undescribed))
+                )
     if problems:
-        raise InventoryError(tuple(problems))
-    return BootSetup(inventory, MappingProxyType(templates), directory)
+        raise InventoryError(at_key_lines(directory, problems))
+    return BootSetup(
+        inventory, MappingProxyType(templates), directory, at_key_lines(directory, warnings)
+    )
+
+
+def _given_to_undescribed(inventory: Inventory) -> dict[str, str]:
+    """The profiles a machine the inventory does not describe can get, each with who gives it."""
+    given: dict[str, list[str]] = {}
+    for group in inventory.groups.values():
+        given.setdefault(group.profile, []).append(f"group {group.name}")
+    if inventory.default_profile is not None:
+        given.setdefault(inventory.default_profile, []).append("the default")
+    return {profile: ", ".join(givers) for profile, givers in given.items()}
+
+
+def _empty_when_undescribed(use: NameUse) -> bool:
+    return use.name in UNDESCRIBED_EMPTY and not use.tested
+
+
+def _empty_warning(use: NameUse, givers: str) -> str:
+    return (
+        f"{use.name} is empty for a machine the inventory does not describe, and {givers} "
+        f"gives this profile to such machines: describe them, or write "
+        f"{{{{ {use.name} or 'node-' ~ mac_dashes }}}}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +373,32 @@ class BootFiles:
         return None
 
 
+def missing_boot_files(
+    inventory: Inventory, directory: Path, tree: FileTree
+) -> tuple[InventoryProblem, ...]:
+    """The profiles' kernels and initrds that the root does not hold (nor the system's boot
+    files it serves): a machine given such a profile stops at that file. URLs are taken as
+    given; another server serves them."""
+    problems = []
+    for profile in inventory.profiles.values():
+        paths = [("kernel", profile.kernel)] if profile.kernel else []
+        paths += [("initrds", path) for path in profile.initrds]
+        for key, path in paths:
+            if path is None or path.startswith(("http://", "https://")):
+                continue
+            try:
+                tree.resolve(path)
+            except FileLookupError as exc:
+                problems.append(
+                    InventoryProblem(
+                        profile.source,
+                        format_key(("profiles", profile.name, key)),
+                        f"{path}: {exc.reason} (it is looked for below the root {tree.root})",
+                    )
+                )
+    return at_key_lines(directory, problems)
+
+
 def _reservations(inventory: Inventory) -> Mapping[IPv4Address, str]:
     return MappingProxyType(
         {m.address: m.name for m in inventory.machines.values() if m.address is not None}
@@ -361,6 +441,7 @@ class Loaded:
 
     setup: BootSetup
     installed: frozenset[str]
+    warnings: tuple[InventoryProblem, ...] = ()
 
 
 class LiveInventory:
@@ -372,12 +453,31 @@ class LiveInventory:
     Raises :class:`InventoryError` if the first load fails.
     """
 
-    def __init__(self, directory: Path, state_dir: Path, address: ServerAddress) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        state_dir: Path,
+        address: ServerAddress,
+        tree: FileTree | None = None,
+    ) -> None:
         self.directory = directory
         self.installed = InstalledStore(state_dir / INSTALLED_FILE)
+        self.tree = tree  # where kernels and initrds are looked for, at each load
         # Taken before loading: an edit made while loading is seen as a change later.
         self._seen = _tree_signature(directory, self.installed.path)
         self.machines = Machines(load_setup(directory), address, self.installed.load())
+        self.warnings = self.findings(self.machines.setup)
+
+    def findings(self, setup: BootSetup) -> tuple[InventoryProblem, ...]:
+        """What a load found that serves, but not as meant: the setup's warnings, and the
+        kernels and initrds the root does not hold. Blocking (it looks at files)."""
+        tree = self.tree
+        missing = () if tree is None else missing_boot_files(setup.inventory, self.directory, tree)
+        return (*setup.warnings, *missing)
+
+    def log_warnings(self) -> None:
+        for problem in self.warnings:
+            log.warning(format_event("inventory-warning", problem=str(problem)))
 
     def mark_installed(self, mac: str) -> str | None:
         """Boot-once: the machine with ``mac`` is installed. Its name, or None if unknown."""
@@ -411,13 +511,16 @@ class LiveInventory:
         if now == self._seen:
             return None
         self._seen = now
-        return Loaded(load_setup(self.directory), self.installed.load())
+        setup = load_setup(self.directory)
+        return Loaded(setup, self.installed.load(), self.findings(setup))
 
     def adopt(self, loaded: Loaded) -> None:
         """Put a good reload in force (on the event loop, between two requests)."""
         self.machines.replace(loaded.setup)
         self.machines.installed = loaded.installed
+        self.warnings = loaded.warnings
         self.log_state("inventory-reloaded")
+        self.log_warnings()
 
     def keep(self, error: InventoryError) -> None:
         """A bad edit: say every problem, and that the last good inventory goes on serving."""

@@ -350,7 +350,7 @@ async def test_explain_shows_the_menu(tmp_path: Path) -> None:
     (tmp_path / "pxelinux.0").write_bytes(b"loader")
     flags = {"interface": "lo", "root": tmp_path, "proxy": True}
     config = build({"pxe-menu": [LINUX, DISK], "pxe-prompt": PROMPT}, flags)
-    report = await explain(config, ClientDescription(mac="52:54:00:00:00:01", arch=0))
+    report = (await explain(config, ClientDescription(mac="52:54:00:00:00:01", arch=0))).text
     assert "boot-menu=32769:'Linux';0:'Local disk'" in report
     assert "1. 'Linux' (type 32769): file pxelinux.0" in report
     assert "2. 'Local disk' (type 0): boot from the local disk" in report

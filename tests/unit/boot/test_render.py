@@ -6,12 +6,16 @@ import pytest
 
 from netbootd.boot.inventory import Method, Profile
 from netbootd.boot.render import (
+    VARIABLES,
     BootContext,
     Flavour,
+    NameUse,
     RenderError,
     compile_template,
     render_boot,
     render_text,
+    template_uses,
+    unknown_variable,
 )
 
 MAC = "52:54:00:aa:bb:01"
@@ -110,3 +114,44 @@ def test_syntax_error_names_the_line() -> None:
 def test_sandbox_refuses_reaching_outside_the_variables() -> None:
     with pytest.raises(RenderError, match="unsafe"):
         render_text("{{ ''.__class__.__mro__ }}", "evil", {})
+
+
+def test_the_variables_a_template_reads_and_where() -> None:
+    text = (
+        "{% set n = 1 %}{{ n }}\n"
+        "{{ hostnam }} {% for url in initrd_urls %}{{ url }}{% endfor %}\n"
+        "{% if hostname %}{{ hostname }}{% endif %} {{ machine or 'node' }} {{ range(2) | list }}\n"
+        "{{ labels.rack }}\n"
+    )
+    assert template_uses(text) == (
+        NameUse("hostnam", 2, tested=False),
+        NameUse("initrd_urls", 2, tested=False),
+        NameUse("hostname", 3, tested=True),
+        NameUse("machine", 3, tested=True),
+        NameUse("labels", 4, tested=False),
+    )
+    assert template_uses("{{ cmdline }} {{ mac if ip else uuid }}") == (
+        NameUse("cmdline", 1, tested=False),
+        NameUse("ip", 1, tested=True),
+        NameUse("mac", 1, tested=False),
+        NameUse("uuid", 1, tested=False),
+    )
+
+
+def test_unknown_variables_are_named_with_a_guess() -> None:
+    assert unknown_variable(NameUse("hostname", 1, tested=False)) is None
+    assert unknown_variable(NameUse("cmdline", 1, tested=False)) is None
+    assert unknown_variable(NameUse("range", 1, tested=False)) is None  # a Jinja2 global
+    assert unknown_variable(NameUse("hostnam", 1, tested=False)) == (
+        "'hostnam' is not a template variable (did you mean 'hostname'?)"
+    )
+    assert unknown_variable(NameUse("zzz", 1, tested=False)) == (
+        "'zzz' is not a template variable (see the README's template variables)"
+    )
+    # The command line is rendered first: it cannot use itself.
+    assert unknown_variable(NameUse("cmdline", 1, tested=False), cmdline=True) is not None
+
+
+def test_every_variable_a_context_gives_is_known() -> None:
+    full = context(INSTALLER, ip="10.99.0.5", machine="web1", hostname="web1")
+    assert set(full.variables()) == VARIABLES
