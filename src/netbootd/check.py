@@ -17,7 +17,7 @@ from pathlib import Path
 
 from netbootd.app import App
 from netbootd.boot.inventory import InventoryError, InventoryProblem
-from netbootd.config import Config, ConfigError
+from netbootd.config import Config
 from netbootd.explain import STAND_IN_SERVER
 from netbootd.services.inventory_files import load_inventory
 from netbootd.services.machines import missing_boot_files
@@ -57,12 +57,10 @@ def inventory_line(directory: Path, problem: InventoryProblem, *, error: bool = 
     return Finding(f"{where}: {key}{'' if error else 'warning: '}{problem.message}", error)
 
 
-def check(config: Config, config_problem: ConfigError | None = None) -> Report:
-    """The report on ``config``. ``config_problem`` is what the config's own validation
-    found for serving (no interface, say), when ``config`` is the one built without it."""
-    findings: list[Finding] = []
-    if config_problem is not None:
-        findings.append(Finding(str(config_problem)))
+def check(config: Config) -> Report:
+    """The report on ``config``, built as explain builds it (without what only serving needs,
+    which is among the problems found)."""
+    findings = [Finding(missing) for missing in config.missing_for_serving()]
     if config.next_server is None:
         # What the scripts name does not matter here (and a missing interface is reported
         # once): the inventory loads as it would.

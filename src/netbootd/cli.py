@@ -480,16 +480,11 @@ def _explain(config: Config, args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     setup_logging(logging.ERROR)  # what would be logged is in the report
     try:
-        config = config_from_args(args)
-        problem = None
+        config = config_from_args(args, serving=False)
     except ConfigError as exc:
-        problem = exc  # no interface, say: the rest is still checked
-        try:
-            config = config_from_args(args, serving=False)
-        except ConfigError:
-            print(f"{exc}\nchecked the configuration: 1 problem")
-            return EXIT_BAD_USAGE
-    report = check(config, problem)
+        print(f"{exc}\nchecked the configuration: 1 problem")
+        return EXIT_BAD_USAGE
+    report = check(config)
     sys.stdout.write(report.text())
     return EXIT_BAD_USAGE if report.errors else 0
 
@@ -525,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return _check(args)
     try:
-        config = config_from_args(args, serving=args.command != "explain")
+        config = config_from_args(args, serving=args.command == "serve")
     except ConfigError as exc:
         print(f"netbootd: config error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE

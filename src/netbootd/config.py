@@ -184,17 +184,27 @@ class Config(BaseModel):
                         f"{key} is only used by authoritative DHCP, not {self.dhcp_mode}"
                     )
         if info.context is not None and not info.context.get("serving", True):
-            return self  # explain: what is missing is said where it matters
+            return self  # explain and check: what is missing is said where it matters
+        missing = self.missing_for_serving()
+        if missing:
+            raise ValueError(missing[0])
+        return self
+
+    def missing_for_serving(self) -> list[str]:
+        """What serve needs that explain and check do without, each said."""
+        missing = []
         if self.dhcp_mode is not DhcpMode.OFF and self.interface is None:
-            raise ValueError("serving DHCP needs an interface (--interface)")
+            missing.append("serving DHCP needs an interface (--interface)")
         if (self.tftp or self.http) and self.root is None:
-            raise ValueError("serving files needs a root directory (--root)")
-        if self.inventory is not None and self.interface is None and self.next_server is None:
-            raise ValueError(
+            missing.append("serving files needs a root directory (--root)")
+        no_address = self.interface is None and self.next_server is None
+        if self.inventory is not None and no_address and self.dhcp_mode is DhcpMode.OFF:
+            # (With DHCP on, the interface is missing already.)
+            missing.append(
                 "an inventory needs --interface (or next-server): its scripts name this "
                 "server's address"
             )
-        return self
+        return missing
 
 
 # Keys of the TOML file, spelled as the command-line flags are. "dhcp-range" implies

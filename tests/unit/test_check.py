@@ -124,3 +124,22 @@ def test_missing_built_in_boot_files_are_warnings(
         f"{root}/boot.ipxe: warning: ipxe clients get this file by default, and it is missing "
         "(put an iPXE script there or pass --boot ipxe=PATH)"
     ) in lines
+
+
+def test_what_only_serving_needs_is_each_one_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    code, lines, _ = run(capsys, "--inventory", str(inventory), "--state-dir", str(tmp_path))
+    assert code == 2
+    assert lines == [
+        "serving DHCP needs an interface (--interface)",
+        "serving files needs a root directory (--root)",
+        f"checked dhcp proxy, inventory {inventory} (0 machines, 0 profiles, 0 groups): 2 problems",
+    ]
+    code, lines, _ = run(capsys, "--inventory", str(inventory), "--no-dhcp", "--no-tftp")
+    assert lines[:2] == [
+        "serving files needs a root directory (--root)",
+        "an inventory needs --interface (or next-server): its scripts name this server's address",
+    ]
