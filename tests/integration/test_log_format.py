@@ -151,3 +151,31 @@ def test_debug_shows_an_ignored_dhcp_request_and_why(server: Server) -> None:
     assert ignored["reason"] == "proxy mode answers PXE and UEFI HTTP Boot clients only"
     options = [line["message"] for line in objects if "message" in line]
     assert "received xid=0x1234abcd 53 message-type: DISCOVER" in options
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the DHCP port (67) needs root")
+def test_the_dhcp_workers_log_at_the_same_level_in_the_same_format(server: Server) -> None:
+    """Worker 1 is started with worker 0's arguments: its lines are JSON too, and its DEBUG
+    line for a REQUEST to another server (a MAC ending in an odd octet is worker 1's) is
+    there."""
+    running = server(
+        "--dhcp-range", "127.0.0.100-127.0.0.139", "--dhcp-workers", "2", "--no-http",
+        "--log-format", "json", "--log-level", "debug",
+    )  # fmt: skip
+    running.wait_for('"event": "dhcp-workers"')
+    elsewhere = request(MessageType.REQUEST, mac="52:54:00:00:00:01", server_id="10.9.9.9")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.sendto(encode(elsewhere), ("127.0.0.1", 67))
+    running.wait_for('"decision": "ignored"')
+    objects = _objects(running.stop())
+    [ready] = [line for line in objects if line.get("event") == "dhcp-worker-ready"]
+    assert ready["worker"] == "1"
+    [ignored] = [line for line in objects if line.get("event") == "REQUEST"]
+    assert (ignored["level"], ignored["mac"]) == ("DEBUG", "52:54:00:00:00:01")
+    counts = {
+        line["worker"]: line["counts"]
+        for line in objects
+        if line.get("event") == "counters" and line["service"] == "dhcp"
+    }
+    assert "REQUEST:ignored=1" in counts["1"].split(",")
+    assert "REQUEST:ignored" not in counts["0"]
