@@ -21,7 +21,7 @@ from netbootd import __version__
 from netbootd.app import StartError, serve
 from netbootd.boot.client import BootClass, BootKey, boot_key_name, parse_boot_key
 from netbootd.check import check
-from netbootd.config import Config, ConfigError, build, load_file
+from netbootd.config import Config, ConfigError, LogFormat, LogLevel, build, load_file
 from netbootd.explain import ClientDescription, explain
 from netbootd.logs.handler import setup_logging
 from netbootd.proto.dhcp.codec import encode_option_value, option_code
@@ -39,6 +39,13 @@ from netbootd.workers import WorkerError
 
 EXIT_BAD_USAGE = 2
 EXIT_CANNOT_RUN = 1
+
+_LOG_LEVELS = {
+    LogLevel.DEBUG: logging.DEBUG,
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARNING: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -277,6 +284,18 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="log every option received and sent",
     )
+    # Checked with the config file's keys, so that a bad value is one line naming its flag.
+    parser.add_argument(
+        "--log-level",
+        metavar="debug|info|warning|error",
+        help="the least a line must be to be written (default info; debug adds what is "
+        "ignored and why)",
+    )
+    parser.add_argument(
+        "--log-format",
+        metavar="text|json",
+        help="EVENT key=value lines (default text), or one JSON object a line for tools",
+    )
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
@@ -427,6 +446,8 @@ def config_from_args(args: argparse.Namespace, *, serving: bool = True) -> Confi
             "tftp_port",
             "state_dir",
             "log_dhcp",
+            "log_level",
+            "log_format",
             "tftp_max_blksize",
             "tftp_single_port",
             "tftp_upload_dir",
@@ -526,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_USAGE
     if args.command == "explain":
         return _explain(config, args)
-    setup_logging(logging.INFO)
+    setup_logging(_LOG_LEVELS[config.log_level], as_json=config.log_format is LogFormat.JSON)
     own_args = list(argv) if argv is not None else sys.argv[1:]  # for the DHCP workers
     try:
         _run(serve(config, own_args, args.dhcp_worker))

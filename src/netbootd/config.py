@@ -46,6 +46,34 @@ class DhcpMode(StrEnum):
     OFF = "off"
 
 
+class LogLevel(StrEnum):
+    """The least a line must be to be written (``--log-level``)."""
+
+    DEBUG = "debug"  # also what is ignored, and why (a DHCP request that is not ours)
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(StrEnum):
+    """How a line is written (``--log-format``): ``EVENT key=value`` text, or a JSON object."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+def _choice(kind: type[StrEnum], what: str, value: object) -> object:
+    """``value`` as a member of ``kind``, in any case; a message listing the choices if it is
+    none."""
+    if isinstance(value, kind) or not isinstance(value, str):
+        return value  # pydantic says what is wrong with a value that is not text
+    try:
+        return kind(value.lower())
+    except ValueError:
+        choices = ", ".join(member.value for member in kind)
+        raise ValueError(f"{value!r} is not a {what} ({choices})") from None
+
+
 def _boot_path(value: str) -> str:
     path = value.strip()
     if not path:
@@ -83,6 +111,8 @@ class Config(BaseModel):
     tftp_port: int = Field(default=69, ge=1, le=65535)
     state_dir: Path = DEFAULT_STATE_DIR
     log_dhcp: bool = False
+    log_level: LogLevel = LogLevel.INFO
+    log_format: LogFormat = LogFormat.TEXT
     lease_time: int = Field(default=3600, ge=60, le=365 * 86400)
     next_server: IPv4Address | None = None
     routers: tuple[IPv4Address, ...] = ()
@@ -132,6 +162,16 @@ class Config(BaseModel):
     # Processes that answer DHCP (authoritative mode): each serves the clients whose hardware
     # address ends in its share of the octet values, from its own part of every pool.
     dhcp_workers: int = Field(default=1, ge=1, le=MAX_DHCP_WORKERS)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> object:
+        return _choice(LogLevel, "log level", value)
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _log_format(cls, value: object) -> object:
+        return _choice(LogFormat, "log format", value)
 
     @field_validator("dhcp_options", mode="before")
     @classmethod
@@ -226,6 +266,8 @@ _FILE_KEYS = {
     "tftp-port",
     "state-dir",
     "log-dhcp",
+    "log-level",
+    "log-format",
     "lease-time",
     "next-server",
     "routers",

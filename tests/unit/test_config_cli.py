@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from ipaddress import IPv4Address
@@ -11,7 +12,7 @@ import pytest
 
 from netbootd.boot.client import BootClass
 from netbootd.cli import main, make_parser
-from netbootd.config import ConfigError, DhcpMode
+from netbootd.config import ConfigError, DhcpMode, LogFormat, LogLevel
 from tests.helpers.config import parse
 
 
@@ -120,7 +121,7 @@ def test_help_lists_the_contract(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in (
         "--config", "--interface", "--root", "--dhcp-range", "--proxy", "--no-dhcp",
         "--no-tftp", "--no-http", "--boot", "--http-port", "--tftp-port", "--state-dir",
-        "--log-dhcp",
+        "--log-dhcp", "--log-level", "--log-format",
     ):  # fmt: skip
         assert flag in text
 
@@ -345,3 +346,57 @@ def test_a_config_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
     latin.write_bytes(b'interface = "caf\xe9"\n')
     with pytest.raises(ConfigError, match=r"^.*latin\.toml: not UTF-8 text \(byte 16\)$"):
         parse("--config", str(latin))
+
+
+def test_log_level_and_format_from_flags_and_file(tmp_path: Path) -> None:
+    base = ("--no-dhcp", "--root", str(tmp_path))
+    config = parse(*base)
+    assert (config.log_level, config.log_format) == (LogLevel.INFO, LogFormat.TEXT)
+    site = tmp_path / "site.toml"
+    site.write_text('log-level = "warning"\nlog-format = "json"\n')
+    config = parse(*base, "--config", str(site))
+    assert (config.log_level, config.log_format) == (LogLevel.WARNING, LogFormat.JSON)
+    config = parse(*base, "--config", str(site), "--log-level", "debug", "--log-format", "text")
+    assert (config.log_level, config.log_format) == (LogLevel.DEBUG, LogFormat.TEXT)
+    assert parse(*base, "--log-level", "ERROR").log_level is LogLevel.ERROR
+
+
+@pytest.mark.parametrize(
+    ("argv", "file", "message"),
+    [
+        (
+            ["--log-level", "loud"],
+            "",
+            r"^--log-level: 'loud' is not a log level \(debug, info, warning, error\)$",
+        ),
+        (["--log-format", "xml"], "", r"^--log-format: 'xml' is not a log format \(text, json\)$"),
+        (
+            [],
+            'root = "/srv"\nlog-level = "verbose"\n',
+            r"site.toml:2: log-level: 'verbose' is not a log level \(debug, ",
+        ),
+        ([], "log-format = 1\n", r"site.toml:1: log-format: "),
+    ],
+)
+def test_bad_log_settings_name_their_flag_or_key(
+    tmp_path: Path, argv: list[str], file: str, message: str
+) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(file)
+    with pytest.raises(ConfigError, match=message):
+        parse("--no-dhcp", "--root", str(tmp_path), "--config", str(site), *argv)
+
+
+def test_serve_passes_the_log_settings_to_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    import netbootd.cli
+
+    calls: list[tuple[int, bool]] = []
+    monkeypatch.setattr(
+        netbootd.cli, "setup_logging", lambda level, as_json=False: calls.append((level, as_json))
+    )
+    monkeypatch.setattr(netbootd.cli, "_run", lambda coro: coro.close())
+    base = ["serve", "--no-dhcp", "--no-tftp", "--no-http"]
+    assert main(base) == 0
+    assert main([*base, "--log-level", "debug", "--log-format", "json"]) == 0
+    assert main([*base, "--log-level", "warning"]) == 0
+    assert calls == [(logging.INFO, False), (logging.DEBUG, True), (logging.WARNING, False)]

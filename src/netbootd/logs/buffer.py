@@ -5,6 +5,9 @@ is made once a second, and the lines of one event-loop turn go out in one write 
 that turn. A WARNING or worse, a line logged outside the event loop, and a full buffer are
 written at once, so nothing waits behind a quiet loop and order is kept.
 
+A line is text (``time LEVEL logger message``) or, for tools, one JSON object
+(:func:`json_line`); both go out the same way.
+
 The module is compiled with the DHCP path (see ``setup.py``); :mod:`netbootd.logs.handler` joins
 it to :mod:`logging`. It has no format specifications in its f-strings: compiled, each is a
 ``str.format`` call that parses its template every time.
@@ -13,24 +16,34 @@ it to :mod:`logging`. It has no format specifications in its f-strings: compiled
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from contextlib import AbstractContextManager
 from typing import ClassVar, TextIO
 
+from netbootd.logs.events import parse_event_exactly
+
 MAX_BUFFERED = 512  # lines held for the end of a turn before they are written anyway
 ATOMIC_WRITE = 4096  # PIPE_BUF: a write up to this size reaches a pipe whole
 
 _MILLISECONDS = tuple(",%03d" % ms for ms in range(1000))  # noqa: UP031 (made once)
-_LEVELS = {
-    level: logging.getLevelName(level).ljust(7)
+_DOT_MILLISECONDS = tuple(".%03d" % ms for ms in range(1000))  # noqa: UP031 (made once)
+_NAMES = {
+    level: logging.getLevelName(level)
     for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
 }
+_LEVELS = {level: name.ljust(7) for level, name in _NAMES.items()}
 
 
 def level_text(level: int) -> str:
     """The level as a line shows it: its name, padded to 7 characters."""
     return _LEVELS.get(level) or logging.getLevelName(level).ljust(7)
+
+
+def level_name(level: int) -> str:
+    """The level's name, as a JSON line gives it: ``INFO``."""
+    return _NAMES.get(level) or str(logging.getLevelName(level))
 
 
 class TimeText:
@@ -48,22 +61,86 @@ class TimeText:
         return self._second_text + _MILLISECONDS[min(max(msecs, 0), 999)]
 
 
+class IsoTimeText:
+    """``2026-01-31T12:00:00.123+01:00``: ISO 8601 (RFC 3339) local time, with milliseconds and
+    the offset from UTC, the text of the current second made once."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._second_text = ""
+        self._offset = ""
+
+    def text(self, created: float, msecs: int) -> str:
+        second = int(created)
+        if second != self._second:
+            local = time.localtime(second)
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+            self._offset = utc_offset(local.tm_gmtoff)
+            self._second = second
+        return self._second_text + _DOT_MILLISECONDS[min(max(msecs, 0), 999)] + self._offset
+
+
+def utc_offset(seconds: int) -> str:
+    """``+01:00``, ``-03:30``: an offset from UTC as RFC 3339 writes it (strftime's ``%z`` has
+    no colon)."""
+    sign = "-" if seconds < 0 else "+"
+    hours, minutes = divmod(abs(seconds) // 60, 60)
+    return sign + str(hours).zfill(2) + ":" + str(minutes).zfill(2)
+
+
 def line_text(time_text: str, level: str, name: str, message: str) -> str:
     """A whole line: time, level (padded), logger name and message."""
     return f"{time_text} {level} {name} {message}"
+
+
+# The keys of a JSON line's own; an event's field of one of these names is written with
+# FIELD_PREFIX before it. Field names are words (\w+), so the prefixed name, with its dot, can
+# be no other field's.
+OWN_KEYS = frozenset({"time", "level", "logger", "event", "message", "exception", "stack"})
+FIELD_PREFIX = "field."
+
+
+def json_line(
+    time_text: str, level: str, name: str, message: str, *, exception: str = "", stack: str = ""
+) -> str:
+    """A whole line as one JSON object: ``time``, ``level``, ``logger``, then ``event`` and its
+    fields (as strings) when ``message`` is an event line, else ``message``; ``exception`` and
+    ``stack`` when given (a traceback's lines, in one string).
+
+    ``json.dumps`` escapes every control and non-ASCII character, and a lone surrogate (from a
+    peer's bytes that were not UTF-8): the line is one line of ASCII, valid JSON for any text.
+    """
+    line: dict[str, str] = {"time": time_text, "level": level, "logger": name}
+    parsed = parse_event_exactly(message)
+    if parsed is None:
+        line["message"] = message
+    else:
+        event, fields = parsed
+        line["event"] = event
+        for key, value in fields.items():
+            line[FIELD_PREFIX + key if key in OWN_KEYS else key] = value
+    if exception:
+        line["exception"] = exception
+    if stack:
+        line["stack"] = stack
+    return json.dumps(line)
 
 
 class LineBuffer:
     """The lines of each event-loop turn, written to ``stream`` together at its end.
 
     ``lock`` guards the buffer; the log handler passes its own, which :mod:`logging` renews
-    in a forked child.
+    in a forked child. ``as_json``: :meth:`emit` makes JSON lines (:func:`json_line`).
     """
 
-    def __init__(self, stream: TextIO, lock: AbstractContextManager[object]) -> None:
+    def __init__(
+        self, stream: TextIO, lock: AbstractContextManager[object], *, as_json: bool = False
+    ) -> None:
         self.stream = stream
         self.lock = lock
+        self.as_json = as_json
         self.time = TimeText()
+        self.iso_time = IsoTimeText()
         self._lines: list[str] = []
         self._scheduled: asyncio.AbstractEventLoop | None = None  # the loop a write awaits
 
@@ -71,8 +148,11 @@ class LineBuffer:
         """Add ``message`` from logger ``name``, formatted as a record of it would be."""
         created = time.time()
         msecs = int((created - int(created)) * 1000)
-        text = self.time.text(created, msecs)
-        self.add(line_text(text, level_text(level), name, message), level)
+        if self.as_json:
+            line = json_line(self.iso_time.text(created, msecs), level_name(level), name, message)
+        else:
+            line = line_text(self.time.text(created, msecs), level_text(level), name, message)
+        self.add(line, level)
 
     def add(self, line: str, level: int) -> None:
         with self.lock:

@@ -1,8 +1,9 @@
 """One-line, key=value event records: the format of every netbootd log line.
 
 Each record is ``EVENT key=value key="value with spaces" ...``. Operators grep it, and the
-demo and the tests parse it back with :func:`parse_event`. Pure: formatting and parsing only,
-no logging calls here.
+demo and the tests parse it back with :func:`parse_event`; the JSON log format tells an event
+line from other text with :func:`parse_event_exactly`. Pure: formatting and parsing only, no
+logging calls here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ _BARE = re.compile(r'^[^\s"=]+$')
 _PLAIN_ASCII = re.compile(r"[!#-<>-~]+")  # printable ASCII but space, '"' and '='
 
 _TOKEN = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+# An event name as netbootd writes them: DISCOVER, TYPE9, dhcp-worker-ready.
+_EVENT_NAME = re.compile(r"[A-Za-z][\w.:-]*")
+# One key=value token and the space after it (none at the end): a quoted value whole, or a bare
+# one that does not start with a quote, or nothing. Where this matches, _TOKEN reads the same.
+_EXACT_TOKEN = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]\S*|)(?: |\Z)')
 _UNESCAPE = re.compile(r"\\(x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8}|.)")
 
 
@@ -73,4 +79,34 @@ def parse_event(message: str) -> tuple[str, dict[str, str]]:
         else:
             value = raw
         fields[key] = value
+    return head, fields
+
+
+def parse_event_exactly(message: str) -> tuple[str, dict[str, str]] | None:
+    """:func:`parse_event`, for a message that is an event line and nothing else; None for any
+    other text.
+
+    An event line is an event name alone, or followed by one space and ``key=value`` tokens
+    separated by single spaces, as :func:`format_event` makes them (and the DHCP lines put
+    together from :func:`format_fields` parts). Text that only contains such tokens (``received
+    xid=0x1 53 message-type: DISCOVER``) is not one: its words between the tokens would be lost.
+    """
+    head, space, rest = message.partition(" ")
+    if not _EVENT_NAME.fullmatch(head) or (space and not rest):
+        return None
+    fields: dict[str, str] = {}
+    position = 0
+    end = len(rest)
+    while position < end:
+        token = _EXACT_TOKEN.match(rest, position)
+        if token is None:
+            return None
+        raw = token.group(2)
+        if raw.startswith('"'):
+            fields[token.group(1)] = _UNESCAPE.sub(_unescape, raw[1:-1])
+        else:
+            fields[token.group(1)] = raw
+        position = token.end()
+    if rest.endswith(" "):
+        return None  # the last token took a space that nothing follows
     return head, fields

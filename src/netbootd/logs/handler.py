@@ -8,6 +8,9 @@ looked up (no line uses it), and the lines of one event-loop turn go out in one 
 of that turn (:mod:`netbootd.logs.buffer`, compiled with the DHCP path). A WARNING or worse, a line
 logged outside the event loop, and a full buffer are written at once, so nothing waits behind
 a quiet loop and order is kept.
+
+With ``--log-format json`` each line is one JSON object instead (:class:`JsonFormatter`, and
+:func:`netbootd.logs.buffer.json_line` on the direct path), buffered alike.
 """
 
 from __future__ import annotations
@@ -16,7 +19,15 @@ import logging
 import sys
 from typing import TextIO
 
-from netbootd.logs.buffer import Installed, LineBuffer, TimeText, level_text, line_text
+from netbootd.logs.buffer import (
+    Installed,
+    IsoTimeText,
+    LineBuffer,
+    TimeText,
+    json_line,
+    level_text,
+    line_text,
+)
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s %(message)s"
 
@@ -39,18 +50,42 @@ class LineFormatter(logging.Formatter):
         )
 
 
+class JsonFormatter(logging.Formatter):
+    """A record as one JSON line (:func:`netbootd.logs.buffer.json_line`): an event line's
+    fields as keys of their own, a traceback in ``exception``, not on lines of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._time = IsoTimeText()
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return self._time.text(record.created, int(record.msecs))
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)  # kept, as Formatter does
+        return json_line(
+            self.formatTime(record),
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            exception=record.exc_text or "",
+            stack=self.formatStack(record.stack_info) if record.stack_info else "",
+        )
+
+
 class TurnBufferedHandler(logging.Handler):
     """Writes to ``stream`` the lines of each event-loop turn together, at its end.
 
     It stays a plain Python class: :mod:`logging` keeps weak references to its handlers,
-    which a compiled class does not take. Its buffer is compiled.
+    which a compiled class does not take. Its buffer is compiled. ``as_json``: JSON lines.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, as_json: bool = False) -> None:
         super().__init__()
         assert self.lock is not None  # made by Handler.__init__
-        self.buffer = LineBuffer(stream, self.lock)
-        self.setFormatter(LineFormatter())
+        self.buffer = LineBuffer(stream, self.lock, as_json=as_json)
+        self.setFormatter(JsonFormatter() if as_json else LineFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -64,8 +99,9 @@ class TurnBufferedHandler(logging.Handler):
         self.buffer.flush()
 
 
-def setup_logging(level: int, stream: TextIO | None = None) -> None:
-    """Send netbootd's log lines, at ``level`` and above, to ``stream`` (stderr).
+def setup_logging(level: int, stream: TextIO | None = None, *, as_json: bool = False) -> None:
+    """Send netbootd's log lines, at ``level`` and above, to ``stream`` (stderr); as JSON
+    objects, one a line, with ``as_json``.
 
     Like ``logging.basicConfig``, it leaves a root logger that already has handlers alone."""
     root = logging.getLogger()
@@ -76,7 +112,10 @@ def setup_logging(level: int, stream: TextIO | None = None) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None  # no caller lookup: no line shows it
-    handler = TurnBufferedHandler(stream if stream is not None else sys.stderr)
+    handler = TurnBufferedHandler(stream if stream is not None else sys.stderr, as_json=as_json)
     root.addHandler(handler)
+    # Setting the level empties every logger's isEnabledFor cache, so no decision made before
+    # (at import, under the default WARNING) outlives it. The DHCP lines ask at each
+    # transaction, and nothing in netbootd changes the level after this.
     root.setLevel(level)
     Installed.buffer = handler.buffer
