@@ -27,6 +27,7 @@ from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logs.events import format_event
 from netbootd.proto.dhcp.codec import Opt, ips_option
 from netbootd.proto.dhcp.wire import DHCP_SERVER_PORT, PXE_PORT
+from netbootd.proto.tftp.packet import BLKSIZE_MAX
 from netbootd.services.dhcp.limits import DhcpLimits
 from netbootd.services.dhcp.service import DhcpService
 from netbootd.services.dhcp.settings import DhcpSettings
@@ -349,8 +350,9 @@ class App:
     def _tftp_settings(self) -> TftpSettings:
         config = self.config
         mtu = self.interface.mtu if self.interface is not None else 1500
-        # The largest block whose datagram fits the interface MTU without IP fragments.
-        unfragmented = max(512, mtu - _TFTP_OVERHEAD)
+        # The largest block whose datagram fits the interface MTU without IP fragments, within
+        # what RFC 2348 allows (loopback's MTU of 65536 would give more).
+        unfragmented = min(BLKSIZE_MAX, max(512, mtu - _TFTP_OVERHEAD))
         return TftpSettings(
             max_blksize=config.tftp_max_blksize or unfragmented,
             max_windowsize=config.tftp_max_windowsize,

@@ -40,7 +40,7 @@ class Running:
         argv += ["--root", str(root), "--state-dir", str(tmp_path / "state")]
         argv += ["--http-port", str(self.http_port)]
         argv += ["--tftp-port", str(_free_port(socket.SOCK_DGRAM))]
-        argv += ["--tftp-max-blksize", "1468", *flags]  # lo's MTU would allow more than TFTP
+        argv += flags
         with self.log.open("wb") as err:
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=err)
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest
 
-from netbootd.app import watch_inventory
+from netbootd.app import App, watch_inventory
+from netbootd.config import build
 from netbootd.logs.events import parse_event
 from netbootd.services.files import FileTree
 from netbootd.services.machines import LiveInventory, ServerAddress
+from netbootd.transport.netif import InterfaceInfo
 
 SITE = """\
 [profiles.web]
@@ -114,3 +117,12 @@ def test_what_a_load_lets_pass_but_a_machine_would_stop_at_is_logged(
         "site.toml:4: profiles.web.cmdline: hostname is empty for a machine the inventory "
         "does not describe, and the default gives this profile to such machines"
     )
+
+
+@pytest.mark.parametrize(("mtu", "blksize"), [(1500, 1468), (9000, 8968), (65536, 65464)])
+def test_the_default_tftp_block_fits_the_mtu_and_rfc_2348(
+    tmp_path: Path, mtu: int, blksize: int
+) -> None:
+    app = App(build({}, {"interface": "lo", "root": tmp_path, "dhcp": False}))
+    app.interface = InterfaceInfo("lo", IPv4Interface("127.0.0.1/8"), mtu)
+    assert app._tftp_settings().max_blksize == blksize
