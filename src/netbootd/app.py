@@ -55,8 +55,15 @@ LOADER_PACKAGE_FILES = {
 
 # IPv4 (20) + UDP (8) + TFTP DATA header (4): what a block may use of the MTU.
 _TFTP_OVERHEAD = 32
-# How often the inventory directory is looked at for changes, in seconds.
+# How often the inventory directory is looked at for changes, in seconds, where it cannot be
+# watched with inotify.
 INVENTORY_POLL = 1.0
+# With inotify: changes are gathered until none came for INVENTORY_STEP ms, or for at most
+# INVENTORY_DEBOUNCE ms (an editor's save, a checkout, is several writes: one look for them
+# all), and the files are looked at every INVENTORY_RECHECK seconds all the same.
+INVENTORY_STEP = 50
+INVENTORY_DEBOUNCE = 200
+INVENTORY_RECHECK = 10.0
 
 
 class StartError(Exception):
@@ -438,21 +445,121 @@ class App:
 
 
 async def watch_inventory(inventory: LiveInventory, poll: float = INVENTORY_POLL) -> None:
-    """Look at the inventory directory every ``poll`` seconds, for ever; reload what changed.
+    """Reload the inventory whenever its files or the boot-once file change, for ever.
 
-    The files are read in a worker thread, so a slow disk never holds up the event loop; the
-    new inventory is put in force on the loop, between two requests.
+    With inotify (the watchfiles package), a change wakes the watch within
+    :data:`INVENTORY_DEBOUNCE` ms; without it, or if the watch cannot start or fails, the files
+    are looked at every ``poll`` seconds, after one line saying so. Either way
+    :meth:`LiveInventory.load_if_changed` judges whether anything did change: the watch only
+    says when to look.
     """
-    loop = asyncio.get_running_loop()
+    try:
+        await _watch_with_inotify(inventory)
+    except _WatchError as exc:
+        log.warning(
+            format_event(
+                "inventory-polled",
+                directory=str(inventory.directory),
+                reason=str(exc),
+                every=f"{poll:g}s",
+            )
+        )
     while True:
         await asyncio.sleep(poll)
+        await _look_at_inventory(inventory)
+
+
+async def _look_at_inventory(inventory: LiveInventory) -> None:
+    """Reload the inventory if it changed: the files are read in a worker thread, so a slow
+    disk never holds up the event loop; the new inventory is put in force on the loop, between
+    two requests."""
+    loop = asyncio.get_running_loop()
+    try:
+        loaded = await loop.run_in_executor(None, inventory.load_if_changed)
+    except InventoryError as exc:
+        inventory.keep(exc)
+        return
+    if loaded is not None:
+        inventory.adopt(loaded)
+
+
+class _WatchError(Exception):
+    """The inventory cannot be watched with inotify; the message says why."""
+
+
+def _watched_directories(inventory: LiveInventory) -> tuple[tuple[str, int, int], ...]:
+    """The directories to watch, with their device and inode: the inventory and the boot-once
+    file's, those that exist, and neither if it is inside the other (the watch is recursive)."""
+    found = []
+    for directory in (inventory.directory.absolute(), inventory.installed.path.parent.absolute()):
         try:
-            loaded = await loop.run_in_executor(None, inventory.load_if_changed)
-        except InventoryError as exc:
-            inventory.keep(exc)
-            continue
-        if loaded is not None:
-            inventory.adopt(loaded)
+            info = directory.stat()
+        except OSError:
+            continue  # the state directory is made with the first mark; the recheck sees it
+        found.append((directory, info.st_dev, info.st_ino))
+    kept = [
+        (str(path), dev, ino)
+        for path, dev, ino in found
+        if not any(other != path and other in path.parents for other, _, _ in found)
+    ]
+    return tuple(dict.fromkeys(kept))
+
+
+async def _watch_with_inotify(inventory: LiveInventory) -> None:
+    """Look at the inventory on each batch of changes, and every :data:`INVENTORY_RECHECK`
+    seconds in case one was missed (a file system without inotify events, such as NFS).
+
+    A watch follows inodes: if a watched directory is replaced (renamed over, a symbolic link
+    turned elsewhere), or the state directory appears, the watch starts again on what the
+    paths now name. Raises :class:`_WatchError` if the watch cannot start or fails.
+    """
+    try:
+        from watchfiles import awatch  # noqa: PLC0415 (optional: without it the watch polls)
+    except ImportError as exc:
+        raise _WatchError("the watchfiles package is not installed") from exc
+    # watchfiles logs each batch of changes at INFO, in its own words; the reload's own lines
+    # say what came of it.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    state_dir = str(inventory.installed.path.parent.absolute())
+    installed = str(inventory.installed.path.absolute())
+
+    def relevant(_change: object, path: str) -> bool:
+        # In the state directory only the boot-once file: the lease store is written there
+        # with every lease.
+        return os.path.dirname(path) != state_dir or path == installed
+
+    while True:
+        watched = _watched_directories(inventory)
+        if not watched:
+            raise _WatchError("the inventory directory is not there")
+        changes = awatch(
+            *(path for path, _, _ in watched),
+            watch_filter=relevant,
+            debounce=INVENTORY_DEBOUNCE,
+            step=INVENTORY_STEP,
+            rust_timeout=int(INVENTORY_RECHECK * 1000),
+            yield_on_timeout=True,
+        )
+        # awatch sets its watches up on its first step, before it waits in its thread: the first
+        # look, once that step is taken, sees what changed before they were in place. Each batch
+        # is waited for while the look at the one before it runs.
+        waiting = asyncio.ensure_future(anext(changes))
+        try:
+            await asyncio.sleep(0)
+            while True:
+                await _look_at_inventory(inventory)
+                if _watched_directories(inventory) != watched:
+                    break
+                try:
+                    await waiting
+                except Exception as exc:
+                    raise _WatchError(f"{type(exc).__name__}: {exc}") from exc
+                waiting = asyncio.ensure_future(anext(changes))
+        finally:
+            waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await waiting
+            await changes.aclose()
 
 
 # Container objects made, net of those freed, between two collections of the youngest
