@@ -38,6 +38,7 @@ from netbootd.store.leases import SqliteLeaseStore, StoreError
 from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpServer
 from netbootd.transport.netif import InterfaceError, InterfaceInfo, interface_info
+from netbootd.transport.notify import Notice, Notifier
 from netbootd.transport.tftp import TftpServer, TftpSettings
 from netbootd.workers import WorkerError, WorkerLink, Workers, die_with_parent
 
@@ -306,6 +307,20 @@ class App:
                 root=str(config.root) if config.root else "-",
             )
         )
+
+    def summary(self) -> str:
+        """What this server serves, in words, for systemd's status line."""
+        config = self.config
+        parts = []
+        if self.dhcp is not None:
+            workers = f", {config.dhcp_workers} workers" if config.dhcp_workers > 1 else ""
+            parts.append(f"DHCP ({config.dhcp_mode}{workers})")
+        if self.tftp is not None:
+            parts.append(f"TFTP on port {config.tftp_port}")
+        if self.http is not None:
+            parts.append(f"HTTP on port {config.http_port}")
+        where = f" on {self.interface.name} {self.interface.ip}" if self.interface else ""
+        return f"serving {', '.join(parts) or 'nothing'}{where}"
 
     def _tftp_settings(self) -> TftpSettings:
         config = self.config
@@ -580,6 +595,8 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
 
     With ``dhcp-workers`` above 1, this process is worker 0 and starts the others with
     ``argv`` (its own arguments); ``worker`` is set in those (see :mod:`netbootd.workers`).
+    Under systemd (``NOTIFY_SOCKET``), worker 0 says it is ready once every worker is, and says
+    when it begins to stop; the other workers never notify.
     """
     count = config.dhcp_workers
     if worker is not None and not 0 < worker < count:
@@ -617,6 +634,8 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
             workers.signal(signal.SIGUSR1)
 
         loop.add_signal_handler(signal.SIGUSR1, counters_everywhere)
+    notifier = Notifier.from_environment() if worker is None else Notifier(None)
+    notifier.send(Notice(ready=True, status=app.summary()))
     ended: str | None = None
     try:
         waits: set[asyncio.Future[Any]] = {loop.create_task(stop.wait())}
@@ -630,6 +649,7 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
             waiting.cancel()
     finally:
         log.info(format_event("stopping", **({"worker": worker} if worker is not None else {})))
+        notifier.send(Notice(stopping=True, status=f"stopping: {ended}" if ended else "stopping"))
         if workers is not None:
             await workers.stop()
         await app.stop()
