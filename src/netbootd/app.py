@@ -12,7 +12,7 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -502,6 +502,15 @@ class _WatchError(Exception):
     """The inventory cannot be watched with inotify; the message says why."""
 
 
+async def _next_batch(changes: AsyncIterator[object]) -> Exception | None:
+    """Wait for awatch's next batch of changes (or recheck); what it raised, if it did."""
+    try:
+        await anext(changes)
+    except Exception as exc:  # watchfiles' own errors, OSError, its end once stopped
+        return exc
+    return None
+
+
 def _watched_directories(inventory: LiveInventory) -> tuple[tuple[str, int, int], ...]:
     """The directories to watch, with their device and inode: the inventory and the boot-once
     file's, those that exist, and neither if it is inside the other (the watch is recursive)."""
@@ -547,6 +556,7 @@ async def _watch_with_inotify(inventory: LiveInventory) -> None:
         watched = _watched_directories(inventory)
         if not watched:
             raise _WatchError("the inventory directory is not there")
+        stop = asyncio.Event()
         changes = awatch(
             *(path for path, _, _ in watched),
             watch_filter=relevant,
@@ -554,26 +564,28 @@ async def _watch_with_inotify(inventory: LiveInventory) -> None:
             step=INVENTORY_STEP,
             rust_timeout=int(INVENTORY_RECHECK * 1000),
             yield_on_timeout=True,
+            stop_event=stop,
         )
         # awatch sets its watches up on its first step, before it waits in its thread: the first
         # look, once that step is taken, sees what changed before they were in place. Each batch
         # is waited for while the look at the one before it runs.
-        waiting = asyncio.ensure_future(anext(changes))
+        waiting = asyncio.ensure_future(_next_batch(changes))
         try:
             await asyncio.sleep(0)
             while True:
                 await _look_at_inventory(inventory)
                 if _watched_directories(inventory) != watched:
                     break
-                try:
-                    await waiting
-                except Exception as exc:
-                    raise _WatchError(f"{type(exc).__name__}: {exc}") from exc
-                waiting = asyncio.ensure_future(anext(changes))
+                # Shielded: awatch is stopped through ``stop``, never cancelled. A cancellation
+                # that reaches it can be lost in the anyio cancel scopes around its thread's
+                # wait, and the watch would go on.
+                failed = await asyncio.shield(waiting)
+                if failed is not None:
+                    raise _WatchError(f"{type(failed).__name__}: {failed}") from failed
+                waiting = asyncio.ensure_future(_next_batch(changes))
         finally:
-            waiting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await waiting
+            stop.set()  # its thread sees it within INVENTORY_STEP ms, and awatch returns
+            await asyncio.shield(waiting)
             await changes.aclose()
 
 

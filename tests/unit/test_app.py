@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -189,12 +190,27 @@ async def test_a_watch_that_cannot_start_polls(
     )
 
 
-async def test_the_watch_stops_at_once(live: LiveInventory) -> None:
+async def test_the_watch_stops_at_once(
+    live: LiveInventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled at any moment: waiting in watchfiles' thread, just as a batch of changes or a
+    recheck comes back from it, while it looks, or while it starts again on a state directory
+    that came or went."""
+    monkeypatch.setattr(app, "INVENTORY_RECHECK", 0.05)
     loop = asyncio.get_running_loop()
-    watch = loop.create_task(watch_inventory(live))
-    await asyncio.sleep(0.2)  # waiting in watchfiles' thread
-    started = loop.time()
-    watch.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await watch
-    assert loop.time() - started < 0.5
+    site = live.directory / "site.toml"
+    state = live.installed.path.parent
+    for rev in range(30):
+        watch = loop.create_task(watch_inventory(live))
+        site.write_text(SITE.format(rev=rev))
+        await asyncio.sleep(random.uniform(0, 0.1))
+        if state.exists():
+            state.rmdir()
+        else:
+            state.mkdir()
+        await asyncio.sleep(random.uniform(0, 0.1))
+        started = loop.time()
+        watch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(watch), 1)
+        assert loop.time() - started < 0.5, f"cancel {rev} took {loop.time() - started:.2f} s"
