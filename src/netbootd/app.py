@@ -12,7 +12,7 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -39,6 +39,7 @@ from netbootd.store.leases import SqliteLeaseStore, StoreError
 from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpServer
 from netbootd.transport.netif import InterfaceError, InterfaceInfo, interface_info
+from netbootd.transport.notify import Notice, Notifier
 from netbootd.transport.tftp import TftpServer, TftpSettings
 from netbootd.workers import WorkerError, WorkerLink, Workers, die_with_parent
 
@@ -56,8 +57,15 @@ LOADER_PACKAGE_FILES = {
 
 # IPv4 (20) + UDP (8) + TFTP DATA header (4): what a block may use of the MTU.
 _TFTP_OVERHEAD = 32
-# How often the inventory directory is looked at for changes, in seconds.
+# How often the inventory directory is looked at for changes, in seconds, where it cannot be
+# watched with inotify.
 INVENTORY_POLL = 1.0
+# With inotify: changes are gathered until none came for INVENTORY_STEP ms, or for at most
+# INVENTORY_DEBOUNCE ms (an editor's save, a checkout, is several writes: one look for them
+# all), and the files are looked at every INVENTORY_RECHECK seconds all the same.
+INVENTORY_STEP = 50
+INVENTORY_DEBOUNCE = 200
+INVENTORY_RECHECK = 10.0
 
 
 class StartError(Exception):
@@ -347,6 +355,20 @@ class App:
             )
         )
 
+    def summary(self) -> str:
+        """What this server serves, in words, for systemd's status line."""
+        config = self.config
+        parts = []
+        if self.dhcp is not None:
+            workers = f", {config.dhcp_workers} workers" if config.dhcp_workers > 1 else ""
+            parts.append(f"DHCP ({config.dhcp_mode}{workers})")
+        if self.tftp is not None:
+            parts.append(f"TFTP on port {config.tftp_port}")
+        if self.http is not None:
+            parts.append(f"HTTP on port {config.http_port}")
+        where = f" on {self.interface.name} {self.interface.ip}" if self.interface else ""
+        return f"serving {', '.join(parts) or 'nothing'}{where}"
+
     def _tftp_settings(self) -> TftpSettings:
         config = self.config
         mtu = self.interface.mtu if self.interface is not None else 1500
@@ -486,21 +508,133 @@ class App:
 
 
 async def watch_inventory(inventory: LiveInventory, poll: float = INVENTORY_POLL) -> None:
-    """Look at the inventory directory every ``poll`` seconds, for ever; reload what changed.
+    """Reload the inventory whenever its files or the boot-once file change, for ever.
 
-    The files are read in a worker thread, so a slow disk never holds up the event loop; the
-    new inventory is put in force on the loop, between two requests.
+    With inotify (the watchfiles package), a change wakes the watch within
+    :data:`INVENTORY_DEBOUNCE` ms; without it, or if the watch cannot start or fails, the files
+    are looked at every ``poll`` seconds, after one line saying so. Either way
+    :meth:`LiveInventory.load_if_changed` judges whether anything did change: the watch only
+    says when to look.
     """
-    loop = asyncio.get_running_loop()
+    try:
+        await _watch_with_inotify(inventory)
+    except _WatchError as exc:
+        log.warning(
+            format_event(
+                "inventory-polled",
+                directory=str(inventory.directory),
+                reason=str(exc),
+                every=f"{poll:g}s",
+            )
+        )
     while True:
         await asyncio.sleep(poll)
+        await _look_at_inventory(inventory)
+
+
+async def _look_at_inventory(inventory: LiveInventory) -> None:
+    """Reload the inventory if it changed: the files are read in a worker thread, so a slow
+    disk never holds up the event loop; the new inventory is put in force on the loop, between
+    two requests."""
+    loop = asyncio.get_running_loop()
+    try:
+        loaded = await loop.run_in_executor(None, inventory.load_if_changed)
+    except InventoryError as exc:
+        inventory.keep(exc)
+        return
+    if loaded is not None:
+        inventory.adopt(loaded)
+
+
+class _WatchError(Exception):
+    """The inventory cannot be watched with inotify; the message says why."""
+
+
+async def _next_batch(changes: AsyncIterator[object]) -> Exception | None:
+    """Wait for awatch's next batch of changes (or recheck); what it raised, if it did."""
+    try:
+        await anext(changes)
+    except Exception as exc:  # watchfiles' own errors, OSError, its end once stopped
+        return exc
+    return None
+
+
+def _watched_directories(inventory: LiveInventory) -> tuple[tuple[str, int, int], ...]:
+    """The directories to watch, with their device and inode: the inventory and the boot-once
+    file's, those that exist, and neither if it is inside the other (the watch is recursive)."""
+    found = []
+    for directory in (inventory.directory.absolute(), inventory.installed.path.parent.absolute()):
         try:
-            loaded = await loop.run_in_executor(None, inventory.load_if_changed)
-        except InventoryError as exc:
-            inventory.keep(exc)
-            continue
-        if loaded is not None:
-            inventory.adopt(loaded)
+            info = directory.stat()
+        except OSError:
+            continue  # the state directory is made with the first mark; the recheck sees it
+        found.append((directory, info.st_dev, info.st_ino))
+    kept = [
+        (str(path), dev, ino)
+        for path, dev, ino in found
+        if not any(other != path and other in path.parents for other, _, _ in found)
+    ]
+    return tuple(dict.fromkeys(kept))
+
+
+async def _watch_with_inotify(inventory: LiveInventory) -> None:
+    """Look at the inventory on each batch of changes, and every :data:`INVENTORY_RECHECK`
+    seconds in case one was missed (a file system without inotify events, such as NFS).
+
+    A watch follows inodes: if a watched directory is replaced (renamed over, a symbolic link
+    turned elsewhere), or the state directory appears, the watch starts again on what the
+    paths now name. Raises :class:`_WatchError` if the watch cannot start or fails.
+    """
+    try:
+        from watchfiles import awatch  # noqa: PLC0415 (optional: without it the watch polls)
+    except ImportError as exc:
+        raise _WatchError("the watchfiles package is not installed") from exc
+    # watchfiles logs each batch of changes at INFO, in its own words; the reload's own lines
+    # say what came of it.
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+    state_dir = str(inventory.installed.path.parent.absolute())
+    installed = str(inventory.installed.path.absolute())
+
+    def relevant(_change: object, path: str) -> bool:
+        # In the state directory only the boot-once file: the lease store is written there
+        # with every lease.
+        return os.path.dirname(path) != state_dir or path == installed
+
+    while True:
+        watched = _watched_directories(inventory)
+        if not watched:
+            raise _WatchError("the inventory directory is not there")
+        stop = asyncio.Event()
+        changes = awatch(
+            *(path for path, _, _ in watched),
+            watch_filter=relevant,
+            debounce=INVENTORY_DEBOUNCE,
+            step=INVENTORY_STEP,
+            rust_timeout=int(INVENTORY_RECHECK * 1000),
+            yield_on_timeout=True,
+            stop_event=stop,
+        )
+        # awatch sets its watches up on its first step, before it waits in its thread: the first
+        # look, once that step is taken, sees what changed before they were in place. Each batch
+        # is waited for while the look at the one before it runs.
+        waiting = asyncio.ensure_future(_next_batch(changes))
+        try:
+            await asyncio.sleep(0)
+            while True:
+                await _look_at_inventory(inventory)
+                if _watched_directories(inventory) != watched:
+                    break
+                # Shielded: awatch is stopped through ``stop``, never cancelled. A cancellation
+                # that reaches it can be lost in the anyio cancel scopes around its thread's
+                # wait, and the watch would go on.
+                failed = await asyncio.shield(waiting)
+                if failed is not None:
+                    raise _WatchError(f"{type(failed).__name__}: {failed}") from failed
+                waiting = asyncio.ensure_future(_next_batch(changes))
+        finally:
+            stop.set()  # its thread sees it within INVENTORY_STEP ms, and awatch returns
+            await asyncio.shield(waiting)
+            await changes.aclose()
 
 
 # Container objects made, net of those freed, between two collections of the youngest
@@ -521,6 +655,8 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
 
     With ``dhcp-workers`` above 1, this process is worker 0 and starts the others with
     ``argv`` (its own arguments); ``worker`` is set in those (see :mod:`netbootd.workers`).
+    Under systemd (``NOTIFY_SOCKET``), worker 0 says it is ready once every worker is, and says
+    when it begins to stop; the other workers never notify.
     """
     count = config.dhcp_workers
     if worker is not None and not 0 < worker < count:
@@ -558,6 +694,8 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
             workers.signal(signal.SIGUSR1)
 
         loop.add_signal_handler(signal.SIGUSR1, counters_everywhere)
+    notifier = Notifier.from_environment() if worker is None else Notifier(None)
+    notifier.send(Notice(ready=True, status=app.summary()))
     ended: str | None = None
     try:
         waits: set[asyncio.Future[Any]] = {loop.create_task(stop.wait())}
@@ -571,6 +709,7 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
             waiting.cancel()
     finally:
         log.info(format_event("stopping", **({"worker": worker} if worker is not None else {})))
+        notifier.send(Notice(stopping=True, status=f"stopping: {ended}" if ended else "stopping"))
         if workers is not None:
             await workers.stop()
         await app.stop()

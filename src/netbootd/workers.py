@@ -38,6 +38,7 @@ log = logging.getLogger("netbootd")
 
 WORKER_FD_ENV = "NETBOOTD_WORKER_FD"  # the pipe a worker writes to, by file descriptor
 CONFIG_DIGEST_ENV = "NETBOOTD_CONFIG_DIGEST"  # worker 0's configuration, as config_digest
+NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"  # systemd's, for the process it started (sd_notify(3))
 READY_TIMEOUT = 30.0  # seconds a worker may take from start to ready
 STOP_TIMEOUT = 10.0  # seconds workers have to stop before they are killed
 _PR_SET_PDEATHSIG = 1
@@ -154,7 +155,7 @@ class Workers:
                 "--dhcp-worker",
                 str(index),
                 pass_fds=(write_fd,),
-                env={**os.environ, WORKER_FD_ENV: str(write_fd), CONFIG_DIGEST_ENV: self._digest},
+                env=self._environment(write_fd),
                 stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
@@ -165,6 +166,12 @@ class Workers:
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
         )
         return _Worker(index, process, reader)
+
+    def _environment(self, write_fd: int) -> dict[str, str]:
+        """Worker 0's environment, with the worker's pipe and digest, without systemd's
+        notification socket: only worker 0, the process systemd started, notifies."""
+        env = {key: value for key, value in os.environ.items() if key != NOTIFY_SOCKET_ENV}
+        return env | {WORKER_FD_ENV: str(write_fd), CONFIG_DIGEST_ENV: self._digest}
 
     @staticmethod
     async def _receive(worker: _Worker) -> tuple[object, ...]:

@@ -1,15 +1,21 @@
-"""The composition root's own jobs: the inventory watch it drives."""
+"""The composition root's own jobs: the inventory watch it drives, with inotify or polling."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import os
+import random
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from ipaddress import IPv4Interface
 from pathlib import Path
 
 import pytest
+import watchfiles
 
+from netbootd import app
 from netbootd.app import App, watch_inventory
 from netbootd.config import build
 from netbootd.logs.events import parse_event
@@ -123,6 +129,134 @@ def test_what_a_load_lets_pass_but_a_machine_would_stop_at_is_logged(
 def test_the_default_tftp_block_fits_the_mtu_and_rfc_2348(
     tmp_path: Path, mtu: int, blksize: int
 ) -> None:
-    app = App(build({}, {"interface": "lo", "root": tmp_path, "dhcp": False}))
-    app.interface = InterfaceInfo("lo", IPv4Interface("127.0.0.1/8"), mtu)
-    assert app._tftp_settings().max_blksize == blksize
+    server = App(build({}, {"interface": "lo", "root": tmp_path, "dhcp": False}))
+    server.interface = InterfaceInfo("lo", IPv4Interface("127.0.0.1/8"), mtu)
+    assert server._tftp_settings().max_blksize == blksize
+
+
+@asynccontextmanager
+async def _watching(live: LiveInventory, poll: float) -> AsyncIterator[asyncio.Task[None]]:
+    watch = asyncio.get_running_loop().create_task(watch_inventory(live, poll=poll))
+    try:
+        yield watch
+    finally:
+        watch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watch
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveInventory]:
+    directory = tmp_path / "inventory"
+    directory.mkdir()
+    (directory / "site.toml").write_text(SITE.format(rev=1))
+    (tmp_path / "state").mkdir()
+    yield LiveInventory(directory, tmp_path / "state", ServerAddress("10.99.0.1", 80, 69))
+
+
+def _cmdline(live: LiveInventory) -> str:
+    return live.machines.setup.inventory.profiles["web"].cmdline
+
+
+async def test_inotify_wakes_the_watch(
+    live: LiveInventory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With polling an hour apart and the recheck a minute apart, only inotify can tell the
+    watch of each change in time: an edit, a mark in the state directory, and a directory
+    renamed over the inventory's (watched again where the path now leads)."""
+    caplog.set_level(logging.INFO, logger="netbootd")
+    monkeypatch.setattr(app, "INVENTORY_RECHECK", 60.0)
+    loop = asyncio.get_running_loop()
+    async with _watching(live, poll=3600):
+        await asyncio.sleep(0.2)
+        started = loop.time()
+        (live.directory / "site.toml").write_text(SITE.format(rev=2))
+        await _until(lambda: _cmdline(live) == "rev=2")
+        assert loop.time() - started < 2
+
+        (tmp_path / "state" / "leases.sqlite3").write_bytes(b"")  # not the watch's business
+        live.installed.path.write_text('{"installed": ["web1"]}\n')
+        await _until(lambda: live.machines.installed == frozenset({"web1"}))
+
+        replacement = tmp_path / "next"
+        replacement.mkdir()
+        (replacement / "site.toml").write_text(SITE.format(rev=3))
+        os.rename(live.directory, tmp_path / "previous")
+        os.rename(replacement, live.directory)
+        await _until(lambda: _cmdline(live) == "rev=3")
+        await asyncio.sleep(0.3)
+        (live.directory / "site.toml").write_text(SITE.format(rev=4))
+        await _until(lambda: _cmdline(live) == "rev=4")
+    events = _events(caplog)
+    assert "inventory-polled" not in events
+    assert events.count("inventory-reloaded") == 4
+
+
+async def test_without_watchfiles_the_watch_polls(
+    live: LiveInventory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="netbootd")
+    monkeypatch.setitem(sys.modules, "watchfiles", None)  # import watchfiles: ImportError
+    async with _watching(live, poll=0.01):
+        (live.directory / "site.toml").write_text(SITE.format(rev=2))
+        await _until(lambda: _cmdline(live) == "rev=2")
+    polled = [parse_event(r.getMessage()) for r in caplog.records]
+    assert [fields for event, fields in polled if event == "inventory-polled"] == [
+        {
+            "directory": str(live.directory),
+            "reason": "the watchfiles package is not installed",
+            "every": "0.01s",
+        }
+    ]
+
+
+async def test_a_watch_that_cannot_start_polls(
+    live: LiveInventory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As when inotify's limits are reached: awatch raises on its first step."""
+    caplog.set_level(logging.INFO, logger="netbootd")
+
+    async def refused(*_paths: object, **_options: object) -> AsyncIterator[set[object]]:
+        raise OSError(28, "inotify watch limit reached")
+        yield set()
+
+    monkeypatch.setattr(watchfiles, "awatch", refused)
+    async with _watching(live, poll=0.01):
+        (live.directory / "site.toml").write_text(SITE.format(rev=2) + "\n")
+        await _until(lambda: _cmdline(live) == "rev=2")
+        (live.directory / "site.toml").write_text(SITE.format(rev=3))
+        await _until(lambda: _cmdline(live) == "rev=3")
+    lines = [r for r in caplog.records if parse_event(r.getMessage())[0] == "inventory-polled"]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert parse_event(lines[0].getMessage())[1]["reason"] == (
+        "OSError: [Errno 28] inotify watch limit reached"
+    )
+
+
+async def test_the_watch_stops_at_once(
+    live: LiveInventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled at any moment: waiting in watchfiles' thread, just as a batch of changes or a
+    recheck comes back from it, while it looks, or while it starts again on a state directory
+    that came or went."""
+    monkeypatch.setattr(app, "INVENTORY_RECHECK", 0.05)
+    loop = asyncio.get_running_loop()
+    site = live.directory / "site.toml"
+    state = live.installed.path.parent
+    for rev in range(30):
+        watch = loop.create_task(watch_inventory(live))
+        site.write_text(SITE.format(rev=rev))
+        await asyncio.sleep(random.uniform(0, 0.1))
+        if state.exists():
+            state.rmdir()
+        else:
+            state.mkdir()
+        await asyncio.sleep(random.uniform(0, 0.1))
+        started = loop.time()
+        watch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(watch), 1)
+        assert loop.time() - started < 0.5, f"cancel {rev} took {loop.time() - started:.2f} s"
