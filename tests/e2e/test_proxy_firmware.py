@@ -110,6 +110,19 @@ def check_pxe_options(server: NetbootdServer, answers: list[LogEvent]) -> None:
         assert sent.get("53") in ("OFFER", "ACK") and "51" not in sent, sent
 
 
+def _proxy(lab: Lab, ipxe_root: Path, tmp_path: Path) -> NetbootdServer:
+    """netbootd as a proxyDHCP with its built-in boot files, logging every option."""
+    return NetbootdServer(
+        lab,
+        ipxe_root,
+        state_dir=tmp_path / "state",
+        log_path=lab.workdir / "netbootd.log",
+        boot=(),
+        extra_args=["--log-dhcp"],
+        proxy=True,
+    ).start()
+
+
 def _site_server(kind: str, lab: Lab, tmp_path: Path) -> KeaServer | IscDhcpdServer:
     """The site's DHCP server on a second host of the lab network, addresses only."""
     where = {"state_dir": tmp_path / "site-state", "log_path": lab.workdir / "site-dhcp.log"}
@@ -125,15 +138,7 @@ def test_proxy_beside_site_server(
     case: Case, site_kind: str, lab: Lab, ipxe_root: Path, tmp_path: Path
 ) -> None:
     site = _site_server(site_kind, lab, tmp_path)
-    server = NetbootdServer(
-        lab,
-        ipxe_root,
-        state_dir=tmp_path / "state",
-        log_path=lab.workdir / "netbootd.log",
-        boot=(),
-        extra_args=["--log-dhcp"],
-        proxy=True,
-    ).start()
+    server = _proxy(lab, ipxe_root, tmp_path)
     vm = start_vm(
         lab,
         firmware=case.firmware,
@@ -198,15 +203,7 @@ def test_proxy_beside_site_server(
 def test_uefi_http_boot_through_proxy_beside_kea(lab: Lab, ipxe_root: Path, tmp_path: Path) -> None:
     """(c): EDK2's HTTP Boot alone (its PXE off), Kea handing out the address."""
     site = _site_server("kea", lab, tmp_path)
-    server = NetbootdServer(
-        lab,
-        ipxe_root,
-        state_dir=tmp_path / "state",
-        log_path=lab.workdir / "netbootd.log",
-        boot=(),
-        extra_args=["--log-dhcp"],
-        proxy=True,
-    ).start()
+    server = _proxy(lab, ipxe_root, tmp_path)
     vm = start_vm(lab, firmware=Firmware.UEFI, nic=EDK2_NIC, uefi_boot=UefiBoot.HTTP, extra_args=[])
     seconds = vm.wait_for(BOOT_MARKER, timeout=BOOT_TIMEOUT)
     vm.wait_for(CMDLINE_PREFIX, timeout=10)
@@ -277,15 +274,7 @@ def test_proxy_on_the_dhcp_servers_host(
         log_path=lab.workdir / "site-dhcp.log",
         pxe_client=True,
     ).start()
-    server = NetbootdServer(
-        lab,
-        ipxe_root,
-        state_dir=tmp_path / "state",
-        log_path=lab.workdir / "netbootd.log",
-        boot=(),
-        extra_args=["--log-dhcp"],
-        proxy=True,
-    ).start()
+    server = _proxy(lab, ipxe_root, tmp_path)
     held = [ev for ev in server.events() if ev.event == "port-held"]
     assert [ev.get("port") for ev in held] == ["67"], server.log_tail()
     owners = udp_port_owners(lab, 67)
