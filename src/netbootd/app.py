@@ -36,8 +36,9 @@ from netbootd.services.dhcp.watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.machines import BootFiles, LiveInventory, Machines, ServerAddress
 from netbootd.store.leases import SqliteLeaseStore, StoreError
+from netbootd.transport.descriptors import connection_cap, raise_open_file_limit
 from netbootd.transport.dhcp import DhcpServer
-from netbootd.transport.http import HttpServer
+from netbootd.transport.http import HttpLimits, HttpServer
 from netbootd.transport.netif import InterfaceError, InterfaceInfo, interface_info
 from netbootd.transport.tftp import TftpServer, TftpSettings
 from netbootd.workers import WorkerError, WorkerLink, Workers, die_with_parent
@@ -315,7 +316,7 @@ class App:
                 await self.tftp.start(host, config.tftp_port)
             if config.http and self.source is not None and not self.dhcp_only:
                 hook = self.inventory.mark_installed if self.inventory is not None else None
-                self.http = HttpServer(self.source, installed=hook)
+                self.http = HttpServer(self.source, installed=hook, limits=self._http_limits())
                 await self.http.start(host, config.http_port)
         except OSError as exc:
             await self.stop()
@@ -345,6 +346,34 @@ class App:
                 http=config.http_port if self.http else "off",
                 root=str(config.root) if config.root else "-",
             )
+        )
+
+    def _http_limits(self) -> HttpLimits:
+        config = self.config
+        # Each connection takes a descriptor: raise the soft limit (systemd's is 1,024) to the
+        # hard one, and keep the cap where the descriptors left for it run out.
+        limit = raise_open_file_limit()
+        fields: dict[str, object] = {"old": limit.old, "new": limit.new}
+        if limit.error is not None:
+            fields["hard"] = limit.hard
+            fields["error"] = limit.error
+        log.info(format_event("open-file-limit", **fields))
+        sessions = config.tftp_max_sessions if config.tftp else 0
+        cap = connection_cap(config.http_max_connections, limit.new, sessions)
+        if cap < config.http_max_connections:
+            log.warning(
+                format_event(
+                    "http-max-connections-lowered",
+                    asked=config.http_max_connections,
+                    now=cap,
+                    open_file_limit=limit.new,
+                    effect="the open-file limit leaves room for no more",
+                )
+            )
+        return HttpLimits(
+            header_timeout=config.http_header_timeout,
+            keepalive_timeout=config.http_keepalive_timeout,
+            max_connections=cap,
         )
 
     def _tftp_settings(self) -> TftpSettings:
