@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -253,3 +254,30 @@ async def test_if_range_sends_the_range_only_for_the_file_it_names(start: Start)
         assert body == (whole[100:200] if expected == 206 else whole), validator
     status, _, body = await _get(http, "kernel", "Range: bytes=100-199")
     assert (status, body) == (206, whole[100:200])
+
+
+async def test_a_connection_that_cannot_be_set_up_does_not_stop_the_listener(
+    start: Start, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from netbootd.transport import http as http_module
+
+    http = await start()
+    real = http_module._Connection.__init__
+    failed: list[bool] = []
+
+    def first_fails(self: http_module._Connection, *args: Any, **kwargs: Any) -> None:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("cannot set up")
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(http_module._Connection, "__init__", first_fails)
+    with caplog.at_level(logging.ERROR):
+        reader, writer = await _connect(http)
+        assert await _closed_within(reader, 2)
+        writer.close()
+    assert [r.getMessage() for r in caplog.records] == ["internal-error where=http-accept"]
+    status, _, body = await _get(http, "hello.txt")
+    assert (status, body) == (200, b"hello\n")
+    await asyncio.sleep(0.1)
+    assert http.connections == 0

@@ -510,7 +510,12 @@ class _Acceptor:
 
     def _hand_over(self, conn: socket.socket) -> None:
         conn.setblocking(False)
-        protocol = self._make()
+        try:
+            protocol = self._make()
+        except Exception:  # a bug of ours: this connection fails, the listener goes on
+            conn.close()
+            log.exception("%s", format_event("internal-error", where="http-accept"))
+            return
         task = self._loop.create_task(self._loop.connect_accepted_socket(lambda: protocol, conn))
         self._connecting.add(task)
         task.add_done_callback(functools.partial(self._handed_over, protocol, conn))
@@ -519,7 +524,10 @@ class _Acceptor:
         self, protocol: _Connection, conn: socket.socket, task: asyncio.Task[Any]
     ) -> None:
         self._connecting.discard(task)
-        if task.cancelled() or task.exception() is not None:
+        failed = task.cancelled() or task.exception() is not None
+        if failed:
+            if not task.cancelled():
+                self._edge.warn("connection-failed", error=str(task.exception()))
             protocol.release()
             conn.close()
 
