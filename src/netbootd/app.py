@@ -308,6 +308,9 @@ class App:
         config = self.config
         server_ip = self.interface.ip if self.interface is not None else None
         host = str(server_ip) if server_ip is not None else "0.0.0.0"
+        # Every connection and TFTP session takes a descriptor: lift the soft limit (systemd's
+        # is 1,024) to the hard one before any is opened.
+        open_files = self._raise_open_file_limit() if not self.dhcp_only else None
         try:
             if config.dhcp_mode is not DhcpMode.OFF:
                 await self._start_dhcp()
@@ -316,7 +319,9 @@ class App:
                 await self.tftp.start(host, config.tftp_port)
             if config.http and self.source is not None and not self.dhcp_only:
                 hook = self.inventory.mark_installed if self.inventory is not None else None
-                self.http = HttpServer(self.source, installed=hook, limits=self._http_limits())
+                assert open_files is not None
+                limits = self._http_limits(open_files)
+                self.http = HttpServer(self.source, installed=hook, limits=limits)
                 await self.http.start(host, config.http_port)
         except OSError as exc:
             await self.stop()
@@ -348,25 +353,28 @@ class App:
             )
         )
 
-    def _http_limits(self) -> HttpLimits:
-        config = self.config
-        # Each connection takes a descriptor: raise the soft limit (systemd's is 1,024) to the
-        # hard one, and keep the cap where the descriptors left for it run out.
+    @staticmethod
+    def _raise_open_file_limit() -> int:
         limit = raise_open_file_limit()
         fields: dict[str, object] = {"old": limit.old, "new": limit.new}
         if limit.error is not None:
             fields["hard"] = limit.hard
             fields["error"] = limit.error
         log.info(format_event("open-file-limit", **fields))
+        return limit.new
+
+    def _http_limits(self, open_files: int) -> HttpLimits:
+        """The HTTP caps, the connection cap kept where the descriptors left for it run out."""
+        config = self.config
         sessions = config.tftp_max_sessions if config.tftp else 0
-        cap = connection_cap(config.http_max_connections, limit.new, sessions)
+        cap = connection_cap(config.http_max_connections, open_files, sessions)
         if cap < config.http_max_connections:
             log.warning(
                 format_event(
                     "http-max-connections-lowered",
                     asked=config.http_max_connections,
                     now=cap,
-                    open_file_limit=limit.new,
+                    open_file_limit=open_files,
                     effect="the open-file limit leaves room for no more",
                 )
             )
