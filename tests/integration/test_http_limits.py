@@ -281,3 +281,24 @@ async def test_a_connection_that_cannot_be_set_up_does_not_stop_the_listener(
     assert (status, body) == (200, b"hello\n")
     await asyncio.sleep(0.1)
     assert http.connections == 0
+
+
+async def test_a_burst_of_connections_leaves_nothing_behind(start: Start) -> None:
+    import gc
+
+    from netbootd.transport.http import _Connection
+
+    http = await start(keepalive_timeout=5)
+
+    async def one() -> None:
+        reader, writer = await _connect(http)
+        writer.write(b"GET /kernel HTTP/1.1\r\nHost: t\r\n\r\n")  # kept alive, then dropped
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(16384)
+        writer.close()
+
+    await asyncio.gather(*(one() for _ in range(200)))
+    await asyncio.sleep(0.3)
+    gc.collect()
+    assert http.connections == 0
+    assert not [o for o in gc.get_objects() if isinstance(o, _Connection)]

@@ -359,6 +359,23 @@ async def test_malformed_datagrams_do_not_stop_listener(
     assert out.read_bytes() == (root / "small.txt").read_bytes()
 
 
+async def test_a_burst_of_transfers_leaves_no_session_behind(
+    make_server: ServerFactory, peer: RawPeer
+) -> None:
+    import gc
+
+    from netbootd.transport.tftp.transfers import PumpedTransfer, Transfer
+
+    server = await make_server(timeout=0.2, retries=1)
+    listener = (HOST, server.port)
+    for _ in range(100):  # asked for and left: each times out
+        await peer.send(ReadRequest("small.txt", "octet", ()), listener)
+    await asyncio.sleep(1.5)
+    gc.collect()
+    assert server.counters["timed_out"] >= 1
+    assert not [o for o in gc.get_objects() if isinstance(o, Transfer | PumpedTransfer)]
+
+
 async def test_a_flood_of_junk_and_refusals_is_a_burst_of_lines_then_a_count(
     server: TftpServer,
     root: Path,
