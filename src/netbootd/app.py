@@ -36,8 +36,9 @@ from netbootd.services.dhcp.watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.machines import BootFiles, LiveInventory, Machines, ServerAddress
 from netbootd.store.leases import SqliteLeaseStore, StoreError
+from netbootd.transport.descriptors import connection_cap, raise_open_file_limit
 from netbootd.transport.dhcp import DhcpServer
-from netbootd.transport.http import HttpServer
+from netbootd.transport.http import HttpLimits, HttpServer
 from netbootd.transport.netif import InterfaceError, InterfaceInfo, interface_info
 from netbootd.transport.notify import Notice, Notifier
 from netbootd.transport.tftp import TftpServer, TftpSettings
@@ -315,6 +316,9 @@ class App:
         config = self.config
         server_ip = self.interface.ip if self.interface is not None else None
         host = str(server_ip) if server_ip is not None else "0.0.0.0"
+        # Every connection and TFTP session takes a descriptor: lift the soft limit (systemd's
+        # is 1,024) to the hard one before any is opened.
+        open_files = self._raise_open_file_limit() if not self.dhcp_only else None
         try:
             if config.dhcp_mode is not DhcpMode.OFF:
                 await self._start_dhcp()
@@ -323,7 +327,9 @@ class App:
                 await self.tftp.start(host, config.tftp_port)
             if config.http and self.source is not None and not self.dhcp_only:
                 hook = self.inventory.mark_installed if self.inventory is not None else None
-                self.http = HttpServer(self.source, installed=hook)
+                assert open_files is not None
+                limits = self._http_limits(open_files)
+                self.http = HttpServer(self.source, installed=hook, limits=limits)
                 await self.http.start(host, config.http_port)
         except OSError as exc:
             await self.stop()
@@ -368,6 +374,37 @@ class App:
             parts.append(f"HTTP on port {config.http_port}")
         where = f" on {self.interface.name} {self.interface.ip}" if self.interface else ""
         return f"serving {', '.join(parts) or 'nothing'}{where}"
+
+    @staticmethod
+    def _raise_open_file_limit() -> int:
+        limit = raise_open_file_limit()
+        fields: dict[str, object] = {"old": limit.old, "new": limit.new}
+        if limit.error is not None:
+            fields["hard"] = limit.hard
+            fields["error"] = limit.error
+        log.info(format_event("open-file-limit", **fields))
+        return limit.new
+
+    def _http_limits(self, open_files: int) -> HttpLimits:
+        """The HTTP caps, the connection cap kept where the descriptors left for it run out."""
+        config = self.config
+        sessions = config.tftp_max_sessions if config.tftp else 0
+        cap = connection_cap(config.http_max_connections, open_files, sessions)
+        if cap < config.http_max_connections:
+            log.warning(
+                format_event(
+                    "http-max-connections-lowered",
+                    asked=config.http_max_connections,
+                    now=cap,
+                    open_file_limit=open_files,
+                    effect="the open-file limit leaves room for no more",
+                )
+            )
+        return HttpLimits(
+            header_timeout=config.http_header_timeout,
+            keepalive_timeout=config.http_keepalive_timeout,
+            max_connections=cap,
+        )
 
     def _tftp_settings(self) -> TftpSettings:
         config = self.config

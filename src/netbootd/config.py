@@ -108,6 +108,12 @@ class Config(BaseModel):
     http: bool = True
     boot: dict[BootKey, str] = Field(default_factory=dict)
     http_port: int = Field(default=80, ge=1, le=65535)
+    # HTTP connection lifetimes, as nginx's client_header_timeout (60 s) and keepalive_timeout
+    # (75 s): a client that sends its headers slowly, or holds a connection idle, cannot keep
+    # it for ever. Past http-max-connections, new connections are closed at once.
+    http_header_timeout: float = Field(default=60.0, gt=0, le=3600)
+    http_keepalive_timeout: float = Field(default=75.0, gt=0, le=3600)
+    http_max_connections: int = Field(default=4096, ge=1, le=1_000_000)
     tftp_port: int = Field(default=69, ge=1, le=65535)
     state_dir: Path = DEFAULT_STATE_DIR
     log_dhcp: bool = False
@@ -263,6 +269,9 @@ _FILE_KEYS = {
     "http",
     "boot",
     "http-port",
+    "http-header-timeout",
+    "http-keepalive-timeout",
+    "http-max-connections",
     "tftp-port",
     "state-dir",
     "log-dhcp",

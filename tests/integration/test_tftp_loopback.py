@@ -359,6 +359,48 @@ async def test_malformed_datagrams_do_not_stop_listener(
     assert out.read_bytes() == (root / "small.txt").read_bytes()
 
 
+async def test_a_burst_of_transfers_leaves_no_session_behind(
+    make_server: ServerFactory, peer: RawPeer
+) -> None:
+    import gc
+
+    from netbootd.transport.tftp.transfers import PumpedTransfer, Transfer
+
+    server = await make_server(timeout=0.2, retries=1)
+    listener = (HOST, server.port)
+    for _ in range(100):  # asked for and left: each times out
+        await peer.send(ReadRequest("small.txt", "octet", ()), listener)
+    await asyncio.sleep(1.5)
+    gc.collect()
+    assert server.counters["timed_out"] >= 1
+    assert not [o for o in gc.get_objects() if isinstance(o, Transfer | PumpedTransfer)]
+
+
+async def test_a_flood_of_junk_and_refusals_is_a_burst_of_lines_then_a_count(
+    server: TftpServer,
+    root: Path,
+    peer: RawPeer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    listener = (HOST, server.port)
+    for n in range(300):
+        await peer.send(b"\x00\x07junk" + n.to_bytes(2, "big"), listener)
+        await peer.send(ReadRequest("escape", "octet", ()), listener)  # refused each time
+    await asyncio.sleep(0.3)
+    assert server.counters["malformed"] == 300
+    warnings = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING]
+    # As DHCP's: a burst of 50 lines in ten seconds, the rest counted and not written.
+    assert len(warnings) == 50, len(warnings)
+
+    curl = need("curl")  # and the next client is served
+    out = tmp_path / "out"
+    rc, text = await run(curl, "-sS", "-o", str(out), f"tftp://{HOST}:{server.port}/small.txt")
+    assert rc == 0, text
+    assert out.read_bytes() == (root / "small.txt").read_bytes()
+
+
 async def test_raw_transfer_with_stranger(
     server: TftpServer, root: Path, peer: RawPeer, stranger: RawPeer
 ) -> None:

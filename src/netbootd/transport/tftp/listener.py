@@ -7,7 +7,9 @@ worker thread (:func:`netbootd.services.tftp.open_read`), and the accepted trans
 (RFC 1350 §4), or in single-port mode shares the listener's and is told apart by the client's
 address and port. While the server is not busy, a read on its own port runs in a thread of its
 own (:mod:`netbootd.transport.tftp.pump`); under load, and in single-port mode, reads share the
-event loop, which serves many in one thread.
+event loop, which serves many in one thread. Warnings (bad datagrams, refusals, failed
+transfers) share one :class:`~netbootd.services.dhcp.limits.LineBudget`, as the DHCP edge's do,
+so that a client sending junk fast cannot fill the disk with lines.
 
 This module owns the listener's socket and the server's bookkeeping. It must not decide what a
 request gets (the service does) nor anything of a transfer (the sessions do), and one bad
@@ -40,6 +42,7 @@ from netbootd.proto.tftp import (
     negotiate,
 )
 from netbootd.proto.tftp.framing import Datagram
+from netbootd.services.dhcp.limits import LineBudget
 from netbootd.services.files import FileSource, OpenedFile
 from netbootd.services.tftp import (
     Admission,
@@ -138,6 +141,7 @@ class TftpServer:
             max_workers=settings.workers, thread_name_prefix="netbootd-tftp-io"
         )
         self._listener: Endpoint | None = None
+        self._warning_lines = LineBudget()  # a burst of warnings, then a count
         self._family = socket.AF_INET
         self._host = ""
         self._port = 0
@@ -368,13 +372,18 @@ class TftpServer:
             return
         transfer.attach(endpoint)
 
-    @staticmethod
-    def _no_socket(transfer: Live, exc: OSError) -> None:
-        log.warning(
-            "%s",
+    def warn(self, line: str) -> None:
+        """Log a warning, unless a burst of them has used up the budget (then it is counted)."""
+        held = self._warning_lines.allow(self._loop_time())
+        if held is None:
+            return
+        log.warning("%s", f"{line} held_back={held}" if held else line)
+
+    def _no_socket(self, transfer: Live, exc: OSError) -> None:
+        self.warn(
             format_event(
                 "no-socket", client=client_text(transfer.client), error=exc.strerror or str(exc)
-            ),
+            )
         )
         transfer.abort(ErrorCode.NOT_DEFINED, "server cannot open a socket")
 
@@ -465,11 +474,10 @@ class TftpServer:
         self._counters[name] += 1
 
     def malformed(self, addr: Address, data: bytes, exc: TftpDecodeError) -> None:
-        # One line and a counter per bad datagram, in the same form as the DHCP edge's.
+        # A counter per bad datagram, and a line within the warning budget, as at the DHCP edge.
         self.count("malformed")
-        log.warning(
-            "%s",
-            format_event("malformed", source=client_text(addr), bytes=len(data), error=exc.reason),
+        self.warn(
+            format_event("malformed", source=client_text(addr), bytes=len(data), error=exc.reason)
         )
 
     @staticmethod
@@ -500,4 +508,7 @@ class TftpServer:
             retransmits=retransmits,
             event=event,
         )
-        log.log(level, "%s", line)
+        if level == logging.WARNING:
+            self.warn(line)
+        else:
+            log.log(level, "%s", line)

@@ -468,8 +468,8 @@ class PumpedTransfer(_Read):
         except RuntimeError as exc:  # no thread to be had: out of memory or a process limit
             self._pump = None
             sock.close()
-            log.warning(
-                "%s", format_event("no-thread", client=client_text(self.client), error=str(exc))
+            self.server.warn(
+                format_event("no-thread", client=client_text(self.client), error=str(exc))
             )
             self.abort(ErrorCode.NOT_DEFINED, "server cannot start the transfer")
 
