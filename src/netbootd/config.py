@@ -8,7 +8,9 @@ look at interfaces, sockets or the boot root (the composition root does that at 
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -369,13 +371,13 @@ def _explain(
 def load_file(path: Path) -> ConfigFile:
     """Read a TOML config file into flag-named settings; errors name the file and the line."""
     try:
-        text = path.read_bytes().decode()
+        text = _read_regular(path).decode()
         data = tomllib.loads(text)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
     except PermissionError as exc:
         raise ConfigError(f"{path}: permission denied") from exc
-    except OSError as exc:  # a directory, a device that cannot be read, an I/O error
+    except OSError as exc:  # an I/O error, a name too long
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
@@ -386,6 +388,32 @@ def load_file(path: Path) -> ConfigFile:
     if unknown:
         raise ConfigError(f"{file.where((unknown[0],))}: unknown key {unknown[0]!r}")
     return file
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of the regular file at ``path``; ConfigError for anything else.
+
+    A device is never read: /dev/zero would never end, and /dev/null would pass for an empty
+    config. The stat before opening keeps a FIFO from blocking the open; the one after catches
+    a file swapped in between.
+    """
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode):
+        with path.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if stat.S_ISREG(mode):
+                return handle.read()
+    raise ConfigError(f"{path}: {_file_kind(mode)}, not a config file")
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    return "not a regular file"
 
 
 def build(
