@@ -34,7 +34,7 @@ from netbootd.boot.hosts import HostTable, parse_hosts
 from netbootd.boot.leases import AddressRange
 from netbootd.boot.pxe_menu import PxeMenuError, PxeMenus, build_menus
 from netbootd.boot.subnets import SubnetSpec, parse_subnets
-from netbootd.proto.dhcp.codec import encode_option_value, option_code
+from netbootd.proto.dhcp.codec import encode_option_value, settable_option
 from netbootd.toml_lines import KeyLines
 
 
@@ -185,7 +185,7 @@ class Config(BaseModel):
             if isinstance(raw, bytes):
                 encoded[int(key)] = raw
                 continue
-            code = option_code(key)
+            code = settable_option(key)
             encoded[code] = encode_option_value(code, raw)
         return encoded
 

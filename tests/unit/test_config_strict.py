@@ -10,7 +10,90 @@ from pathlib import Path
 
 import pytest
 
-from netbootd.cli import main
+from netbootd.cli import main, make_parser
+from netbootd.config import ConfigError
+from tests.helpers.config import parse
+
+# Each option the server writes itself (or only a client sends), by a name or its code, and
+# what its message says to do instead.
+PROTECTED = [
+    ("requested-ip", 50, "client's"),
+    ("lease-time", 51, "use lease-time"),
+    ("overload", 52, "lays out a reply"),
+    ("message-type", 53, "message type"),
+    ("server-id", 54, "names itself"),
+    ("parameter-list", 55, "client's"),
+    ("max-message-size", 57, "client's"),
+    ("renewal-time", 58, "follows lease-time"),
+    ("rebinding-time", 59, "follows lease-time"),
+    ("client-id", 61, "client's"),
+    ("rapid-commit", 80, "client's"),
+    ("agent-info", 82, "relay agent's own"),
+    ("client-arch", 93, "client's"),
+    ("client-ndi", 94, "client's"),
+    ("subnet-selection", 118, "client's"),
+]
+
+
+@pytest.mark.parametrize(("name", "code", "instead"), PROTECTED)
+def test_a_protocol_option_in_the_file_is_refused(
+    tmp_path: Path, name: str, code: int, instead: str
+) -> None:
+    conf = tmp_path / "site.toml"
+    for key in (name, str(code)):
+        conf.write_text(f'root = "/srv"\n[dhcp-options]\n{key} = "hex:01"\n')
+        with pytest.raises(ConfigError) as caught:
+            parse("--no-dhcp", "--config", str(conf))
+        message = str(caught.value)
+        assert message.startswith(f"{conf}:2: dhcp-options: option {code} (")
+        assert "cannot be set" in message and instead in message
+
+
+@pytest.mark.parametrize(("name", "code", "instead"), PROTECTED)
+def test_a_protocol_option_flag_is_refused(
+    capsys: pytest.CaptureFixture[str], name: str, code: int, instead: str
+) -> None:
+    for key in (name, str(code)):
+        with pytest.raises(SystemExit) as exit_info:
+            make_parser().parse_args(["serve", "--dhcp-option", f"{key}=hex:01"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"option {code} (" in err and "cannot be set" in err and instead in err
+
+
+def test_a_protocol_option_in_a_subnet_or_host_is_refused(tmp_path: Path) -> None:
+    conf = tmp_path / "site.toml"
+    conf.write_text(
+        'root = "/srv"\ninterface = "lo"\n'
+        '[[subnets]]\nnetwork = "10.0.5.0/24"\npools = ["10.0.5.10-10.0.5.20"]\n'
+        '[subnets.options]\n54 = "10.0.5.1"\n'
+    )
+    with pytest.raises(ConfigError, match=r"option 54 \(server-id\) cannot be set"):
+        parse("--config", str(conf))
+    conf.write_text(
+        'root = "/srv"\ninterface = "lo"\ndhcp-range = "10.0.5.10-10.0.5.20"\n'
+        '[[hosts]]\nmac = "52:54:00:00:00:01"\n[hosts.options]\nmessage-type = "hex:05"\n'
+    )
+    with pytest.raises(ConfigError, match=r"option 53 \(message-type\) cannot be set"):
+        parse("--config", str(conf))
+
+
+def test_pad_and_end_are_no_options(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    conf = tmp_path / "site.toml"
+    for code in (0, 255):
+        conf.write_text(f'root = "/srv"\n[dhcp-options]\n{code} = "hex:01"\n')
+        with pytest.raises(ConfigError, match=rf"option code {code} is outside 1-254"):
+            parse("--no-dhcp", "--config", str(conf))
+        with pytest.raises(SystemExit):
+            make_parser().parse_args(["serve", "--dhcp-option", f"{code}=hex:01"])
+        assert f"option code {code} is outside 1-254" in capsys.readouterr().err
+
+
+def test_options_for_the_client_are_still_set(tmp_path: Path) -> None:
+    conf = tmp_path / "site.toml"
+    conf.write_text('root = "/srv"\n[dhcp-options]\nntp-servers = "10.0.0.1"\n67 = "boot.0"\n')
+    config = parse("--no-dhcp", "--config", str(conf), "--dhcp-option", "66=10.0.0.2")
+    assert set(config.dhcp_options) == {42, 66, 67}
 
 
 @pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
