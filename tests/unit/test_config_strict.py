@@ -96,6 +96,43 @@ def test_options_for_the_client_are_still_set(tmp_path: Path) -> None:
     assert set(config.dhcp_options) == {42, 66, 67}
 
 
+@pytest.mark.parametrize(
+    ("line", "key", "wanted"),
+    [
+        ('http-port = "80"', "http-port", "a valid integer"),
+        ('tftp-port = "69"', "tftp-port", "a valid integer"),
+        ('lease-time = "600"', "lease-time", "a valid integer"),
+        ("lease-time = 600.0", "lease-time", "a valid integer"),
+        ("dhcp-workers = true", "dhcp-workers", "a valid integer"),
+        ('mtu = "1400"', "mtu", "a valid integer"),
+        ('tftp-timeout = "2"', "tftp-timeout", "a valid number"),
+        ("tftp-timeout = true", "tftp-timeout", "a valid number"),
+        ("tftp = 1", "tftp", "a valid boolean"),
+        ('log-dhcp = "yes"', "log-dhcp", "a valid boolean"),
+        ('tftp-single-port = "true"', "tftp-single-port", "a valid boolean"),
+        ("domain-name = 5", "domain-name", "a valid string"),
+    ],
+)
+def test_file_values_are_taken_as_typed(tmp_path: Path, line: str, key: str, wanted: str) -> None:
+    conf = tmp_path / "site.toml"
+    conf.write_text(f'root = "/srv"\n{line}\n')
+    with pytest.raises(ConfigError, match=rf"^{conf}:2: {key}: Input should be {wanted}"):
+        parse("--no-dhcp", "--config", str(conf))
+
+
+def test_typed_file_values_and_flags_still_work(tmp_path: Path) -> None:
+    conf = tmp_path / "site.toml"
+    conf.write_text(
+        'root = "/srv"\nstate-dir = "/var/tmp/nb"\nhttp-port = 8080\ntftp-timeout = 2\n'
+        'tftp = false\nrouters = ["10.0.0.1"]\nnext-server = "10.0.0.2"\n'
+    )
+    config = parse("--no-dhcp", "--config", str(conf), "--tftp-port", "6969")
+    assert (config.http_port, config.tftp_port, config.tftp_timeout) == (8080, 6969, 2.0)
+    assert config.tftp is False and config.root == Path("/srv")
+    assert config.state_dir == Path("/var/tmp/nb")
+    assert [str(ip) for ip in config.routers] == ["10.0.0.1"]
+
+
 @pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
 def test_config_on_a_device_is_one_line(device: str) -> None:
     # /dev/zero would be read for ever (and fill the memory): a subprocess, so a hang fails.
