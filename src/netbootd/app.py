@@ -35,6 +35,7 @@ from netbootd.services.dhcp.shares import Share
 from netbootd.services.dhcp.watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.machines import BootFiles, LiveInventory, Machines, ServerAddress
+from netbootd.services.uploads import remove_leftovers
 from netbootd.store.leases import Found, SqliteLeaseStore, StoreError
 from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpServer
@@ -319,6 +320,7 @@ class App:
             if config.dhcp_mode is not DhcpMode.OFF:
                 await self._start_dhcp()
             if config.tftp and self.source is not None and not self.dhcp_only:
+                self._remove_upload_leftovers()
                 self.tftp = TftpServer(self.source, self._tftp_settings())
                 await self.tftp.start(host, config.tftp_port)
             if config.http and self.source is not None and not self.dhcp_only:
@@ -356,6 +358,15 @@ class App:
                 root=str(config.root) if config.root else "-",
             )
         )
+
+    def _remove_upload_leftovers(self) -> None:
+        """Uploads cut short by the last run left their temporary files: remove them."""
+        upload_dir = self.config.tftp_upload_dir
+        if upload_dir is None:
+            return
+        removed = remove_leftovers(upload_dir)
+        if removed:
+            log.info(format_event("upload-leftovers-removed", dir=str(upload_dir), files=removed))
 
     def _log_new_store(self, store: SqliteLeaseStore) -> None:
         """Say that the lease database starts empty, louder when a file was there."""

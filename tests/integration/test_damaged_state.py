@@ -1,6 +1,6 @@
 """Damaged state is never silent: a lease database that is corrupt, not SQLite or another
 program's stops the start with one line saying what to do; one that is new is said to be; the
-ready line counts the leases.
+ready line counts the leases; uploads cut short by the last run are removed at start.
 
 The store is opened in process; ``netbootd serve`` runs in a network namespace of its own
 (``unshare --net``, gone with the process), so that its port 67 is no one else's.
@@ -272,3 +272,27 @@ def test_an_empty_database_file_starts_new_and_says_so(serve: Callable[..., Serv
     new = server.event("lease-database-new")
     assert (new["level"], new["found"]) == ("WARNING", "empty-file")
     assert new["path"] == str(server.state / "leases.sqlite3")
+
+
+@needs_root
+def test_upload_leftovers_are_removed_at_start(serve: Callable[..., Serve]) -> None:
+    server = serve()
+    (server.uploads / "sub").mkdir()
+    leftovers = [
+        server.uploads / ".dump.bin.0123456789abcdef.part",
+        server.uploads / "sub" / ".core.fedcba9876543210.part",
+    ]
+    kept = [
+        server.uploads / "dump.bin",  # a finished upload
+        server.uploads / ".notes.part",  # not a name uploads make
+        server.uploads / ".x.0123456789ABCDEF.part",  # nor this (upper case)
+    ]
+    for path in leftovers + kept:
+        path.write_bytes(b"x")
+    server.start()
+    server.wait_ready()
+    server.stop()
+    assert [path for path in leftovers if path.exists()] == []
+    assert [path for path in kept if path.exists()] == kept
+    removed = server.event("upload-leftovers-removed")
+    assert (removed["dir"], removed["files"]) == (str(server.uploads), "2")
