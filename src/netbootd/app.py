@@ -20,7 +20,7 @@ from typing import Any
 
 from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
 from netbootd.boot.inventory import InventoryError
-from netbootd.boot.leases import LeaseBook
+from netbootd.boot.leases import Lease, LeaseBook, LeaseState
 from netbootd.boot.policy import DEFAULT_BOOT, GRUB_LOADER, PXELINUX_LOADER, BootPolicy
 from netbootd.boot.subnets import NetworkSettings, Subnet, check_overlaps, check_server
 from netbootd.config import Config, ConfigError, DhcpMode
@@ -35,7 +35,8 @@ from netbootd.services.dhcp.shares import Share
 from netbootd.services.dhcp.watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.machines import BootFiles, LiveInventory, Machines, ServerAddress
-from netbootd.store.leases import SqliteLeaseStore, StoreError
+from netbootd.services.uploads import remove_leftovers
+from netbootd.store.leases import Found, SqliteLeaseStore, StoreError
 from netbootd.transport.descriptors import connection_cap, raise_open_file_limit
 from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpLimits, HttpServer
@@ -80,6 +81,12 @@ def system_boot_files(ipxe_dir: Path) -> dict[str, Path]:
     return {name: path for name, path in found.items() if path.is_file()}
 
 
+def lease_counts(leases: list[Lease]) -> tuple[int, int]:
+    """How many of ``leases`` are bound, and how many declined (quarantined)."""
+    declined = sum(1 for lease in leases if lease.state is LeaseState.DECLINED)
+    return len(leases) - declined, declined
+
+
 def _more_options(config: Config) -> dict[int, bytes]:
     """NTP, MTU, root path, then the operator's own options, which win."""
     found: dict[int, bytes] = {}
@@ -107,6 +114,8 @@ class App:
     # HTTP and port 4011, and starts the others).
     share: Share | None = None
     _watcher: asyncio.Task[None] | None = None
+    # Bound and declined leases in the lease database at start (authoritative mode).
+    lease_counts: tuple[int, int] | None = None
     # The built-in boot files missing from the root, found by prepare() (and logged there).
     missing_defaults: list[tuple[BootClass, str, str]] = field(default_factory=list)
 
@@ -323,6 +332,7 @@ class App:
             if config.dhcp_mode is not DhcpMode.OFF:
                 await self._start_dhcp()
             if config.tftp and self.source is not None and not self.dhcp_only:
+                self._remove_upload_leftovers()
                 self.tftp = TftpServer(self.source, self._tftp_settings())
                 await self.tftp.start(host, config.tftp_port)
             if config.http and self.source is not None and not self.dhcp_only:
@@ -355,6 +365,8 @@ class App:
                 pool=str(config.dhcp_range) if config.dhcp_range else "-",
                 subnets=len(config.subnets) or "-",
                 hosts=len(config.hosts) or "-",
+                leases=self.lease_counts[0] if self.lease_counts else "-",
+                declined=self.lease_counts[1] if self.lease_counts else "-",
                 tftp=config.tftp_port if self.tftp else "off",
                 http=config.http_port if self.http else "off",
                 root=str(config.root) if config.root else "-",
@@ -405,6 +417,28 @@ class App:
             keepalive_timeout=config.http_keepalive_timeout,
             max_connections=cap,
         )
+
+    def _remove_upload_leftovers(self) -> None:
+        """Uploads cut short by the last run left their temporary files: remove them."""
+        upload_dir = self.config.tftp_upload_dir
+        if upload_dir is None:
+            return
+        removed = remove_leftovers(upload_dir)
+        if removed:
+            log.info(format_event("upload-leftovers-removed", dir=str(upload_dir), files=removed))
+
+    def _log_new_store(self, store: SqliteLeaseStore) -> None:
+        """Say that the lease database starts empty, louder when a file was there."""
+        if store.found is Found.LEASES or self.dhcp_only:
+            return
+        if store.found is Found.NO_FILE:
+            level, effect = logging.INFO, "no leases from before"
+        else:  # a file was there, and held none: lost leases would be given again
+            level, effect = logging.WARNING, "no leases from before; any it held are lost"
+        event = format_event(
+            "lease-database-new", path=str(store.path), found=str(store.found), effect=effect
+        )
+        log.log(level, event)
 
     def _tftp_settings(self) -> TftpSettings:
         config = self.config
@@ -468,6 +502,9 @@ class App:
             self.store = SqliteLeaseStore(config.state_dir / "leases.sqlite3")
             await self.store.open()
             leases = await self.store.load()
+            self._log_new_store(self.store)
+            # The whole file's, before a worker takes its share: what the ready line says.
+            self.lease_counts = lease_counts(leases)
             if self.share is not None:
                 # The other workers' leases are theirs alone: see services/dhcp/shares.py.
                 leases = self.share.owned(leases, self.served_subnets())

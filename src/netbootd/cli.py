@@ -24,7 +24,7 @@ from netbootd.check import check
 from netbootd.config import Config, ConfigError, LogFormat, LogLevel, build, load_file
 from netbootd.explain import ClientDescription, explain
 from netbootd.logs.handler import setup_logging
-from netbootd.proto.dhcp.codec import encode_option_value, option_code
+from netbootd.proto.dhcp.codec import encode_option_value, settable_option
 from netbootd.state import (
     NotDone,
     lease_json,
@@ -68,7 +68,7 @@ def _dhcp_option_flag(text: str) -> tuple[int, bytes]:
     if not sep:
         raise argparse.ArgumentTypeError(f"expected OPTION=VALUE, got {text!r}")
     try:
-        code = option_code(name)
+        code = settable_option(name)
         return code, encode_option_value(code, value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

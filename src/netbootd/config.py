@@ -8,19 +8,22 @@ look at interfaces, sockets or the boot root (the composition root does that at 
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -32,7 +35,7 @@ from netbootd.boot.hosts import HostTable, parse_hosts
 from netbootd.boot.leases import AddressRange
 from netbootd.boot.pxe_menu import PxeMenuError, PxeMenus, build_menus
 from netbootd.boot.subnets import SubnetSpec, parse_subnets
-from netbootd.proto.dhcp.codec import encode_option_value, option_code
+from netbootd.proto.dhcp.codec import encode_option_value, settable_option
 from netbootd.toml_lines import KeyLines
 
 
@@ -83,6 +86,14 @@ def _boot_path(value: str) -> str:
     return path
 
 
+# A value is taken as it is written: in the TOML file ``http-port = "80"`` is text, not a number,
+# and ``tftp = 1`` is a number, not true. (The flags are converted by the command line before
+# they get here.) Paths, addresses and choices are still read from their text.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Float = Annotated[float, Strict()]  # a whole number is one too: tftp-timeout = 2
+Str = Annotated[str, Strict()]
+
 DEFAULT_STATE_DIR = Path("/var/lib/netbootd")
 MAX_DHCP_WORKERS = 16  # a process per core; more shares only cost memory
 
@@ -94,7 +105,7 @@ class Config(BaseModel):
         frozen=True, extra="forbid", populate_by_name=True, arbitrary_types_allowed=True
     )
 
-    interface: str | None = None
+    interface: Str | None = None
     root: Path | None = None
     dhcp_mode: DhcpMode = DhcpMode.PROXY
     dhcp_range: AddressRange | None = None
@@ -102,31 +113,31 @@ class Config(BaseModel):
     # declared one by one ([[hosts]]).
     subnets: tuple[SubnetSpec, ...] = ()
     hosts: HostTable = Field(default_factory=HostTable)
-    dynamic_bootp: bool = False  # BOOTP clients without a reservation get a pool address
-    bootp_lease_time: int | None = Field(default=None, ge=60, le=365 * 86400)  # None: infinite
-    tftp: bool = True
-    http: bool = True
+    dynamic_bootp: Bool = False  # BOOTP clients without a reservation get a pool address
+    bootp_lease_time: Int | None = Field(default=None, ge=60, le=365 * 86400)  # None: infinite
+    tftp: Bool = True
+    http: Bool = True
     boot: dict[BootKey, str] = Field(default_factory=dict)
-    http_port: int = Field(default=80, ge=1, le=65535)
+    http_port: Int = Field(default=80, ge=1, le=65535)
     # HTTP connection lifetimes, as nginx's client_header_timeout (60 s) and keepalive_timeout
     # (75 s): a client that sends its headers slowly, or holds a connection idle, cannot keep
     # it for ever. Past http-max-connections, new connections are closed at once.
-    http_header_timeout: float = Field(default=60.0, gt=0, le=3600)
-    http_keepalive_timeout: float = Field(default=75.0, gt=0, le=3600)
-    http_max_connections: int = Field(default=4096, ge=1, le=1_000_000)
-    tftp_port: int = Field(default=69, ge=1, le=65535)
+    http_header_timeout: Float = Field(default=60.0, gt=0, le=3600)
+    http_keepalive_timeout: Float = Field(default=75.0, gt=0, le=3600)
+    http_max_connections: Int = Field(default=4096, ge=1, le=1_000_000)
+    tftp_port: Int = Field(default=69, ge=1, le=65535)
     state_dir: Path = DEFAULT_STATE_DIR
-    log_dhcp: bool = False
+    log_dhcp: Bool = False
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.TEXT
-    lease_time: int = Field(default=3600, ge=60, le=365 * 86400)
+    lease_time: Int = Field(default=3600, ge=60, le=365 * 86400)
     next_server: IPv4Address | None = None
     routers: tuple[IPv4Address, ...] = ()
     dns_servers: tuple[IPv4Address, ...] = ()
-    domain_name: str | None = None
+    domain_name: Str | None = None
     ntp_servers: tuple[IPv4Address, ...] = ()
-    mtu: int | None = Field(default=None, ge=68, le=65535)
-    root_path: str | None = None  # option 17, for NFS-root diskless clients
+    mtu: Int | None = Field(default=None, ge=68, le=65535)
+    root_path: Str | None = None  # option 17, for NFS-root diskless clients
     # Any option by code, wire-encoded from its typed or hex value; replaces a built-in one.
     dhcp_options: dict[int, bytes] = Field(default_factory=dict)
     ipxe_dir: Path = Path("/usr/lib/ipxe")
@@ -134,20 +145,20 @@ class Config(BaseModel):
     inventory: Path | None = None
     # TFTP. None for the block size cap means the interface MTU less the headers, so that no
     # block leaves as IP fragments (which some PXE ROMs cannot reassemble).
-    tftp_max_blksize: int | None = Field(default=None, ge=8, le=65464)
-    tftp_max_windowsize: int = Field(default=64, ge=1, le=65535)
-    tftp_timeout: float = Field(default=1.0, gt=0, le=255)
-    tftp_retries: int = Field(default=5, ge=0, le=100)
-    tftp_max_sessions: int = Field(default=1024, ge=1, le=65536)
-    tftp_max_sessions_per_client: int = Field(default=32, ge=1, le=65536)
-    tftp_single_port: bool = False
+    tftp_max_blksize: Int | None = Field(default=None, ge=8, le=65464)
+    tftp_max_windowsize: Int = Field(default=64, ge=1, le=65535)
+    tftp_timeout: Float = Field(default=1.0, gt=0, le=255)
+    tftp_retries: Int = Field(default=5, ge=0, le=100)
+    tftp_max_sessions: Int = Field(default=1024, ge=1, le=65536)
+    tftp_max_sessions_per_client: Int = Field(default=32, ge=1, le=65536)
+    tftp_single_port: Bool = False
     # Microseconds a transfer may poll for the next ACK before sleeping; 0 never polls.
-    tftp_busy_poll_us: int = Field(default=200, ge=0, le=10_000)
+    tftp_busy_poll_us: Int = Field(default=200, ge=0, le=10_000)
     # Read transfers at once in threads of their own; the rest share the event loop.
-    tftp_threads: int = Field(default=2, ge=0, le=1024)
+    tftp_threads: Int = Field(default=2, ge=0, le=1024)
     # Seconds between two probes for other DHCP servers on the segment (authoritative mode);
     # 0 never probes (their broadcast replies to clients are still heard).
-    dhcp_probe_interval: float = Field(default=600.0, ge=0, le=86400)
+    dhcp_probe_interval: Float = Field(default=600.0, ge=0, le=86400)
 
     @field_validator("dhcp_probe_interval")
     @classmethod
@@ -157,17 +168,17 @@ class Config(BaseModel):
         return value
 
     tftp_upload_dir: Path | None = None
-    tftp_upload_max_size: int = Field(default=1024**3, ge=0)
+    tftp_upload_max_size: Int = Field(default=1024**3, ge=0)
     # PXE boot menus by client class, from [[pxe-menu]] and [pxe-prompt] (or the flags).
     pxe_menus: PxeMenus = Field(default_factory=PxeMenus)
     # Caps on what new DHCP clients may take, so that a flood of made-up MACs cannot hold the
     # pool: open offers in all pools and in one pool, live leases in one pool (None: its size).
-    dhcp_max_offers: int = Field(default=4096, ge=1, le=1_000_000)
-    dhcp_max_offers_per_pool: int = Field(default=1024, ge=1, le=1_000_000)
-    max_leases: int | None = Field(default=None, ge=1)
+    dhcp_max_offers: Int = Field(default=4096, ge=1, le=1_000_000)
+    dhcp_max_offers_per_pool: Int = Field(default=1024, ge=1, le=1_000_000)
+    max_leases: Int | None = Field(default=None, ge=1)
     # Processes that answer DHCP (authoritative mode): each serves the clients whose hardware
     # address ends in its share of the octet values, from its own part of every pool.
-    dhcp_workers: int = Field(default=1, ge=1, le=MAX_DHCP_WORKERS)
+    dhcp_workers: Int = Field(default=1, ge=1, le=MAX_DHCP_WORKERS)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -189,7 +200,7 @@ class Config(BaseModel):
             if isinstance(raw, bytes):
                 encoded[int(key)] = raw
                 continue
-            code = option_code(key)
+            code = settable_option(key)
             encoded[code] = encode_option_value(code, raw)
         return encoded
 
@@ -378,13 +389,13 @@ def _explain(
 def load_file(path: Path) -> ConfigFile:
     """Read a TOML config file into flag-named settings; errors name the file and the line."""
     try:
-        text = path.read_bytes().decode()
+        text = _read_regular(path).decode()
         data = tomllib.loads(text)
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file") from exc
     except PermissionError as exc:
         raise ConfigError(f"{path}: permission denied") from exc
-    except OSError as exc:  # a directory, a device that cannot be read, an I/O error
+    except OSError as exc:  # an I/O error, a name too long
         raise ConfigError(f"{path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
@@ -395,6 +406,32 @@ def load_file(path: Path) -> ConfigFile:
     if unknown:
         raise ConfigError(f"{file.where((unknown[0],))}: unknown key {unknown[0]!r}")
     return file
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of the regular file at ``path``; ConfigError for anything else.
+
+    A device is never read: /dev/zero would never end, and /dev/null would pass for an empty
+    config. The stat before opening keeps a FIFO from blocking the open; the one after catches
+    a file swapped in between.
+    """
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode):
+        with path.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if stat.S_ISREG(mode):
+                return handle.read()
+    raise ConfigError(f"{path}: {_file_kind(mode)}, not a config file")
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    return "not a regular file"
 
 
 def build(

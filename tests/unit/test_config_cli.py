@@ -340,7 +340,7 @@ def test_file_errors_name_the_line_of_the_key(tmp_path: Path) -> None:
 
 def test_a_config_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "conf.d").mkdir()
-    with pytest.raises(ConfigError, match=r"^.*/conf\.d: Is a directory$"):
+    with pytest.raises(ConfigError, match=r"^.*/conf\.d: a directory, not a config file$"):
         parse("--config", str(tmp_path / "conf.d"))
     latin = tmp_path / "latin.toml"
     latin.write_bytes(b'interface = "caf\xe9"\n')

@@ -17,7 +17,13 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from netbootd.boot.leases import AddressRange
-from netbootd.proto.dhcp.codec import DhcpPacket, Opt, encode_option_value, option_code, u32_option
+from netbootd.proto.dhcp.codec import (
+    DhcpPacket,
+    Opt,
+    encode_option_value,
+    settable_option,
+    u32_option,
+)
 
 _ZERO = IPv4Address(0)
 _T = TypeVar("_T")
@@ -209,7 +215,7 @@ def encode_options(table: object, where: str) -> tuple[tuple[int, bytes], ...]:
     encoded: dict[int, bytes] = {}
     for key, raw in table.items():
         try:
-            code = option_code(key)
+            code = settable_option(key)
             encoded[code] = encode_option_value(code, raw)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None

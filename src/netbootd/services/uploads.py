@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import stat
 from pathlib import Path
 
 from netbootd.services.files import AccessDenied, FileLookupError, clean_name, within
@@ -22,9 +24,12 @@ __all__ = [
     "FileExists",
     "UploadDir",
     "UploadFile",
+    "remove_leftovers",
 ]
 
 _FILE_MODE = 0o644
+# The temporary files' names: ".NAME.<16 hex digits>.part" (see _create_temp).
+_TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{16}\.part", re.DOTALL)
 # Attempts at a fresh temporary name; a clash needs a 64-bit random collision, so one is plenty
 # in practice, and a loop that ends keeps a hostile directory from spinning us forever.
 _TEMP_ATTEMPTS = 8
@@ -208,3 +213,26 @@ def _create_temp(leaf: str, dir_fd: int) -> tuple[int, str]:
             raise AccessDenied("permission denied") from None
         # Anything else (no space, read-only file system) is the caller's to map, as is.
     raise AccessDenied("no free temporary name")
+
+
+def remove_leftovers(root: Path) -> int:
+    """Remove the temporary files of uploads that never finished below ``root``; how many.
+
+    For the start, before uploads are taken: a server that was killed (or lost its power)
+    mid-upload leaves its hidden temporary file behind, which nothing would ever remove. Only
+    regular files named as :func:`_create_temp` names them go, and symlinked directories are
+    not followed. A file that cannot be removed stays, and is not counted.
+    """
+    removed = 0
+    for directory, _, names in os.walk(root):
+        for name in names:
+            if not _TEMP_NAME.fullmatch(name):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    os.unlink(path)
+                    removed += 1
+            except OSError:
+                continue
+    return removed

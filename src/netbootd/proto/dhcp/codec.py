@@ -317,6 +317,50 @@ def option_code(name: str | int) -> int:
     raise ValueError(f"unknown option name {name!r} (use its code, like 42)")
 
 
+# Options no configuration may set, and what to use instead. They are not information for
+# the client but the protocol itself, which the server writes from its own state:
+# - the message's frame and identity: 52 overload says where options continue (RFC 2132 §9.3),
+#   53 the message type (§9.6), 54 which server answers (§9.7, RFC 2131 §4.3.1);
+# - the lease's terms, which the server computes and keeps in its lease database: 51 the lease
+#   time (§9.2), 58 and 59 the renewal and rebinding times derived from it (§9.11-9.12,
+#   RFC 2131 §4.4.5);
+# - what only the client (or its relay agent) sends: 50 the requested address (§9.1), 55 its
+#   parameter list (§9.8), 57 its maximum message size (§9.10), 61 its identifier (§9.14),
+#   80 rapid commit (RFC 4039 §4), 82 the relay agent's information, which a server only
+#   echoes (RFC 3046 §2.2), 93 and 94 its architecture and network interface (RFC 4578 §2.1-2.2),
+#   118 the subnet it asks for (RFC 3011 §3).
+# (0 pad and 255 end frame the options field, RFC 2132 §3.1-3.2; option_code refuses them.)
+_CLIENT_SENT = "it is the client's (or its relay agent's) to send, not the server's"
+_SERVER_OWNED: dict[int, str] = {
+    50: _CLIENT_SENT,
+    51: "use lease-time (or bootp-lease-time), server-wide or in [[subnets]]",
+    52: "it is how netbootd lays out a reply that does not fit, written by itself",
+    53: "netbootd writes the message type of each reply",
+    54: "netbootd names itself as the server (--interface's address)",
+    55: _CLIENT_SENT,
+    57: _CLIENT_SENT,
+    58: "the renewal time follows lease-time (half of it)",
+    59: "the rebinding time follows lease-time (seven eighths of it)",
+    61: _CLIENT_SENT,
+    80: _CLIENT_SENT,
+    82: "netbootd echoes the relay agent's own, as it came",
+    93: _CLIENT_SENT,
+    94: _CLIENT_SENT,
+    118: _CLIENT_SENT,
+}
+
+
+def settable_option(name: str | int) -> int:
+    """The code of an option a configuration may set (``[dhcp-options]``, ``--dhcp-option``,
+    a subnet's or a host's ``options``); ValueError saying what to use instead for one that
+    belongs to the protocol itself."""
+    code = option_code(name)
+    why = _SERVER_OWNED.get(code)
+    if why is not None:
+        raise ValueError(f"option {code} ({option_name(code)}) cannot be set: {why}")
+    return code
+
+
 def option_kind(code: int) -> OptionKind:
     """How option ``code`` is written; HEX for codes without a known type."""
     return _KINDS.get(code, OptionKind.HEX)

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from netbootd.boot.client import ClientInfo, classify
 from netbootd.boot.leases import LeaseBook
@@ -51,7 +51,7 @@ from netbootd.services.dhcp.transaction import Outcome, Pending, Reply, Step
 from netbootd.services.machines import Machines
 from netbootd.store.leases import LeaseStore
 
-__all__ = ["DhcpService"]
+__all__ = ["DhcpService", "relay_fault"]
 
 log = logging.getLogger("netbootd.dhcp")
 
@@ -199,6 +199,12 @@ class DhcpService:
             # Neither a hardware address nor a client identifier: nothing names the client.
             outcome.reject("chaddr", "no hardware address and no client identifier")
             return None
+        if request.giaddr != ZERO:
+            fault = relay_fault(request.giaddr, self.settings)
+            if fault:
+                self.counters["relay-refused"] += 1
+                outcome.reject("giaddr", f"relayed from {request.giaddr}, {fault}")
+                return None
         mtype = request.message_type
         if mtype == MessageType.REQUEST and self.settings.pxe_menus:
             # PXE 2.1 §2.2.5: a request for a menu item, to its boot server (port 4011, or 67
@@ -253,3 +259,56 @@ class DhcpService:
             else None
         )
         return choose_boot(self, classify(request), ZERO, host)
+
+
+# The first octets of addresses no relay agent can have (RFC 1122 §3.2.1.3, RFC 5771, RFC 1112
+# §4): "this network" 0.0.0.0/8, loopback 127.0.0.0/8, multicast and reserved 224 and up.
+_THIS_NETWORK = 0
+_LOOPBACK = 127
+_MULTICAST = 224
+_RESERVED = 240
+_LIMITED_BROADCAST = 0xFFFFFFFF
+
+
+def relay_fault(giaddr: IPv4Address, settings: DhcpSettings) -> str:
+    """Why ``giaddr`` cannot be a relay agent's address; "" when it can.
+
+    RFC 2131 §4.1 has every reply to a relayed request go to the relay agent at giaddr, port
+    67, and RFC 1542 §4.1.1 has an agent put there the unicast address of the interface the
+    request came in on. Anything else is forged or broken: a reply to this server's own address
+    would loop back into it, one to a broadcast or network address would reach a whole segment
+    (a reflector for whoever forges requests), one to loopback, 0/8 or multicast nowhere useful.
+    Only relayed requests get here, and the common case costs a few integer comparisons.
+    """
+    if giaddr == settings.server:
+        return "this server's own address"
+    value = int(giaddr)
+    first = value >> 24
+    if value == _LIMITED_BROADCAST:
+        return "the broadcast address"
+    if first == _THIS_NETWORK:
+        return 'an address of "this network" (0.0.0.0/8)'
+    if first == _LOOPBACK:
+        return "a loopback address"
+    if first >= _RESERVED:
+        return "a reserved address (240.0.0.0/4)"
+    if first >= _MULTICAST:
+        return "a multicast address"
+    for subnet in settings.subnets:
+        if giaddr in subnet.network:
+            return _edge_of(giaddr, subnet.network)
+    if giaddr in settings.network:
+        return _edge_of(giaddr, settings.network)
+    return ""
+
+
+def _edge_of(giaddr: IPv4Address, network: IPv4Network) -> str:
+    """What ``giaddr`` is to ``network`` if it is no host address on it: its network or
+    broadcast address (a /31 or /32 has neither, RFC 3021 §2)."""
+    if network.prefixlen >= 31:
+        return ""
+    if giaddr == network.network_address:
+        return f"the network address of {network}"
+    if giaddr == network.broadcast_address:
+        return f"the broadcast address of {network}"
+    return ""
