@@ -10,8 +10,9 @@ packages=(
   ipxe pxelinux syslinux-common grub-efi-amd64-signed linux-image-amd64 busybox-static cpio
   # network namespaces and real clients and peers
   iproute2 procps isc-dhcp-client isc-dhcp-relay bootpc dnsmasq-base atftp curl tcpdump
-  # site DHCP servers that netbootd runs beside as a proxyDHCP in the end-to-end tests
-  kea-dhcp4-server isc-dhcp-server
+  # site DHCP servers that netbootd runs beside as a proxyDHCP in the end-to-end tests, and
+  # perfdhcp (in kea-admin), the relay agent of the relayed-clients test
+  kea-dhcp4-server isc-dhcp-server kea-admin
   # a C compiler and Python's headers, for the DHCP modules setup.py compiles with mypyc
   gcc python3-dev
 )
