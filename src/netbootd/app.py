@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
@@ -22,6 +23,7 @@ from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
 from netbootd.boot.inventory import InventoryError
 from netbootd.boot.leases import LeaseBook
 from netbootd.boot.policy import DEFAULT_BOOT, GRUB_LOADER, PXELINUX_LOADER, BootPolicy
+from netbootd.boot.render import RenderLimits
 from netbootd.boot.subnets import NetworkSettings, Subnet, check_overlaps, check_server
 from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logs.events import format_event
@@ -39,6 +41,7 @@ from netbootd.store.leases import SqliteLeaseStore, StoreError
 from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpServer
 from netbootd.transport.netif import InterfaceError, InterfaceInfo, interface_info
+from netbootd.transport.renders import RenderPool
 from netbootd.transport.tftp import TftpServer, TftpSettings
 from netbootd.workers import WorkerError, WorkerLink, Workers, die_with_parent
 
@@ -98,6 +101,8 @@ class App:
     # HTTP and port 4011, and starts the others).
     share: Share | None = None
     _watcher: asyncio.Task[None] | None = None
+    # Where TFTP and HTTP render per-machine files, apart from the threads that read files.
+    renders: RenderPool = field(default_factory=RenderPool)
     # The built-in boot files missing from the root, found by prepare() (and logged there).
     missing_defaults: list[tuple[BootClass, str, str]] = field(default_factory=list)
 
@@ -177,6 +182,7 @@ class App:
             raise ConfigError(f"inventory {config.inventory}:\n{exc}") from exc
         if self.tree is not None:
             self.source = BootFiles(self.tree, self.inventory.machines)
+        self.inventory.machines.render_limits = RenderLimits(time.monotonic)
 
     def _prepare_boot_files(self) -> None:
         if self.tree is not None and not self.dhcp_only:
@@ -311,11 +317,11 @@ class App:
             if config.dhcp_mode is not DhcpMode.OFF:
                 await self._start_dhcp()
             if config.tftp and self.source is not None and not self.dhcp_only:
-                self.tftp = TftpServer(self.source, self._tftp_settings())
+                self.tftp = TftpServer(self.source, self._tftp_settings(), renders=self.renders)
                 await self.tftp.start(host, config.tftp_port)
             if config.http and self.source is not None and not self.dhcp_only:
                 hook = self.inventory.mark_installed if self.inventory is not None else None
-                self.http = HttpServer(self.source, installed=hook)
+                self.http = HttpServer(self.source, installed=hook, renders=self.renders)
                 await self.http.start(host, config.http_port)
         except OSError as exc:
             await self.stop()
@@ -480,6 +486,7 @@ class App:
             if server is not None:
                 with contextlib.suppress(Exception):
                     await server.close()
+        self.renders.close()
         if self.store is not None:
             await self.store.close()
             self.store = None
