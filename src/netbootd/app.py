@@ -482,11 +482,12 @@ class App:
                 await self._watcher
             self._watcher = None
         self.log_counters()
+        # Renders under way are answered now, so no request holds up the servers' close.
+        self.renders.close()
         for server in (self.dhcp, self.tftp, self.http):
             if server is not None:
                 with contextlib.suppress(Exception):
                     await server.close()
-        self.renders.close()
         if self.store is not None:
             await self.store.close()
             self.store = None

@@ -65,6 +65,7 @@ class RenderPool:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._free: asyncio.Semaphore | None = None
+        self._waiting: set[asyncio.Future[Any]] = set()
         self._closed = False
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
@@ -81,11 +82,16 @@ class RenderPool:
             raise RenderBusy(
                 f"all {self.workers} render workers stayed busy for {self.wait:g} s"
             ) from None
+        if self._closed:
+            free.release()
+            raise RenderBusy("the server is stopping")
         self._start_threads()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         # An error for a request given up meanwhile is nobody's to read: mark it read.
         future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        future.add_done_callback(self._waiting.discard)
+        self._waiting.add(future)
         self._jobs.put((lambda: function(*args), loop, future))
         self.counters["rendered"] += 1
         # The worker stays taken until the render ends, even if this request is given up.
@@ -114,7 +120,7 @@ class RenderPool:
     ) -> None:
         assert self._free is not None
         self._free.release()
-        if future.cancelled():
+        if future.done():  # answered already: the server stopped meanwhile
             return
         if error is not None:
             future.set_exception(error)
@@ -122,9 +128,13 @@ class RenderPool:
             future.set_result(result)
 
     def close(self) -> None:
-        """Take no more renders and let the workers end; a render running now is not waited for
-        (it stops at its own limit)."""
+        """Take no more renders, answer those under way with :class:`RenderBusy` at once (a
+        server that is stopping does not wait for them; each stops at its own limit), and let
+        the workers end."""
         self._closed = True
+        for future in list(self._waiting):
+            if not future.done():
+                future.set_exception(RenderBusy("the server is stopping"))
         for _ in self._threads:
             self._jobs.put(None)
         self._threads.clear()
