@@ -465,6 +465,8 @@ class App:
             found["tftp"] = {k: v for k, v in self.tftp.counters.items() if v}
         if self.http is not None:
             found["http"] = dict(self.http.counters)
+        if self.renders.counters:
+            found["renders"] = dict(self.renders.counters)
         return found
 
     def log_counters(self) -> None:

@@ -167,6 +167,11 @@ async def test_an_endless_template_leaves_the_files_served(serving: Serving) -> 
     assert len(stopped) == RENDER_WORKERS + 1, log
     log_text = "\n".join(log)
     assert "Traceback" not in log_text and "RecursionError" not in log_text
+    serving.process.send_signal(signal.SIGTERM)
+    assert serving.process.wait(timeout=10) == 0
+    busy = BAD_HTTP + BAD_TFTP - RENDER_WORKERS
+    counts = f'counters service=renders counts="busy={busy},rendered={RENDER_WORKERS + 1}"'
+    assert counts in serving.text()
 
 
 async def test_sigterm_stops_the_server_while_renders_run(serving: Serving) -> None:
