@@ -87,7 +87,7 @@ class _Exceeded(Exception):  # noqa: N818 - internal: becomes a RenderError
 
 
 class _Watch:
-    """One render's limits as it runs: the deadline, the output so far, the lines counted."""
+    """One render's limits as it runs: its deadline, and the steps (loop items, calls) taken."""
 
     __slots__ = ("clock", "deadline", "exceeded", "limits", "steps")
 
@@ -135,7 +135,8 @@ def _size(value: object) -> int | None:
 
 class _BoundedEnvironment(SandboxedEnvironment):
     """The sandbox, with ``*`` and ``**`` checked before they make a value: one expression
-    (``'x' * 10**9``, ``10**10**9``) is a single step no line count sees."""
+    (``'x' * 10**9``, ``10 ** 1000000000``) is a single step, too long for any count of steps
+    to stop, and would take the memory first."""
 
     intercepted_binops = frozenset({"*", "**"})
 
