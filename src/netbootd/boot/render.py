@@ -14,10 +14,13 @@ grows without bound stops with a :class:`RenderError` at its time or output limi
 hold the thread it runs in. Python cannot stop a thread from outside, so the render stops itself:
 every ``for`` loop of a template is compiled to step through :func:`_bounded`, and every call a
 template makes (a macro, ``loop(...)`` of a recursive loop, ``range``) passes the sandbox's
-``call``; both count, and read the clock the caller gave every few hundred steps. ``*`` and
-``**`` refuse a result past the output limit before making it, and the output is counted as it
-streams. Templates cannot read other files: ``include``, ``import`` and ``extends`` are refused
-when the template is compiled.
+``call``; both count, and read the clock the caller gave every few hundred steps. ``*``, ``**``
+and ``+`` refuse a result past the output limit before making it; what ``~``, a filter or a call
+made is measured as soon as it is made, so a value that doubles each time round a loop is stopped
+at twice the limit; and the output is counted as it streams. One call can still make more than
+that from values within it (``s.replace('x', s)``); memory running out is then a
+:class:`RenderError` too. Templates cannot read other files: ``include``, ``import`` and
+``extends`` are refused when the template is compiled.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 from jinja2 import StrictUndefined, Template, TemplateError, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.visitor import NodeTransformer
 
 from netbootd.boot.inventory import Method, Profile
 
@@ -78,8 +82,10 @@ class RenderLimits:
 # Loop steps and calls between two looks at the clock: a look costs a call, and a few hundred
 # steps of a template take microseconds.
 _CLOCK_EVERY = 256
-# The filter every loop's iterable goes through (a name no template has a reason to use).
+# The filter every loop's iterable goes through, and the one every ``~`` goes through (names no
+# template has a reason to use).
 _BOUNDED = "netbootd_bounded"
+_SIZED = "netbootd_sized"
 
 
 class _Exceeded(Exception):  # noqa: N818 - internal: becomes a RenderError
@@ -130,7 +136,29 @@ def _bounded(iterable: Iterable[Any]) -> Iterator[Any]:
 
 
 def _size(value: object) -> int | None:
-    return len(value) if isinstance(value, str | bytes | list | tuple) else None
+    return len(value) if isinstance(value, str | bytes | list | tuple | dict) else None
+
+
+def _limit() -> int:
+    watch = _WATCH.get()
+    return watch.limits.max_bytes if watch is not None else RENDER_MAX_BYTES
+
+
+def _sized(value: Any) -> Any:
+    # Made already, but measured before anything builds on it.
+    size = _size(value)
+    if size is not None and size > (limit := _limit()):
+        raise _Exceeded(f"made a value of more than {limit} bytes")
+    return value
+
+
+def _checked_filter(function: Callable[..., Any]) -> Callable[..., Any]:
+    # functools.wraps keeps Jinja2's marks on the filter (what context it is passed).
+    @functools.wraps(function)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        return _sized(function(*args, **kwargs))
+
+    return checked
 
 
 class _BoundedEnvironment(SandboxedEnvironment):
@@ -138,12 +166,15 @@ class _BoundedEnvironment(SandboxedEnvironment):
     (``'x' * 10**9``, ``10 ** 1000000000``) is a single step, too long for any count of steps
     to stop, and would take the memory first."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        watch = _WATCH.get()
-        limit = watch.limits.max_bytes if watch is not None else RENDER_MAX_BYTES
-        if operator == "*":
+        limit = _limit()
+        if operator == "+":
+            sizes = (_size(left), _size(right))
+            if sizes[0] is not None and sizes[1] is not None and sizes[0] + sizes[1] > limit:
+                raise _Exceeded(f"a sum of more than {limit} bytes")
+        elif operator == "*":
             for seq, times in ((left, right), (right, left)):
                 size = _size(seq)
                 if size is not None and isinstance(times, int) and size * times > limit:
@@ -163,14 +194,18 @@ class _BoundedEnvironment(SandboxedEnvironment):
         watch = _WATCH.get()
         if watch is not None:
             watch.step()
-        return super().call(__context, __obj, *args, **kwargs)
+        return _sized(super().call(__context, __obj, *args, **kwargs))
 
 
 _ENVIRONMENT = _BoundedEnvironment(
     undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
 )
 _ENVIRONMENT.filters["basename"] = lambda value: str(value).rsplit("/", 1)[-1]
+_ENVIRONMENT.filters.update(
+    {name: _checked_filter(function) for name, function in _ENVIRONMENT.filters.items()}
+)
 _ENVIRONMENT.filters[_BOUNDED] = _bounded
+_ENVIRONMENT.filters[_SIZED] = _sized
 
 # The built-in templates, by flavour and method. ``exit`` hands the machine back to its firmware,
 # which tries its next boot device; ``local`` boots the first disk where the loader can.
@@ -321,9 +356,20 @@ def _compiled(text: str) -> Template:
         raise TemplateSyntaxError(
             f"{tag}: templates cannot read other files; write it into this one", node.lineno
         )
-    for loop in tree.find_all(nodes.For):
-        loop.iter = nodes.Filter(loop.iter, _BOUNDED, [], [], None, None, lineno=loop.lineno)
-    return _ENVIRONMENT.from_string(tree)
+    return _ENVIRONMENT.from_string(_Bound().visit(tree))
+
+
+class _Bound(NodeTransformer):
+    """Every loop's iterable through :func:`_bounded`, every ``~`` through :func:`_sized`."""
+
+    def visit_For(self, node: nodes.For) -> nodes.Node:  # noqa: N802 - the visitor's names
+        self.generic_visit(node)
+        node.iter = nodes.Filter(node.iter, _BOUNDED, [], [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node: nodes.Concat) -> nodes.Node:  # noqa: N802
+        self.generic_visit(node)
+        return nodes.Filter(node, _SIZED, [], [], None, None, lineno=node.lineno)
 
 
 def compile_template(text: str, name: str) -> None:
@@ -355,6 +401,8 @@ def render_text(
     except RecursionError:
         reason = "calls itself too deeply (a macro or a recursive loop without end)"
         raise RenderError(f"{name}: {reason}") from None
+    except MemoryError:
+        raise RenderError(f"{name}: ran out of memory") from None
     except TemplateError as exc:
         raise RenderError(f"{name}: {exc}") from None
     finally:

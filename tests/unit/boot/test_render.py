@@ -217,6 +217,15 @@ GROWING = {
     "a repeated string": "{{ 'x' * 10**9 }}",
     "a repeated list": "{{ [0] * 10**9 }}",
     "a huge power": "{{ 10 ** 1000000000 }}",
+    # A value that doubles each time round: memory would run out long before the clock.
+    "doubled with ~": "{% set ns = namespace(s='x') %}{% for i in range(60) %}"
+    "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+    "doubled with +": "{% set ns = namespace(s=[0]) %}{% for i in range(60) %}"
+    "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}",
+    "doubled by a filter": "{% set ns = namespace(s='x') %}{% for i in range(60) %}"
+    "{% set ns.s = [ns.s, ns.s] | join %}{% endfor %}{{ ns.s | length }}",
+    "doubled by a call": "{% set ns = namespace(s='x') %}{% for i in range(60) %}"
+    "{% set ns.s = '{0}{0}'.format(ns.s) %}{% endfor %}{{ ns.s | length }}",
 }
 
 
@@ -225,6 +234,14 @@ def test_a_render_stops_at_its_output_limit(text: str) -> None:
     # A clock that never moves: the output limit alone stops it.
     with pytest.raises(RenderError, match=r"^t.cfg: .*more than 1048576 bytes"):
         render_text(text, "t.cfg", {}, limits(step=0.0, max_bytes=1 << 20))
+
+
+def test_the_size_checks_leave_ordinary_values_alone() -> None:
+    text = (
+        "{{ ('ab' ~ 'cd') | upper }} {{ [1] + [2] }} {{ 'x' * 3 }} {{ 2 ** 10 }} "
+        "{{ 'a-b'.split('-') }}"
+    )
+    assert render_text(text, "t", {}, limits()) == "ABCD [1, 2] xxx 1024 ['a', 'b']"
 
 
 def test_the_output_limit_counts_utf8_octets() -> None:
