@@ -12,7 +12,6 @@ import gc
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
@@ -23,7 +22,6 @@ from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
 from netbootd.boot.inventory import InventoryError
 from netbootd.boot.leases import LeaseBook
 from netbootd.boot.policy import DEFAULT_BOOT, GRUB_LOADER, PXELINUX_LOADER, BootPolicy
-from netbootd.boot.render import RenderLimits
 from netbootd.boot.subnets import NetworkSettings, Subnet, check_overlaps, check_server
 from netbootd.config import Config, ConfigError, DhcpMode
 from netbootd.logs.events import format_event
@@ -41,7 +39,7 @@ from netbootd.store.leases import SqliteLeaseStore, StoreError
 from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpServer
 from netbootd.transport.netif import InterfaceError, InterfaceInfo, interface_info
-from netbootd.transport.renders import RenderPool
+from netbootd.transport.renders import RenderPool, render_limits
 from netbootd.transport.tftp import TftpServer, TftpSettings
 from netbootd.workers import WorkerError, WorkerLink, Workers, die_with_parent
 
@@ -182,7 +180,7 @@ class App:
             raise ConfigError(f"inventory {config.inventory}:\n{exc}") from exc
         if self.tree is not None:
             self.source = BootFiles(self.tree, self.inventory.machines)
-        self.inventory.machines.render_limits = RenderLimits(time.monotonic)
+        self.inventory.machines.render_limits = render_limits()
 
     def _prepare_boot_files(self) -> None:
         if self.tree is not None and not self.dhcp_only:

@@ -65,18 +65,25 @@ class RenderError(Exception):
 # rendered in well under a millisecond: these leave room for far larger ones.
 RENDER_SECONDS = 2.0
 RENDER_MAX_BYTES = 16 * 1024 * 1024
+# A render still running after this long (seconds) is not an ordinary one: from then on it
+# pauses at each look at the clock.
+RENDER_SHARE_AFTER = 0.01
 
 
 @dataclass(frozen=True, slots=True)
 class RenderLimits:
     """How long one render may take and how much it may write.
 
-    ``clock`` is the caller's monotonic clock, in seconds (this module reads none). A render
-    given no limits has only the output limit's checks on ``*`` and ``**`` and the stream."""
+    ``clock`` is the caller's monotonic clock, in seconds (this module reads none). ``pause``,
+    if given, is called at each look at the clock once a render has run past
+    :data:`RENDER_SHARE_AFTER`: the caller's way to let its other threads run first (a render
+    holds Python's interpreter lock while it runs). A render given no limits has only the
+    checks on sizes."""
 
     clock: Callable[[], float]
     seconds: float = RENDER_SECONDS
     max_bytes: int = RENDER_MAX_BYTES
+    pause: Callable[[], None] | None = None
 
 
 # Loop steps and calls between two looks at the clock: a look costs a call, and a few hundred
@@ -95,12 +102,14 @@ class _Exceeded(Exception):  # noqa: N818 - internal: becomes a RenderError
 class _Watch:
     """One render's limits as it runs: its deadline, and the steps (loop items, calls) taken."""
 
-    __slots__ = ("clock", "deadline", "exceeded", "limits", "steps")
+    __slots__ = ("clock", "deadline", "exceeded", "limits", "share_from", "steps")
 
     def __init__(self, limits: RenderLimits) -> None:
         self.limits = limits
         self.clock = limits.clock
-        self.deadline = limits.clock() + limits.seconds
+        start = limits.clock()
+        self.deadline = start + limits.seconds
+        self.share_from = start + RENDER_SHARE_AFTER
         self.steps = 0
         self.exceeded: str | None = None
 
@@ -111,8 +120,11 @@ class _Watch:
     def check_time(self) -> None:
         if self.exceeded is not None:
             raise _Exceeded(self.exceeded)
-        if self.clock() > self.deadline:
+        now = self.clock()
+        if now > self.deadline:
             raise self.stop(f"took longer than {self.limits.seconds:g} s, its time limit")
+        if now > self.share_from and self.limits.pause is not None:
+            self.limits.pause()
 
     def step(self) -> None:
         self.steps += 1

@@ -15,15 +15,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+from netbootd.boot.render import RenderLimits
 from netbootd.services.files import FileLookupError, FileSource
 
-__all__ = ["RENDER_WAIT", "RENDER_WORKERS", "RenderBusy", "RenderPool", "Rendering", "renders"]
+__all__ = [
+    "RENDER_PAUSE",
+    "RENDER_WAIT",
+    "RENDER_WORKERS",
+    "RenderBusy",
+    "RenderPool",
+    "Rendering",
+    "render_limits",
+    "renders",
+]
 
 T = TypeVar("T")
 
@@ -32,6 +44,17 @@ T = TypeVar("T")
 RENDER_WORKERS = 2
 # How long a render waits for a free worker before it is refused.
 RENDER_WAIT = 0.5
+# How long a render that runs on sleeps at each look at its clock (seconds). A thread that
+# computes holds the interpreter lock, and the event loop would wait for it at every turn; asleep
+# it holds nothing, so the threads that serve files come first, and only a render past its first
+# moments (RENDER_SHARE_AFTER), which no ordinary template reaches, is slowed.
+RENDER_PAUSE = 0.001
+
+
+def render_limits() -> RenderLimits:
+    """The limits of a render by this server: the default time and size, the monotonic clock,
+    and a pause that lets the other threads run."""
+    return RenderLimits(time.monotonic, pause=functools.partial(time.sleep, RENDER_PAUSE))
 
 
 class RenderBusy(FileLookupError):  # noqa: N818 - the vocabulary of FileLookupError

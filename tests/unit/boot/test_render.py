@@ -287,3 +287,19 @@ def test_templates_cannot_read_other_files(tag: str, text: str) -> None:
     assert (raised.value.line, raised.value.reason) == (3, reason)
     with pytest.raises(RenderError, match=f"^t/boot.ipxe:1: {reason}$"):
         render_text(text, "t/boot.ipxe", {})
+
+
+def test_a_render_that_runs_on_pauses_at_each_look_at_the_clock() -> None:
+    pauses: list[None] = []
+    spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    slow = RenderLimits(ticking(0.1), pause=lambda: pauses.append(None))
+    with pytest.raises(RenderError, match="its time limit"):
+        render_text(spin, "t", {}, slow)
+    assert len(pauses) == 19  # from the first look past RENDER_SHARE_AFTER to the deadline
+    # An ordinary render never reaches RENDER_SHARE_AFTER: it never pauses.
+    pauses.clear()
+    fast = RenderLimits(ticking(1e-6), pause=lambda: pauses.append(None))
+    profile = Profile(name="p", method=Method.IPXE, kernel="k", initrds=("a", "b"))
+    render_boot(context(profile), Flavour.IPXE, None, fast)
+    assert render_text("{% for i in range(1000) %}{{ i }}{% endfor %}", "t", {}, fast)
+    assert pauses == []
