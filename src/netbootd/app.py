@@ -42,6 +42,7 @@ from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpLimits, HttpServer
 from netbootd.transport.netif import InterfaceError, InterfaceInfo, interface_info
 from netbootd.transport.notify import Notice, Notifier
+from netbootd.transport.renders import RenderPool, render_limits
 from netbootd.transport.tftp import TftpServer, TftpSettings
 from netbootd.workers import WorkerError, WorkerLink, Workers, die_with_parent
 
@@ -116,6 +117,8 @@ class App:
     _watcher: asyncio.Task[None] | None = None
     # Bound and declined leases in the lease database at start (authoritative mode).
     lease_counts: tuple[int, int] | None = None
+    # Where TFTP and HTTP render per-machine files, apart from the threads that read files.
+    renders: RenderPool = field(default_factory=RenderPool)
     # The built-in boot files missing from the root, found by prepare() (and logged there).
     missing_defaults: list[tuple[BootClass, str, str]] = field(default_factory=list)
 
@@ -195,6 +198,7 @@ class App:
             raise ConfigError(f"inventory {config.inventory}:\n{exc}") from exc
         if self.tree is not None:
             self.source = BootFiles(self.tree, self.inventory.machines)
+        self.inventory.machines.render_limits = render_limits()
 
     def _prepare_boot_files(self) -> None:
         if self.tree is not None and not self.dhcp_only:
@@ -333,13 +337,15 @@ class App:
                 await self._start_dhcp()
             if config.tftp and self.source is not None and not self.dhcp_only:
                 self._remove_upload_leftovers()
-                self.tftp = TftpServer(self.source, self._tftp_settings())
+                self.tftp = TftpServer(self.source, self._tftp_settings(), renders=self.renders)
                 await self.tftp.start(host, config.tftp_port)
             if config.http and self.source is not None and not self.dhcp_only:
                 hook = self.inventory.mark_installed if self.inventory is not None else None
                 assert open_files is not None
                 limits = self._http_limits(open_files)
-                self.http = HttpServer(self.source, installed=hook, limits=limits)
+                self.http = HttpServer(
+                    self.source, installed=hook, limits=limits, renders=self.renders
+                )
                 await self.http.start(host, config.http_port)
         except OSError as exc:
             await self.stop()
@@ -555,6 +561,8 @@ class App:
             found["tftp"] = {k: v for k, v in self.tftp.counters.items() if v}
         if self.http is not None:
             found["http"] = dict(self.http.counters)
+        if self.renders.counters:
+            found["renders"] = dict(self.renders.counters)
         return found
 
     def log_counters(self) -> None:
@@ -572,6 +580,8 @@ class App:
                 await self._watcher
             self._watcher = None
         self.log_counters()
+        # Renders under way are answered now, so no request holds up the servers' close.
+        self.renders.close()
         for server in (self.dhcp, self.tftp, self.http):
             if server is not None:
                 with contextlib.suppress(Exception):

@@ -43,6 +43,7 @@ from netbootd.boot.render import (
     Flavour,
     NameUse,
     RenderError,
+    RenderLimits,
     boot_variables,
     builtin_template,
     compile_template,
@@ -221,6 +222,8 @@ class Machines:
         self._seen: OrderedDict[str, Seen] = OrderedDict()
         self._by_address: dict[str, str] = {}
         self._reserved = _reservations(setup.inventory)
+        # What bounds each render; the composition root gives the clock.
+        self.render_limits: RenderLimits | None = None
         # Told of every remember(): a DHCP worker passes what it learns on to the process
         # that serves the files.
         self.listeners: list[Callable[[ClientInfo, IPv4Address | None], None]] = []
@@ -319,7 +322,7 @@ class Machines:
         elif builtin_template(flavour, profile.method) is None:
             return None  # a pxelinux config asked for by a machine whose profile is iPXE, say
         context = self.context(mac, resolution, peer=peer)
-        return render_boot(context, flavour, custom)
+        return render_boot(context, flavour, custom, self.render_limits)
 
     def render_file(self, mac: str, name: str, *, peer: str | None = None) -> str | None:
         """A profile's own file for ``mac`` (``preseed.cfg``, ``user-data``), or None."""
@@ -328,7 +331,9 @@ class Machines:
             return None
         relative = resolution.profile.files[name]
         context = self.context(mac, resolution, peer=peer)
-        return render_text(self.setup.templates[relative], relative, boot_variables(context))
+        limits = self.render_limits
+        variables = boot_variables(context, limits)
+        return render_text(self.setup.templates[relative], relative, variables, limits)
 
 
 class BootFiles:
@@ -346,6 +351,17 @@ class BootFiles:
         if text is None:
             return self.root.open(name, peer)
         return MemoryFile(text.encode())
+
+    def renders(self, name: str, peer: str | None = None) -> bool:
+        """Whether opening ``name`` for ``peer`` renders a template (the answer may still be
+        the root's file). Cheap, no template runs: callers send renders to their own workers."""
+        if _PXELINUX_NAME.match(name) or _GRUB_NAME.match(name) or _MACHINE_NAME.match(name):
+            return True
+        for pattern in (_PXELINUX_BY_ADDRESS, _GRUB_BY_ADDRESS):
+            if match := pattern.match(name):
+                mac = self.machines.mac_at(peer)
+                return mac is not None and _names_address(match["hex"], peer)
+        return False
 
     def _render(self, name: str, peer: str | None) -> str | None:
         if match := _PXELINUX_NAME.match(name):

@@ -91,7 +91,8 @@ class Refusal:
     level: int = logging.WARNING
 
 
-def _cannot_read(reason: str) -> Refusal:
+def cannot_read(reason: str) -> Refusal:
+    """A file that exists, or might, but cannot be made ready: TFTP error 0, a warning."""
     return Refusal(
         Error(ErrorCode.NOT_DEFINED, "cannot read file"), f"error: {reason}", "server_error"
     )
@@ -231,16 +232,16 @@ def open_read(source: FileSource, request: ReadRequest, peer: str) -> OpenedFile
     except AccessDenied as exc:
         return _access_denied(exc)
     except FileLookupError as exc:
-        return _cannot_read(exc.reason)
+        return cannot_read(exc.reason)
     except OSError as exc:
-        return _cannot_read(exc.strerror or str(exc))
+        return cannot_read(exc.strerror or str(exc))
     if request.mode != Mode.NETASCII:
         return opened
     try:
         return NetasciiFile(opened)
     except OSError as exc:
         opened.close()
-        return _cannot_read(exc.strerror or str(exc))
+        return cannot_read(exc.strerror or str(exc))
     except BaseException:
         opened.close()
         raise

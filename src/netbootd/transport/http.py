@@ -53,11 +53,13 @@ from netbootd.services.files import (
     FileSource,
     LocalFile,
 )
+from netbootd.transport.renders import RenderPool, renders
 
 log = logging.getLogger("netbootd.http")
 
 _COUNTERS_KEY = web.AppKey("counters", Counter)
 _SOURCE_KEY: web.AppKey[FileSource] = web.AppKey("source")
+_RENDERS_KEY: web.AppKey[RenderPool | None] = web.AppKey("renders")
 # Marks a machine installed (boot-once): called with the MAC, returns the machine's name or None.
 InstalledHook = Callable[[str], str | None]
 _INSTALLED_KEY: web.AppKey[InstalledHook] = web.AppKey("installed")
@@ -310,8 +312,13 @@ async def _serve(request: web.Request) -> web.StreamResponse:
     source = request.app[_SOURCE_KEY]
     name = request.match_info["name"]  # already percent-decoded by aiohttp
     loop = asyncio.get_running_loop()
+    pool = request.app[_RENDERS_KEY]
     try:
-        opened = await loop.run_in_executor(None, source.open, name, request.remote)
+        if pool is not None and renders(source, name, request.remote):
+            # An operator's template must not hold the threads that open and send files.
+            opened = await pool.run(source.open, name, request.remote)
+        else:
+            opened = await loop.run_in_executor(None, source.open, name, request.remote)
     except FileNotFound:
         counters["not-found"] += 1
         raise web.HTTPNotFound(text=f"{name}: not found\n") from None
@@ -551,9 +558,11 @@ class HttpServer:
         source: FileSource,
         installed: InstalledHook | None = None,
         limits: HttpLimits | None = None,
+        renders: RenderPool | None = None,
     ) -> None:
         app = web.Application()
         app[_SOURCE_KEY] = source
+        app[_RENDERS_KEY] = renders
         app[_COUNTERS_KEY] = Counter()
         self._edge = _Edge(limits or HttpLimits(), app[_COUNTERS_KEY])
         app[_EDGE_KEY] = self._edge

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import pytest
 
 from netbootd.boot.inventory import Method, Profile
@@ -11,6 +14,7 @@ from netbootd.boot.render import (
     Flavour,
     NameUse,
     RenderError,
+    RenderLimits,
     compile_template,
     render_boot,
     render_text,
@@ -155,3 +159,147 @@ def test_unknown_variables_are_named_with_a_guess() -> None:
 def test_every_variable_a_context_gives_is_known() -> None:
     full = context(INSTALLER, ip="10.99.0.5", machine="web1", hostname="web1")
     assert set(full.variables()) == VARIABLES
+
+
+def ticking(step: float) -> Callable[[], float]:
+    """A clock that moves ``step`` seconds each time it is read: a render's time limit, reached
+    in a few thousand steps rather than seconds."""
+    return itertools.count(0.0, step).__next__
+
+
+def limits(step: float = 0.1, **given: float) -> RenderLimits:
+    return RenderLimits(ticking(step), **given)  # type: ignore[arg-type]
+
+
+# Each would run for hours, or hold the thread that renders it past any client's patience.
+ENDLESS = {
+    "nested loops": "{% for i in range(100000) %}{% for j in range(100000) %}"
+    "{% endfor %}{% endfor %}",
+    "nested loops over one range": "{% set r = range(100000) %}"
+    "{% for i in r %}{% for j in r %}{% for k in r %}{% endfor %}{% endfor %}{% endfor %}",
+    "a macro that calls itself twice": "{% macro m(n) %}{% if n %}{{ m(n - 1) }}{{ m(n - 1) }}"
+    "{% endif %}{% endmacro %}{{ m(60) }}",
+    "a recursive loop that branches": "{% for i in range(50) recursive %}"
+    "{% if loop.depth < 10 %}{{ loop(range(50)) }}{% endif %}{% endfor %}",
+}
+
+
+@pytest.mark.parametrize("text", ENDLESS.values(), ids=ENDLESS.keys())
+def test_a_render_stops_at_its_time_limit(text: str) -> None:
+    with pytest.raises(RenderError, match=r"^t.ipxe: took longer than 2 s, its time limit$"):
+        render_text(text, "t.ipxe", {}, limits())
+
+
+def test_the_time_limit_holds_for_a_boot_script_and_its_command_line() -> None:
+    spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    profile = Profile(name="p", method=Method.IPXE, kernel="k", cmdline=spin)
+    with pytest.raises(RenderError, match="profile p: cmdline: took longer than 2 s"):
+        render_boot(context(profile), Flavour.IPXE, None, limits())
+    profile = Profile(name="p", method=Method.IPXE, kernel="k", template="t.ipxe")
+    with pytest.raises(RenderError, match=r"t\.ipxe: took longer than 2 s"):
+        render_boot(context(profile), Flavour.IPXE, "#!ipxe\n" + spin, limits())
+
+
+def test_the_time_limit_leaves_an_ordinary_render_alone() -> None:
+    # A real clock and the default limits: a built-in script renders as ever.
+    profile = Profile(name="p", method=Method.IPXE, kernel="k", initrds=("a", "b"))
+    fast = limits(step=1e-9)
+    assert render_boot(context(profile), Flavour.IPXE, None, fast) == render_boot(
+        context(profile), Flavour.IPXE
+    )
+    loops = "{% for i in range(1000) %}{% for j in range(3) %}{{ j }}{% endfor %}{% endfor %}"
+    assert render_text(loops, "t", {}, fast) == "012" * 1000
+
+
+GROWING = {
+    "a loop that writes": "{% for i in range(100000) %}{% for j in range(100000) %}"
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}{% endfor %}",
+    "a repeated string": "{{ 'x' * 10**9 }}",
+    "a repeated list": "{{ [0] * 10**9 }}",
+    "a huge power": "{{ 10 ** 1000000000 }}",
+    # A value that doubles each time round: memory would run out long before the clock.
+    "doubled with ~": "{% set ns = namespace(s='x') %}{% for i in range(60) %}"
+    "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+    "doubled with +": "{% set ns = namespace(s=[0]) %}{% for i in range(60) %}"
+    "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}",
+    "doubled by a filter": "{% set ns = namespace(s='x') %}{% for i in range(60) %}"
+    "{% set ns.s = [ns.s, ns.s] | join %}{% endfor %}{{ ns.s | length }}",
+    "doubled by a call": "{% set ns = namespace(s='x') %}{% for i in range(60) %}"
+    "{% set ns.s = '{0}{0}'.format(ns.s) %}{% endfor %}{{ ns.s | length }}",
+}
+
+
+@pytest.mark.parametrize("text", GROWING.values(), ids=GROWING.keys())
+def test_a_render_stops_at_its_output_limit(text: str) -> None:
+    # A clock that never moves: the output limit alone stops it.
+    with pytest.raises(RenderError, match=r"^t.cfg: .*more than 1048576 bytes"):
+        render_text(text, "t.cfg", {}, limits(step=0.0, max_bytes=1 << 20))
+
+
+def test_the_size_checks_leave_ordinary_values_alone() -> None:
+    text = (
+        "{{ ('ab' ~ 'cd') | upper }} {{ [1] + [2] }} {{ 'x' * 3 }} {{ 2 ** 10 }} "
+        "{{ 'a-b'.split('-') }}"
+    )
+    assert render_text(text, "t", {}, limits()) == "ABCD [1, 2] xxx 1024 ['a', 'b']"
+
+
+def test_the_output_limit_counts_utf8_octets() -> None:
+    text = "{% for i in range(600) %}é{% endfor %}"
+    assert render_text(text, "t", {}, limits(step=0.0, max_bytes=1200)) == "é" * 600
+    with pytest.raises(RenderError, match="more than 1199 bytes"):
+        render_text(text, "t", {}, limits(step=0.0, max_bytes=1199))
+
+
+def test_without_limits_one_expression_still_cannot_grow_without_end() -> None:
+    with pytest.raises(RenderError, match="a repeated value of more than 16777216 bytes"):
+        render_text("{{ 'x' * 10**9 }}", "t", {})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
+        "{% for i in [1] recursive %}{{ loop([1]) }}{% endfor %}",
+    ],
+)
+def test_endless_recursion_is_a_template_error(text: str) -> None:
+    with pytest.raises(RenderError, match=r"^t.ipxe: calls itself too deeply"):
+        render_text(text, "t.ipxe", {}, limits(step=0.0))
+    with pytest.raises(RenderError, match=r"^t.ipxe: calls itself too deeply"):
+        render_text(text, "t.ipxe", {})
+
+
+@pytest.mark.parametrize(
+    ("tag", "text"),
+    [
+        ("include", "{% include 'other.ipxe' %}"),
+        ("import", "{% import 'macros.j2' as m %}"),
+        ("from ... import", "{% from 'macros.j2' import m %}"),
+        ("extends", "{% extends 'base.ipxe' %}"),
+    ],
+)
+def test_templates_cannot_read_other_files(tag: str, text: str) -> None:
+    reason = f"{tag}: templates cannot read other files; write it into this one"
+    with pytest.raises(RenderError) as raised:
+        compile_template(f"#!ipxe\n\n{text}\n", "t/boot.ipxe")
+    assert str(raised.value) == f"t/boot.ipxe:3: {reason}"
+    assert (raised.value.line, raised.value.reason) == (3, reason)
+    with pytest.raises(RenderError, match=f"^t/boot.ipxe:1: {reason}$"):
+        render_text(text, "t/boot.ipxe", {})
+
+
+def test_a_render_that_runs_on_pauses_at_each_look_at_the_clock() -> None:
+    pauses: list[None] = []
+    spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    slow = RenderLimits(ticking(0.1), pause=lambda: pauses.append(None))
+    with pytest.raises(RenderError, match="its time limit"):
+        render_text(spin, "t", {}, slow)
+    assert len(pauses) == 19  # from the first look past RENDER_SHARE_AFTER to the deadline
+    # An ordinary render never reaches RENDER_SHARE_AFTER: it never pauses.
+    pauses.clear()
+    fast = RenderLimits(ticking(1e-6), pause=lambda: pauses.append(None))
+    profile = Profile(name="p", method=Method.IPXE, kernel="k", initrds=("a", "b"))
+    render_boot(context(profile), Flavour.IPXE, None, fast)
+    assert render_text("{% for i in range(1000) %}{{ i }}{% endfor %}", "t", {}, fast)
+    assert pauses == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
@@ -12,6 +13,7 @@ from netbootd.boot.client import BootClass, classify
 from netbootd.boot.inventory import (
     Group,
     Inventory,
+    InventoryError,
     Machine,
     Method,
     Profile,
@@ -19,6 +21,7 @@ from netbootd.boot.inventory import (
     Selector,
 )
 from netbootd.boot.policy import BootPolicy
+from netbootd.boot.render import RenderLimits
 from netbootd.proto.dhcp.codec import MessageType
 from netbootd.services.files import FileNotFound, FileTree
 from netbootd.services.machines import (
@@ -27,6 +30,7 @@ from netbootd.services.machines import (
     Machines,
     RenderFailed,
     ServerAddress,
+    load_setup,
 )
 from tests.helpers.dhcp_clients import BIOS_PXE, UEFI_HTTP, UEFI_PXE, request
 
@@ -201,3 +205,47 @@ def test_grub_lookups(tmp_path: Path) -> None:
     source.machines.remember(client, IPv4Address("10.99.0.5"))
     for name in ("grub/grub.cfg-01-52-54-00-aa-bb-01", "grub/grub.cfg-0A630005", "grub.cfg"):
         assert "  linux /vmlinuz g\n" in read(source, name, peer="10.99.0.5"), name
+
+
+def test_a_template_that_reads_another_file_is_refused_at_load(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "boot.ipxe").write_text("#!ipxe\n{% include 'other.ipxe' %}\n")
+    (tmp_path / "site.toml").write_text(
+        '[profiles.a]\nmethod = "ipxe"\nkernel = "k"\ntemplate = "t/boot.ipxe"\n'
+    )
+    with pytest.raises(InventoryError) as raised:
+        load_setup(tmp_path)
+    assert [str(problem) for problem in raised.value.problems] == [
+        "t/boot.ipxe:2: profiles.a.template: include: templates cannot read other files; "
+        "write it into this one"
+    ]
+
+
+def test_a_render_past_its_limit_is_a_render_failure(tmp_path: Path) -> None:
+    spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    profiles = {**PROFILES, "spin": Profile("spin", Method.IPXE, kernel="k", cmdline=spin)}
+    inv = Inventory(profiles=profiles, machines={"s": Machine("s", mac=WEB1, profile="spin")})
+    source = files(tmp_path, inv)
+    source.machines.render_limits = RenderLimits(itertools.count(0.0, 0.1).__next__)
+    with pytest.raises(RenderFailed, match="cmdline: took longer than 2 s, its time limit"):
+        source.open("m/52-54-00-aa-bb-01/boot.ipxe", None)
+
+
+def test_which_names_render(tmp_path: Path) -> None:
+    source = files(tmp_path, inventory(web1=Machine("web1", mac=WEB1, profile="classic")))
+    client = classify(request(MessageType.REQUEST, mac=WEB1, vendor_class=BIOS_PXE, arch=0))
+    source.machines.remember(client, IPv4Address("10.99.0.123"))
+    for name in (
+        "m/52-54-00-aa-bb-01/boot.ipxe",
+        "/m/52:54:00:aa:bb:99/user-data",
+        "pxelinux.cfg/01-52-54-00-aa-bb-01",
+        "EFI/grub.cfg-01-52-54-00-aa-bb-01",
+    ):
+        assert source.renders(name, None), name
+    # The lookups by address render only for the machine DHCP gave that address to.
+    assert source.renders("pxelinux.cfg/default", "10.99.0.123")
+    assert source.renders("pxelinux.cfg/0A63", "10.99.0.123")
+    assert not source.renders("pxelinux.cfg/0B", "10.99.0.123")
+    assert not source.renders("pxelinux.cfg/default", "10.99.0.200")
+    assert not source.renders("grub.cfg", None)
+    assert not source.renders("vmlinuz", "10.99.0.123")

@@ -50,6 +50,7 @@ from netbootd.services.tftp import (
     Duplicate,
     Refusal,
     Refused,
+    cannot_read,
     client_text,
     create_upload,
     negotiate_upload,
@@ -59,6 +60,7 @@ from netbootd.services.tftp import (
     write_session,
 )
 from netbootd.services.uploads import UploadDir, UploadFile
+from netbootd.transport.renders import RenderBusy, RenderPool, renders
 from netbootd.transport.tftp.endpoint import Endpoint
 from netbootd.transport.tftp.pump import SESSION_DATAGRAM, PollSlots
 from netbootd.transport.tftp.send import Address, udp_socket
@@ -113,6 +115,7 @@ class TftpServer:
         settings: TftpSettings | None = None,
         *,
         executor: Executor | None = None,
+        renders: RenderPool | None = None,
         **limits: Any,
     ) -> None:
         if settings is None:
@@ -140,6 +143,7 @@ class TftpServer:
         self.executor: Executor = executor or ThreadPoolExecutor(
             max_workers=settings.workers, thread_name_prefix="netbootd-tftp-io"
         )
+        self._renders = renders
         self._listener: Endpoint | None = None
         self._warning_lines = LineBudget()  # a burst of warnings, then a count
         self._family = socket.AF_INET
@@ -283,10 +287,18 @@ class TftpServer:
     async def _start_read(self, request: ReadRequest, addr: Address, started: float) -> None:
         key = (addr, request)
         loop = asyncio.get_running_loop()
+        pool = self._renders
         try:
-            opened = await loop.run_in_executor(
-                self.executor, open_read, self._source, request, addr[0]
-            )
+            if pool is not None and renders(self._source, request.filename, addr[0]):
+                # An operator's template must not hold the threads that read files.
+                try:
+                    opened = await pool.run(open_read, self._source, request, addr[0])
+                except RenderBusy as exc:
+                    opened = cannot_read(exc.reason)
+            else:
+                opened = await loop.run_in_executor(
+                    self.executor, open_read, self._source, request, addr[0]
+                )
         except BaseException:
             self._release(key)
             raise
