@@ -1,16 +1,17 @@
 """A DISCOVER or DECLINE flood from made-up MACs against an authoritative pool: new clients
-still get an address, and offers are held briefly."""
+still get an address, offers are held briefly, and a reply that cannot be sent holds nothing."""
 
 from __future__ import annotations
 
 import logging
 import random
+import socket
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
 from netbootd.boot.client import BootClass
-from netbootd.boot.leases import AddressRange, LeaseBook
+from netbootd.boot.leases import AddressRange, LeaseBook, LeaseState
 from netbootd.boot.policy import BootPolicy
 from netbootd.config import DhcpMode
 from netbootd.proto.dhcp.codec import DhcpPacket, MessageType
@@ -18,6 +19,7 @@ from netbootd.services.dhcp.authoritative import OFFER_HOLD_SECONDS
 from netbootd.services.dhcp.limits import DhcpLimits
 from netbootd.services.dhcp.service import DhcpService
 from netbootd.services.dhcp.settings import DhcpSettings
+from netbootd.transport.dhcp import DhcpServer, _Endpoint
 from tests.helpers.dhcp_clients import request
 from tests.helpers.dhcp_service import Clock, MemoryStore, one_subnet
 
@@ -166,3 +168,31 @@ async def test_quarantines_are_capped_per_pool_oldest_ended_first() -> None:
     assert service.counters["quarantine-ended"] == 42
     held = [a for a in declined if service.book.holder(a, clock.now) == ""]
     assert held == declined[-8:]  # the newest kept
+
+
+async def test_an_offer_that_cannot_be_sent_holds_no_address() -> None:
+    service, _ = flood_service(AddressRange.parse("10.66.0.100-10.66.0.100"))
+    server = DhcpServer(service, "lo", (67,))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.close()  # every send fails
+    endpoint = _Endpoint(67, sock, server.received)
+    server._answer(endpoint, request(MessageType.DISCOVER, mac="02:00:00:00:00:01"), SRC)
+    assert server.counters["send-failed"] == 1
+    assert service.counters["offer-unsent"] == 1
+    assert service.book.at(IPv4Address("10.66.0.100")) is None
+    # The only address goes to the next client, not to a reclaim of an offer nobody heard.
+    offer = await send(service, request(MessageType.DISCOVER, mac="52:54:00:00:00:05"))
+    assert offer is not None and offer.yiaddr == IPv4Address("10.66.0.100")
+    assert service.counters["offer-reclaimed"] == 0
+
+
+async def test_an_unsent_offer_of_a_clients_own_lease_keeps_the_lease() -> None:
+    service, _ = flood_service()
+    mac = "52:54:00:00:00:06"
+    offer = await send(service, request(MessageType.DISCOVER, mac=mac))
+    assert offer is not None and await request_offer(service, mac, offer) is not None
+    again = await service.handle(request(MessageType.DISCOVER, mac=mac), local_port=67, source=SRC)
+    assert again is not None
+    service.unsent(again)
+    lease = service.book.at(offer.yiaddr)
+    assert lease is not None and lease.state is LeaseState.BOUND
