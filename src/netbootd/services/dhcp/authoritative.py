@@ -61,6 +61,7 @@ def answer_discover(
     key = client_key(request.mac, request.get(Opt.CLIENT_ID))
     requested = option_ip(request, Opt.REQUESTED_IP)
     address = reservation(service, request, key, now, subnet)
+    from_pool = address is None
     pools = subnet.pools
     if address is None and pools and book.of(key) is None:
         pools = open_pools(service, request, outcome, subnet, now, offering=True)
@@ -82,10 +83,15 @@ def answer_discover(
             log.warning(format_event("pool-full", pool=names, mac=request.mac, turned_away=count))
         return None
     current = book.at(address)
-    if current is not None and current.client != key and book.holder(address, now) is not None:
+    if (
+        from_pool
+        and current is not None
+        and current.client != key
+        and book.holder(address, now) is not None
+    ):
         # choose_address took the oldest open offer, or a quarantine, for want of a free one.
-        taken = "offer" if current.state is LeaseState.OFFERED else "quarantine"
-        service.counters[f"{taken}-reclaimed"] += 1
+        kind = "offer" if current.state is LeaseState.OFFERED else "quarantine"
+        service.counters[f"{kind}-reclaimed"] += 1
     if current is None or current.client != key or current.state is not LeaseState.BOUND:
         # Promise the address for a while so that a second DISCOVER does not get it too;
         # a bound lease of this same client stays as it is.
