@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # rebuilds them.
 COMPILED := $(shell $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["netbootd"]["compiled"])')
 
-.PHONY: setup system venv demo test test-python test-unit test-integration test-e2e lint clean bench-tftp bench-http bench-dhcp fuzz-dhcp
+.PHONY: setup system venv demo test test-python test-unit test-integration test-e2e lint clean bench-tftp bench-http bench-dhcp bench-dhcp-flood fuzz-dhcp
 
 setup: system venv
 
@@ -62,6 +62,10 @@ bench-http: venv
 bench-dhcp: venv
 	@EXTRA_PACKAGES="kea-dhcp4-server kea-admin" tools/setup-system.sh
 	PYTHONPATH=lab $(BIN)/python bench/dhcp_bench.py
+
+bench-dhcp-flood: venv
+	@EXTRA_PACKAGES=kea-dhcp4-server tools/setup-system.sh
+	PYTHONPATH=lab $(BIN)/python bench/dhcp_flood.py $(FLOOD_ARGS)
 
 # A mutation fuzzer over the DHCP decoder, service and encoder; a short run is part of make test.
 FUZZ_SECONDS ?= 600

@@ -8,6 +8,9 @@ last (see ``netbootd.store``).
 The book also keeps, in expiry order, every lease it counts as live: :meth:`LeaseBook.expire`
 drops offers nobody took up and stops counting bound leases that ran out, at a cost of one heap
 step per lease ever put, so that a flood of DISCOVERs from new MACs cannot grow it without bound.
+Each pool's open offers and quarantined addresses are kept oldest first as well: when a pool has
+no free address left, :func:`choose_address` takes the oldest of them rather than turn a client
+away, so that DISCOVERs from made-up MACs, or DECLINEs, cannot lock new clients out of a pool.
 """
 
 from __future__ import annotations
@@ -164,6 +167,30 @@ def _lease(record: _Record, address: IPv4Address | None = None) -> Lease:
     return Lease(address, client, mac, _STATES[state], expires, hostname)
 
 
+class _Tally:
+    """One pool's live leases: how many, and its open offers and quarantined addresses (as
+    ints), oldest first: a dict keeps the order its keys were put in."""
+
+    __slots__ = ("declined", "leases", "offers")
+
+    def __init__(self) -> None:
+        self.leases = 0
+        self.offers: dict[int, None] = {}
+        self.declined: dict[int, None] = {}
+
+    def add(self, number: int, state: int) -> None:
+        self.leases += 1
+        if state == _OFFERED:
+            self.offers[number] = None
+        elif state == _DECLINED:
+            self.declined[number] = None
+
+    def discard(self, number: int) -> None:
+        self.leases -= 1
+        self.offers.pop(number, None)
+        self.declined.pop(number, None)
+
+
 class LeaseBook:
     """Every address netbootd has promised, bound or quarantined, indexed both ways."""
 
@@ -176,8 +203,8 @@ class LeaseBook:
         self._live: dict[int, _Record] = {}
         self._expiry: list[tuple[float, int, _Record]] = []
         self._sequence = itertools.count()
-        self._offers = 0
-        self._pools: dict[AddressRange, list[int]] = {}  # pool -> [live leases, open offers]
+        self._offered: dict[int, None] = {}  # open offers in every pool, oldest first
+        self._pools: dict[AddressRange, _Tally] = {}
         for lease in leases:
             self.put(lease)
 
@@ -234,18 +261,51 @@ class LeaseBook:
     @property
     def offers(self) -> int:
         """Open offers (OFFERED leases not yet expired by :meth:`expire`), in every pool."""
-        return self._offers
+        return len(self._offered)
 
     def count(self, pool: AddressRange) -> PoolCount:
         """Live leases and open offers in ``pool``; the first call for a pool counts it."""
-        counts = self._pools.get(pool)
-        if counts is None:
-            counts = self._pools[pool] = [0, 0]
-            for record in self._live.values():
-                if pool.covers(record[_ADDRESS]):
-                    counts[0] += 1
-                    counts[1] += record[_STATE] == _OFFERED
-        return PoolCount(counts[0], counts[1])
+        tally = self._tally(pool)
+        return PoolCount(tally.leases, len(tally.offers))
+
+    def declined(self, pool: AddressRange) -> int:
+        """Quarantined addresses of ``pool`` (DECLINED leases not yet expired by :meth:`expire`)."""
+        return len(self._tally(pool).declined)
+
+    def oldest(
+        self,
+        pool: AddressRange | None,
+        state: LeaseState,
+        skip: Container[IPv4Address] = frozenset(),
+    ) -> Lease | None:
+        """The oldest live offer (``state`` OFFERED) or quarantine (DECLINED) in ``pool``, or in
+        every pool for None, whose address is not in ``skip``; None when there is none.
+
+        Only the open offers of every pool together are kept in order (for the cap on them
+        all): ``pool`` None asks for an offer.
+        """
+        if pool is None:
+            numbers: Iterable[int] = self._offered
+        else:
+            tally = self._tally(pool)
+            numbers = tally.offers if state is LeaseState.OFFERED else tally.declined
+        for number in numbers:
+            address = IPv4Address(number)
+            if address not in skip:
+                return _lease(self._live[number], address)
+        return None
+
+    def _tally(self, pool: AddressRange) -> _Tally:
+        tally = self._pools.get(pool)
+        if tally is None:
+            tally = self._pools[pool] = _Tally()
+            covered = [record for record in self._live.values() if pool.covers(record[_ADDRESS])]
+            # Put oldest first: leases of one state are held for the same time, so the one
+            # that expires first is the one put first.
+            covered.sort(key=lambda record: float(record[_EXPIRES]))
+            for record in covered:
+                tally.add(record[_ADDRESS], record[_STATE])
+        return tally
 
     def expire(self, now: float) -> int:
         """Drop the offers that expired by ``now`` and stop counting other expired leases.
@@ -282,23 +342,21 @@ class LeaseBook:
         number: int = record[_ADDRESS]
         self._live[number] = record
         heapq.heappush(self._expiry, (record[_EXPIRES], next(self._sequence), record))
-        offered: bool = record[_STATE] == _OFFERED
-        self._offers += offered
-        for pool, counts in self._pools.items():
+        state: int = record[_STATE]
+        if state == _OFFERED:
+            self._offered[number] = None
+        for pool, tally in self._pools.items():
             if pool.covers(number):
-                counts[0] += 1
-                counts[1] += offered
+                tally.add(number, state)
 
     def _uncount(self, number: int) -> None:
         record = self._live.pop(number, None)
         if record is None:
             return
-        offered: bool = record[_STATE] == _OFFERED
-        self._offers -= offered
-        for pool, counts in self._pools.items():
+        self._offered.pop(number, None)
+        for pool, tally in self._pools.items():
             if pool.covers(number):
-                counts[0] -= 1
-                counts[1] -= offered
+                tally.discard(number)
 
     def first_free(
         self,
@@ -355,6 +413,13 @@ def choose_address(
     for (option 50) if free, then the first free address of the first pool with one.
     ``reserved`` addresses belong to other machines and are never picked. Pools stay ranges:
     nothing is enumerated but the probes.
+
+    When no pool has a free address, the oldest open offer is taken, then the oldest
+    quarantined address. RFC 2131 §4.3.1 has a server hold an offered address only until the
+    client's REQUEST or a timeout, and an offer older than the rest went to a client that did
+    not come back for it (or to a made-up MAC); a quarantine (§4.3.3) keeps an address that
+    may be in use out of the way only while the pool has others to give. A client's own
+    offer is never taken from it this way: it gets its previous address first.
     """
 
     def in_pools(address: IPv4Address) -> bool:
@@ -376,4 +441,9 @@ def choose_address(
         found = book.first_free(pool, now, reserved)
         if found is not None:
             return found
+    for state in (LeaseState.OFFERED, LeaseState.DECLINED):
+        for pool in pools:
+            held = book.oldest(pool, state, reserved)
+            if held is not None:
+                return held.address
     return None

@@ -564,6 +564,7 @@ class DhcpServer:
         except ValueError:
             self.counters["encode-error"] += 1
             log.exception(format_event("encode-error", xid=f"0x{reply.packet.xid:08x}"))
+            self._service.unsent(reply)
             return
         # The unspecified address means the broadcast.
         destination = reply.address if reply.address != ZERO else BROADCAST
@@ -571,3 +572,4 @@ class DhcpServer:
             self.counters["sent"] += 1
         else:
             self.counters["send-failed"] += 1
+            self._service.unsent(reply)

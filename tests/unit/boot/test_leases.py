@@ -8,6 +8,7 @@ from netbootd.boot.leases import (
     Lease,
     LeaseBook,
     LeaseState,
+    PoolCount,
     choose_address,
     client_key,
 )
@@ -53,7 +54,11 @@ def test_full_pool_and_quarantine() -> None:
     book = LeaseBook([bound(A, "a"), bound(B, "b")])
     book.put(Lease(C, "c", "m", LeaseState.DECLINED, 100.0))
     assert book.holder(C, 0.0) == ""
-    assert choose_address((POOL,), book, "d", 0.0) is None
+    # A pool otherwise full gives its quarantined address rather than nothing (RFC 2131
+    # §4.3.3 keeps it out of the way only while there are others).
+    assert choose_address((POOL,), book, "d", 0.0) == C
+    book.put(Lease(C, "c2", "m", LeaseState.BOUND, 100.0))
+    assert choose_address((POOL,), book, "d", 0.0) is None  # every address bound
     assert choose_address((POOL,), book, "d", 200.0) == A  # all expired
 
 
@@ -147,3 +152,40 @@ def test_a_full_pool_is_known_full_without_a_walk() -> None:
     assert 0 < reserved.asked <= pool.size
     # Leases that end later than the last look at the clock are seen ended all the same.
     assert choose_address((pool,), book, "later", 200.0) is not None
+
+
+def offered(address: IPv4Address, client: str, expires: float) -> Lease:
+    return Lease(address, client, "02:00:00:00:00:01", LeaseState.OFFERED, expires)
+
+
+def test_a_pool_full_of_offers_gives_the_oldest_to_a_new_client() -> None:
+    book = LeaseBook()
+    for n, address in enumerate((B, A, C)):  # offered in this order
+        book.put(offered(address, f"made-up-{n}", 20.0 + n))
+    assert book.count(POOL) == PoolCount(3, 3)
+    assert choose_address((POOL,), book, "new", 1.0) == B
+    book.put(offered(B, "new", 21.0))
+    assert choose_address((POOL,), book, "next", 1.0) == A  # the next oldest
+    # The newest offer's own client keeps it; a reserved address is never taken.
+    assert choose_address((POOL,), book, "new", 1.0) == B
+    assert choose_address((POOL,), book, "next", 1.0, reserved={A}) == C
+
+
+def test_oldest_first_holds_for_leases_put_before_the_pool_is_counted() -> None:
+    book = LeaseBook([offered(C, "c", 30.0), offered(A, "a", 10.0), bound(B, "b")])
+    assert book.oldest(POOL, LeaseState.OFFERED) == offered(A, "a", 10.0)
+    assert book.oldest(None, LeaseState.OFFERED) == offered(C, "c", 30.0)  # put first
+    assert choose_address((POOL,), book, "new", 1.0) == A
+
+
+def test_offers_go_before_quarantines_and_leases_are_never_taken() -> None:
+    book = LeaseBook([bound(A, "a")])
+    book.put(Lease(B, "b", "m", LeaseState.DECLINED, 100.0))
+    book.put(offered(C, "c", 20.0))
+    assert book.declined(POOL) == 1
+    assert choose_address((POOL,), book, "new", 1.0) == C
+    book.put(bound(C, "new"))
+    assert choose_address((POOL,), book, "other", 1.0) == B
+    book.put(bound(B, "other"))
+    assert book.declined(POOL) == 0
+    assert choose_address((POOL,), book, "last", 1.0) is None

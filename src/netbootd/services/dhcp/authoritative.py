@@ -21,7 +21,7 @@ from netbootd.boot.subnets import Subnet
 from netbootd.logs.events import format_event
 from netbootd.proto.dhcp.codec import DhcpPacket, MessageType, Opt, option_ip
 from netbootd.proto.dhcp.wire import ZERO
-from netbootd.services.dhcp.limits import Throttle, refusal
+from netbootd.services.dhcp.limits import Throttle, make_room, refusal
 from netbootd.services.dhcp.reply import nak, offer_or_ack
 from netbootd.services.dhcp.transaction import Outcome, Pending, Reply, Step
 from netbootd.store.leases import StoreError
@@ -43,7 +43,13 @@ __all__ = [
 
 log = logging.getLogger("netbootd.dhcp")
 
-OFFER_HOLD_SECONDS = 60.0  # how long an offered address stays promised to its client
+# How long an offered address stays promised to its client. RFC 2131 §4.3.1 has the server
+# hold it until the client's REQUEST or a timeout. A client asks within a second or so; PXE
+# firmware first collects offers for about 4 s, and a REQUEST lost on the way is resent after
+# 4 s and then 8 s (RFC 2131 §4.1). 20 s covers all of that, where a longer hold only keeps
+# addresses from new clients for as long after a flood of DISCOVERs. A client that asks after
+# the hold still gets its address if nobody took it meanwhile (answer_request).
+OFFER_HOLD_SECONDS = 20.0
 
 
 def answer_discover(
@@ -55,6 +61,7 @@ def answer_discover(
     key = client_key(request.mac, request.get(Opt.CLIENT_ID))
     requested = option_ip(request, Opt.REQUESTED_IP)
     address = reservation(service, request, key, now, subnet)
+    from_pool = address is None
     pools = subnet.pools
     if address is None and pools and book.of(key) is None:
         pools = open_pools(service, request, outcome, subnet, now, offering=True)
@@ -76,6 +83,15 @@ def answer_discover(
             log.warning(format_event("pool-full", pool=names, mac=request.mac, turned_away=count))
         return None
     current = book.at(address)
+    if (
+        from_pool
+        and current is not None
+        and current.client != key
+        and book.holder(address, now) is not None
+    ):
+        # choose_address took the oldest open offer, or a quarantine, for want of a free one.
+        kind = "offer" if current.state is LeaseState.OFFERED else "quarantine"
+        service.counters[f"{kind}-reclaimed"] += 1
     if current is None or current.client != key or current.state is not LeaseState.BOUND:
         # Promise the address for a while so that a second DISCOVER does not get it too;
         # a bound lease of this same client stays as it is.
@@ -95,16 +111,23 @@ def open_pools(
     *,
     offering: bool,
 ) -> tuple[AddressRange, ...]:
-    """The pools of ``subnet`` where a new client may still take an address; when none,
-    the client is refused (a counter, the throttled warning) and () comes back."""
+    """The pools of ``subnet`` where a new client may still take an address. When every pool
+    is at a cap, the first where dropping the oldest open offers makes room is the one; when
+    none, the client is refused (a counter, the throttled warning) and () comes back."""
     limits = service.settings.limits
     refusals = [
         (pool, refusal(service.book, pool, limits, offering=offering)) for pool in subnet.pools
     ]
     found = tuple(pool for pool, why in refusals if why is None)
-    if not found:
-        refuse(service, request, outcome, refusals[0][1] or "", now)
-    return found
+    if found:
+        return found
+    for pool, _ in refusals:
+        why, dropped = make_room(service.book, pool, limits, offering=offering)
+        service.counters["offer-reclaimed"] += dropped
+        if why is None:
+            return (pool,)
+    refuse(service, request, outcome, refusals[0][1] or "", now)
+    return ()
 
 
 def refuse(
@@ -121,7 +144,7 @@ def refuse(
                 refused=count,
                 why=why,
                 last=request.mac,
-                effect="new clients get no offer until open offers expire or leases end",
+                effect="new clients get no address until leases end",
             )
         )
 
@@ -174,7 +197,8 @@ def answer_request(
         if mine is None:
             # A client with no record asking straight for an address takes a new lease.
             pool = next(pool for pool in subnet.pools if address in pool)
-            why = refusal(book, pool, service.settings.limits, offering=False)
+            why, dropped = make_room(book, pool, service.settings.limits, offering=False)
+            service.counters["offer-reclaimed"] += dropped
             if why is not None:
                 refuse(service, request, outcome, why, now)
                 return None
@@ -311,7 +335,13 @@ def answer_release(service: DhcpService, request: DhcpPacket, outcome: Outcome) 
 def answer_decline(
     service: DhcpService, request: DhcpPacket, outcome: Outcome, subnet: Subnet
 ) -> Step:
-    """The declined address kept out of the pool for a lease time; no reply."""
+    """The declined address kept out of the pool for a lease time; no reply.
+
+    The quarantines of a pool are capped (``DhcpLimits.max_declined_per_pool``): past it, the
+    oldest ends early, so that DECLINEs (from clients with made-up MACs, say) cannot take a
+    whole pool. choose_address takes a quarantined address, oldest first, when the pool has
+    no other.
+    """
     book = service.book
     key = client_key(request.mac, request.get(Opt.CLIENT_ID))
     address = option_ip(request, Opt.REQUESTED_IP)
@@ -324,6 +354,16 @@ def answer_decline(
     quarantine = Lease(address, key, request.mac, LeaseState.DECLINED, until)
     book.put(quarantine)
     declined = address
+    cap = service.settings.limits.max_declined_per_pool
+    for pool in subnet.pools:
+        if address in pool:
+            while book.declined(pool) > cap:
+                oldest = book.oldest(pool, LeaseState.DECLINED)
+                if oldest is None:
+                    break
+                # In the book only: the store keeps its row until the address is leased again.
+                book.remove(oldest.address)
+                service.counters["quarantine-ended"] += 1
 
     def quarantined() -> None:
         outcome.decision, outcome.address = "quarantined", declined

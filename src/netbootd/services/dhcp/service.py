@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from netbootd.boot.client import ClientInfo, classify
-from netbootd.boot.leases import LeaseBook
+from netbootd.boot.leases import LeaseBook, LeaseState
 from netbootd.boot.policy import BootDecision, BootPolicy
 from netbootd.boot.pxe_menu import boot_item
 from netbootd.boot.subnets import Subnet, subnet_for
@@ -143,6 +143,20 @@ class DhcpService:
 
             return Pending(pending.durable, conclude)
         return self._conclude(request, client, kind, outcome, local_port=local_port, reply=step)
+
+    def unsent(self, reply: Reply) -> None:
+        """``reply`` could not be sent (the kernel refused it, or it would not encode): an
+        OFFER's address, held for a client that will never hear of it, is free again at once.
+
+        A bound lease is left as it is: an OFFER may repeat the client's own lease.
+        """
+        packet = reply.packet
+        if packet.message_type != MessageType.OFFER:
+            return
+        lease = self.book.at(packet.yiaddr)
+        if lease is not None and lease.state is LeaseState.OFFERED and lease.mac == packet.mac:
+            self.book.remove(packet.yiaddr)
+            self.counters["offer-unsent"] += 1
 
     def _conclude(
         self,

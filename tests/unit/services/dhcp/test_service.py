@@ -68,10 +68,20 @@ async def test_second_client_gets_another_address_and_full_pool_is_silent() -> N
     service, _, _ = make_service()
     first = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:01"))
     second = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:02"))
-    third = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:03"))
     assert first is not None and second is not None
     assert first.packet.yiaddr != second.packet.yiaddr
-    assert third is None
+    # A pool full of offers gives a new client the oldest of them.
+    third = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:03"))
+    assert third is not None and third.packet.yiaddr == first.packet.yiaddr
+    assert service.counters["offer-reclaimed"] == 1
+    # A pool full of leases is silent.
+    for mac, offer in (("02:00:00:00:00:02", second), ("02:00:00:00:00:03", third)):
+        address = str(offer.packet.yiaddr)
+        ack = await ask(
+            service, request(MessageType.REQUEST, mac=mac, requested=address, server_id="10.99.0.1")
+        )
+        assert mtype(ack) == MessageType.ACK
+    assert await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:04")) is None
     assert service.counters["DISCOVER:ignored"] == 1
 
 
@@ -196,8 +206,23 @@ async def test_decline_quarantines_the_address() -> None:
     # The client's new offer does not take the quarantine away: the address stays out.
     held = service.book.at(IPv4Address("10.99.0.100"))
     assert held is not None and held.state is LeaseState.DECLINED
+    # .101 is offered, .100 quarantined: the oldest offer goes to a new client first, then,
+    # the pool otherwise full, the quarantined address.
     other = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:09"))
-    assert other is None  # .101 is offered, .100 quarantined: the pool is full
+    assert other is not None and other.packet.yiaddr == IPv4Address("10.99.0.101")
+    ack = await ask(
+        service,
+        request(
+            MessageType.REQUEST,
+            mac="02:00:00:00:00:09",
+            requested="10.99.0.101",
+            server_id="10.99.0.1",
+        ),
+    )
+    assert mtype(ack) == MessageType.ACK
+    last = await ask(service, request(MessageType.DISCOVER, mac="02:00:00:00:00:0a"))
+    assert last is not None and last.packet.yiaddr == IPv4Address("10.99.0.100")
+    assert service.counters["quarantine-reclaimed"] == 1
 
 
 async def test_a_broken_option_57_costs_no_lease() -> None:
