@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from netbootd.boot.client import ClientInfo, classify
 from netbootd.boot.leases import LeaseBook, LeaseState
@@ -51,7 +51,7 @@ from netbootd.services.dhcp.transaction import Outcome, Pending, Reply, Step
 from netbootd.services.machines import Machines
 from netbootd.store.leases import LeaseStore
 
-__all__ = ["DhcpService", "relay_fault"]
+__all__ = ["DhcpService", "relay_edges", "relay_fault"]
 
 log = logging.getLogger("netbootd.dhcp")
 
@@ -69,6 +69,8 @@ class DhcpService:
     refusals: Throttle = field(default_factory=Throttle)  # the warning about caps met
     full_pools: dict[str, Throttle] = field(default_factory=dict)  # warnings of full pools
     bad_lines: LineBudget = field(default_factory=LineBudget)  # lines about bad requests
+    # The relay addresses refused for the settings in force (relay_edges), made once for them.
+    _relay_edges: tuple[DhcpSettings, dict[int, str]] | None = field(default=None, repr=False)
 
     @property
     def subnets(self) -> tuple[Subnet, ...]:
@@ -214,7 +216,10 @@ class DhcpService:
             outcome.reject("chaddr", "no hardware address and no client identifier")
             return None
         if request.giaddr != ZERO:
-            fault = relay_fault(request.giaddr, self.settings)
+            edges = self._relay_edges
+            if edges is None or edges[0] is not self.settings:
+                edges = self._relay_edges = (self.settings, relay_edges(self.settings))
+            fault = relay_fault(request.giaddr, self.settings, edges[1])
             if fault:
                 self.counters["relay-refused"] += 1
                 outcome.reject("giaddr", f"relayed from {request.giaddr}, {fault}")
@@ -284,7 +289,9 @@ _RESERVED = 240
 _LIMITED_BROADCAST = 0xFFFFFFFF
 
 
-def relay_fault(giaddr: IPv4Address, settings: DhcpSettings) -> str:
+def relay_fault(
+    giaddr: IPv4Address, settings: DhcpSettings, edges: dict[int, str] | None = None
+) -> str:
     """Why ``giaddr`` cannot be a relay agent's address; "" when it can.
 
     RFC 2131 §4.1 has every reply to a relayed request go to the relay agent at giaddr, port
@@ -292,7 +299,8 @@ def relay_fault(giaddr: IPv4Address, settings: DhcpSettings) -> str:
     request came in on. Anything else is forged or broken: a reply to this server's own address
     would loop back into it, one to a broadcast or network address would reach a whole segment
     (a reflector for whoever forges requests), one to loopback, 0/8 or multicast nowhere useful.
-    Only relayed requests get here, and the common case costs a few integer comparisons.
+    Only relayed requests get here, and it costs a few integer comparisons and a lookup in
+    ``edges`` (:func:`relay_edges` of the settings, made once by the service).
     """
     if giaddr == settings.server:
         return "this server's own address"
@@ -308,21 +316,18 @@ def relay_fault(giaddr: IPv4Address, settings: DhcpSettings) -> str:
         return "a reserved address (240.0.0.0/4)"
     if first >= _MULTICAST:
         return "a multicast address"
-    for subnet in settings.subnets:
-        if giaddr in subnet.network:
-            return _edge_of(giaddr, subnet.network)
-    if giaddr in settings.network:
-        return _edge_of(giaddr, settings.network)
-    return ""
+    if edges is None:
+        edges = relay_edges(settings)
+    return edges.get(value, "")
 
 
-def _edge_of(giaddr: IPv4Address, network: IPv4Network) -> str:
-    """What ``giaddr`` is to ``network`` if it is no host address on it: its network or
-    broadcast address (a /31 or /32 has neither, RFC 3021 §2)."""
-    if network.prefixlen >= 31:
-        return ""
-    if giaddr == network.network_address:
-        return f"the network address of {network}"
-    if giaddr == network.broadcast_address:
-        return f"the broadcast address of {network}"
-    return ""
+def relay_edges(settings: DhcpSettings) -> dict[int, str]:
+    """The network and broadcast addresses of the served subnets and of the interface's
+    network, as integers, each with what it is (a /31 or /32 has neither, RFC 3021 §2)."""
+    edges: dict[int, str] = {}
+    for network in [*(subnet.network for subnet in settings.subnets), settings.network]:
+        if network.prefixlen >= 31:
+            continue
+        edges.setdefault(int(network.network_address), f"the network address of {network}")
+        edges.setdefault(int(network.broadcast_address), f"the broadcast address of {network}")
+    return edges
