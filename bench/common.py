@@ -7,6 +7,7 @@ The bench scripts run as ``PYTHONPATH=lab python bench/<name>.py``, so this dire
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from netbootd_lab.kea import LEASE_FILE, kea_dhcp4_config, kea_environment, kea_executable
 from netbootd_lab.netns import Lab, LabError, Namespace, Process
 
 MIB = 1024 * 1024
@@ -102,6 +104,25 @@ def wait_tcp_ports(ns: Namespace, ports: Collection[int], timeout: float, watch:
             raise LabError(f"{watch.name} exited ({watch.returncode}) before listening on TCP")
         time.sleep(0.1)
     raise LabError(f"TCP ports {sorted(missing)} not listening after {timeout:.0f} s")
+
+
+def kea_relay_server(
+    lab: Lab, work: Path, state: Path, subnet: str, pool: tuple[str, str], *, name: str = "kea"
+) -> Server:
+    """Kea serving ``pool`` of ``subnet`` on the lab bridge, its leases in ``state``.
+
+    Relayed requests arrive as unicast UDP to port 67: no raw socket needed."""
+    config = kea_dhcp4_config(
+        interface=lab.bridge,
+        subnet=subnet,
+        pool=pool,
+        lease_file=state / LEASE_FILE,
+        log_file=work / "kea-dhcp4.log",
+        socket_type="udp",
+    )
+    conf = state / "kea-dhcp4.json"
+    conf.write_text(json.dumps(config, indent=2))
+    return Server(name, [kea_executable(), "-c", str(conf)], kea_environment(state))
 
 
 def start(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import os
 import re
 import shutil
@@ -32,8 +31,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import Server, comparison_table, console, have_root, make_workdir, start
-from netbootd_lab.kea import LEASE_FILE, kea_dhcp4_config, kea_environment, kea_executable
+from common import (
+    Server,
+    comparison_table,
+    console,
+    have_root,
+    kea_relay_server,
+    make_workdir,
+    start,
+)
+from netbootd_lab.kea import LEASE_FILE
 from netbootd_lab.netns import Host, Lab, LabError, Process
 from netbootd_lab.perfdhcp import Exchange, parse_report, run_perfdhcp
 from netbootd_lab.servers import DHCP_PORT, netbootd_executable
@@ -110,21 +117,6 @@ def netbootd_server(lab: Lab, root: Path, state: Path, workers: int = 1) -> Serv
         argv += ["--dhcp-workers", str(workers)]
         return Server("netbootd-workers", argv, {"PYTHONUNBUFFERED": "1"})
     return Server("netbootd", argv, {"PYTHONUNBUFFERED": "1"})
-
-
-def kea_server(lab: Lab, work: Path, state: Path) -> Server:
-    # Relayed requests arrive as unicast UDP to port 67: no raw socket needed.
-    config = kea_dhcp4_config(
-        interface=lab.bridge,
-        subnet=SUBNET,
-        pool=POOL,
-        lease_file=state / LEASE_FILE,
-        log_file=work / "kea-dhcp4.log",
-        socket_type="udp",
-    )
-    conf = state / "kea-dhcp4.json"
-    conf.write_text(json.dumps(config, indent=2))
-    return Server("kea", [kea_executable(), "-c", str(conf)], kea_environment(state))
 
 
 def leases_on_disk(server: str, state: Path) -> int | None:
@@ -246,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     elif name == "netbootd-workers":
                         server = netbootd_server(lab, root, state, WORKERS)
                     else:
-                        server = kea_server(lab, work, state)
+                        server = kea_relay_server(lab, work, state, SUBNET, POOL)
                     result = step(
                         lab,
                         client,

@@ -31,8 +31,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import Server, comparison_table, console, have_root, make_workdir, start
-from netbootd_lab.kea import LEASE_FILE, kea_dhcp4_config, kea_environment, kea_executable
+from common import (
+    Server,
+    comparison_table,
+    console,
+    have_root,
+    kea_relay_server,
+    make_workdir,
+    start,
+)
 from netbootd_lab.netns import Lab, LabError
 
 SUBNET = "10.96.0.0/16"
@@ -232,18 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 state = work / "state" / name
                 state.mkdir(parents=True)
                 if name == PEER:
-                    config = kea_dhcp4_config(
-                        interface=lab.bridge,
-                        subnet=SUBNET,
-                        pool=POOL,
-                        lease_file=state / LEASE_FILE,
-                        log_file=work / "kea-dhcp4.log",
-                        socket_type="udp",
-                    )
-                    conf = state / "kea-dhcp4.json"
-                    conf.write_text(json.dumps(config, indent=2))
-                    kea = [kea_executable(), "-c", str(conf)]
-                    server = Server(name, kea, kea_environment(state))
+                    server = kea_relay_server(lab, work, state, SUBNET, POOL, name=name)
                 else:
                     argv_ = [
                         sys.executable, "-m", "netbootd", "serve",
