@@ -286,7 +286,8 @@ def builtin_template(flavour: Flavour, method: Method) -> str | None:
     return _BUILTIN.get((flavour, method))
 
 
-def _is_url(path: str) -> bool:
+def is_url(path: str) -> bool:
+    """Whether a profile's path is a URL (taken as given) rather than a path below the root."""
     return path.startswith(("http://", "https://"))
 
 
@@ -317,7 +318,7 @@ class BootContext:
         return f"{self.http_base}/{machine_prefix(self.mac)}"
 
     def url(self, path: str) -> str:
-        return path if _is_url(path) else f"{self.http_base}/{path}"
+        return path if is_url(path) else f"{self.http_base}/{path}"
 
     def variables(self) -> dict[str, Any]:
         profile = self.profile

@@ -47,6 +47,7 @@ from netbootd.boot.render import (
     boot_variables,
     builtin_template,
     compile_template,
+    is_url,
     method_flavour,
     render_boot,
     render_text,
@@ -397,10 +398,11 @@ def missing_boot_files(
     given; another server serves them."""
     problems = []
     for profile in inventory.profiles.values():
-        paths = [("kernel", profile.kernel)] if profile.kernel else []
-        paths += [("initrds", path) for path in profile.initrds]
+        paths = [("initrds", path) for path in profile.initrds]
+        if profile.kernel:
+            paths.insert(0, ("kernel", profile.kernel))
         for key, path in paths:
-            if path is None or path.startswith(("http://", "https://")):
+            if is_url(path):
                 continue
             try:
                 tree.resolve(path)
