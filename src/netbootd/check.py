@@ -12,6 +12,7 @@ names the flag); warnings say ``warning:`` before the message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +39,7 @@ class Report:
 
     @property
     def errors(self) -> int:
-        return sum(finding.error for finding in self.findings)
-
-    @property
-    def warnings(self) -> int:
-        return len(self.findings) - self.errors
+        return _errors(self.findings)
 
     def text(self) -> str:
         lines = [finding.text for finding in self.findings]
@@ -78,29 +75,30 @@ def check(config: Config) -> Report:
         findings.append(Finding(f"{where}: warning: {message}", error=False))
     if config.inventory is not None:
         findings += _inventory_findings(app, config.inventory)
-    report = Report(tuple(findings), "")
-    return Report(report.findings, _summary(config, app, report))
+    return Report(tuple(findings), _summary(config, app, findings))
 
 
 def _inventory_findings(app: App, directory: Path) -> list[Finding]:
     """The kernels and initrds the root does not hold, and the inventory's warnings."""
     if app.inventory is not None:
-        inventory = app.inventory.machines.setup.inventory
+        missing = app.inventory.missing  # looked for as it loaded
         warnings = app.inventory.machines.setup.warnings
-    else:
+    elif app.tree is not None:
         try:  # its templates failed, say: its files still name kernels
-            inventory, warnings = load_inventory(directory), ()
+            missing, warnings = (
+                missing_boot_files(load_inventory(directory), directory, app.tree),
+                (),
+            )
         except InventoryError:
             return []  # what is wrong was reported
-    findings = []
-    if app.tree is not None:
-        missing = missing_boot_files(inventory, directory, app.tree)
-        findings += [inventory_line(directory, problem) for problem in missing]
+    else:
+        return []
+    findings = [inventory_line(directory, problem) for problem in missing]
     findings += [inventory_line(directory, problem, error=False) for problem in warnings]
     return findings
 
 
-def _summary(config: Config, app: App, report: Report) -> str:
+def _summary(config: Config, app: App, findings: Sequence[Finding]) -> str:
     parts = [f"dhcp {config.dhcp_mode}"]
     if config.root is not None:
         parts.append(f"root {config.root}")
@@ -114,13 +112,18 @@ def _summary(config: Config, app: App, report: Report) -> str:
         parts.append(f"inventory {config.inventory} ({', '.join(counts)})")
     elif config.inventory is not None:
         parts.append(f"inventory {config.inventory} (not loaded)")
-    errors, warnings = report.errors, report.warnings
+    errors = _errors(findings)
+    warnings = len(findings) - errors
     if not errors and not warnings:
         verdict = "no problems"
     else:
         tally = ((errors, "problem"), (warnings, "warning"))
         verdict = ", ".join(_count(count, what) for count, what in tally if count)
     return f"checked {', '.join(parts)}: {verdict}"
+
+
+def _errors(findings: Sequence[Finding]) -> int:
+    return sum(finding.error for finding in findings)
 
 
 def _count(count: int, what: str) -> str:

@@ -459,7 +459,7 @@ class Loaded:
 
     setup: BootSetup
     installed: frozenset[str]
-    warnings: tuple[InventoryProblem, ...] = ()
+    missing: tuple[InventoryProblem, ...] = ()  # kernels and initrds the root does not hold
 
 
 class LiveInventory:
@@ -484,14 +484,19 @@ class LiveInventory:
         # Taken before loading: an edit made while loading is seen as a change later.
         self._seen = _tree_signature(directory, self.installed.path)
         self.machines = Machines(load_setup(directory), address, self.installed.load())
-        self.warnings = self.findings(self.machines.setup)
+        self.missing = self._missing(self.machines.setup)
 
-    def findings(self, setup: BootSetup) -> tuple[InventoryProblem, ...]:
-        """What a load found that serves, but not as meant: the setup's warnings, and the
-        kernels and initrds the root does not hold. Blocking (it looks at files)."""
+    def _missing(self, setup: BootSetup) -> tuple[InventoryProblem, ...]:
+        """The kernels and initrds of ``setup`` the root does not hold. Blocking (it looks at
+        files)."""
         tree = self.tree
-        missing = () if tree is None else missing_boot_files(setup.inventory, self.directory, tree)
-        return (*setup.warnings, *missing)
+        return () if tree is None else missing_boot_files(setup.inventory, self.directory, tree)
+
+    @property
+    def warnings(self) -> tuple[InventoryProblem, ...]:
+        """What the inventory in force serves, but not as meant: the setup's warnings, and the
+        kernels and initrds the root did not hold when it was loaded."""
+        return (*self.machines.setup.warnings, *self.missing)
 
     def log_warnings(self) -> None:
         for problem in self.warnings:
@@ -530,13 +535,13 @@ class LiveInventory:
             return None
         self._seen = now
         setup = load_setup(self.directory)
-        return Loaded(setup, self.installed.load(), self.findings(setup))
+        return Loaded(setup, self.installed.load(), self._missing(setup))
 
     def adopt(self, loaded: Loaded) -> None:
         """Put a good reload in force (on the event loop, between two requests)."""
         self.machines.replace(loaded.setup)
         self.machines.installed = loaded.installed
-        self.warnings = loaded.warnings
+        self.missing = loaded.missing
         self.log_state("inventory-reloaded")
         self.log_warnings()
 
