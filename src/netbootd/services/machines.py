@@ -143,26 +143,21 @@ def load_setup(directory: Path) -> BootSetup:
                 problems.append(InventoryProblem(at, where, exc.reason))
                 continue
             templates[relative] = text
-            for use in template_uses(text):
-                # The template's own file and line, and the key that names it.
-                at = Location(relative, use.line)
-                if (reason := unknown_variable(use)) is not None:
-                    problems.append(InventoryProblem(at, where, reason))
-                elif undescribed and _empty_when_undescribed(use):
-                    warnings.append(InventoryProblem(at, where, _empty_warning(use, undescribed)))
+            # At the template's own file and line, and the key that names it.
+            found, warned = _variable_problems(text, where, relative, None, undescribed)
+            problems += found
+            warnings += warned
         where = format_key(("profiles", profile.name, "cmdline"))
         try:
             compile_template(profile.cmdline, "cmdline")
         except RenderError as exc:
             problems.append(InventoryProblem(profile.source, where, str(exc)))
             continue
-        for use in template_uses(profile.cmdline):
-            if (reason := unknown_variable(use, cmdline=True)) is not None:
-                problems.append(InventoryProblem(profile.source, where, reason))
-            elif undescribed and _empty_when_undescribed(use):
-                warnings.append(
-                    InventoryProblem(profile.source, where, _empty_warning(use, undescribed))
-                )
+        found, warned = _variable_problems(
+            profile.cmdline, where, None, profile.source, undescribed, cmdline=True
+        )
+        problems += found
+        warnings += warned
     if problems:
         raise InventoryError(at_key_lines(directory, problems))
     return BootSetup(
@@ -180,8 +175,27 @@ def _given_to_undescribed(inventory: Inventory) -> dict[str, str]:
     return {profile: ", ".join(givers) for profile, givers in given.items()}
 
 
-def _empty_when_undescribed(use: NameUse) -> bool:
-    return use.name in UNDESCRIBED_EMPTY and not use.tested
+def _variable_problems(
+    text: str,
+    where: str,
+    file: str | None,
+    source: Location | None,
+    givers: str | None,
+    *,
+    cmdline: bool = False,
+) -> tuple[list[InventoryProblem], list[InventoryProblem]]:
+    """The variables ``text`` reads that no template gets (problems), and those empty for the
+    undescribed machines that ``givers`` give its profile to (warnings). Each is placed at its
+    line of ``file``, or at ``source`` for a text of the profile's own (the command line)."""
+    problems: list[InventoryProblem] = []
+    warnings: list[InventoryProblem] = []
+    for use in template_uses(text):
+        at = Location(file, use.line) if file is not None else source
+        if (reason := unknown_variable(use, cmdline=cmdline)) is not None:
+            problems.append(InventoryProblem(at, where, reason))
+        elif givers and use.name in UNDESCRIBED_EMPTY and not use.tested:
+            warnings.append(InventoryProblem(at, where, _empty_warning(use, givers)))
+    return problems, warnings
 
 
 def _empty_warning(use: NameUse, givers: str) -> str:
