@@ -13,6 +13,8 @@ packages=(
   # site DHCP servers that netbootd runs beside as a proxyDHCP in the end-to-end tests, and
   # perfdhcp (in kea-admin), the relay agent of the relayed-clients test
   kea-dhcp4-server isc-dhcp-server kea-admin
+  # a real browser, headless, for the web page's test
+  chromium
   # a C compiler and Python's headers, for the DHCP modules setup.py compiles with mypyc
   gcc python3-dev
 )

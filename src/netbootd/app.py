@@ -12,12 +12,15 @@ import gc
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from netbootd.api.routes import routes as operator_routes
+from netbootd.api.view import OperatorView
 from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
 from netbootd.boot.inventory import InventoryError
 from netbootd.boot.leases import Lease, LeaseBook, LeaseState
@@ -34,12 +37,15 @@ from netbootd.services.dhcp.settings import DhcpSettings
 from netbootd.services.dhcp.shares import Share
 from netbootd.services.dhcp.watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
+from netbootd.services.journal import Journal
 from netbootd.services.machines import BootFiles, LiveInventory, Machines, ServerAddress
 from netbootd.services.uploads import remove_leftovers
+from netbootd.store.journal import JournalError, JournalStore
 from netbootd.store.leases import Found, SqliteLeaseStore, StoreError
 from netbootd.transport.descriptors import connection_cap, raise_open_file_limit
 from netbootd.transport.dhcp import DhcpServer
 from netbootd.transport.http import HttpLimits, HttpServer
+from netbootd.transport.journal import JournalWriter
 from netbootd.transport.netif import InterfaceError, InterfaceInfo, interface_info
 from netbootd.transport.notify import Notice, Notifier
 from netbootd.transport.renders import RenderPool, render_limits
@@ -121,6 +127,11 @@ class App:
     renders: RenderPool = field(default_factory=RenderPool)
     # The built-in boot files missing from the root, found by prepare() (and logged there).
     missing_defaults: list[tuple[BootClass, str, str]] = field(default_factory=list)
+    # The boot journal: what the services tell it, and the writer that stores it.
+    journal: Journal | None = None
+    journal_writer: JournalWriter | None = None
+    # What the API, the metrics and the web page read (worker 0 only).
+    view: OperatorView | None = None
 
     @property
     def dhcp_only(self) -> bool:
@@ -333,6 +344,8 @@ class App:
         # is 1,024) to the hard one before any is opened.
         open_files = self._raise_open_file_limit() if not self.dhcp_only else None
         try:
+            if config.journal:
+                await self._start_journal()
             if config.dhcp_mode is not DhcpMode.OFF:
                 await self._start_dhcp()
             if config.tftp and self.source is not None and not self.dhcp_only:
@@ -343,14 +356,19 @@ class App:
                 hook = self.inventory.mark_installed if self.inventory is not None else None
                 assert open_files is not None
                 limits = self._http_limits(open_files)
+                self.view = self.operator_view()
                 self.http = HttpServer(
-                    self.source, installed=hook, limits=limits, renders=self.renders
+                    self.source,
+                    installed=hook,
+                    limits=limits,
+                    renders=self.renders,
+                    routes=operator_routes(self.view),
                 )
                 await self.http.start(host, config.http_port)
         except OSError as exc:
             await self.stop()
             raise StartError(f"cannot listen: {exc.strerror or exc}") from exc
-        except StoreError as exc:
+        except (StoreError, JournalError) as exc:
             await self.stop()
             raise StartError(str(exc)) from exc
         if self.inventory is not None:
@@ -377,6 +395,28 @@ class App:
                 http=config.http_port if self.http else "off",
                 root=str(config.root) if config.root else "-",
             )
+        )
+
+    async def _start_journal(self) -> None:
+        config = self.config
+        store = JournalStore(
+            config.state_dir / "journal.sqlite3",
+            max_events=config.journal_max_events,
+            max_age=config.journal_max_days * 86400,
+        )
+        self.journal = Journal()
+        # Every worker writes its own events; the first one alone drops the old ones.
+        self.journal_writer = JournalWriter(self.journal, store, prunes=not self.dhcp_only)
+        await self.journal_writer.start()
+
+    def operator_view(self) -> OperatorView:
+        """What the API, the metrics and the web page see of this server."""
+        return OperatorView(
+            config=self.config,
+            started=time.time(),
+            journal=self.journal_writer.store if self.journal_writer is not None else None,
+            inventory=self.inventory,
+            counters=self.counters,
         )
 
     def summary(self) -> str:
@@ -589,6 +629,9 @@ class App:
         if self.store is not None:
             await self.store.close()
             self.store = None
+        if self.journal_writer is not None:
+            await self.journal_writer.close()
+            self.journal_writer = None
 
 
 async def watch_inventory(inventory: LiveInventory, poll: float = INVENTORY_POLL) -> None:

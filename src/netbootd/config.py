@@ -130,6 +130,14 @@ class Config(BaseModel):
     log_dhcp: Bool = False
     log_level: LogLevel = LogLevel.INFO
     log_format: LogFormat = LogFormat.TEXT
+    # The boot journal (journal.sqlite3 in the state directory): every step of every boot,
+    # the oldest dropped past journal-max-events events or journal-max-days days.
+    journal: Bool = True
+    journal_max_events: Int = Field(default=200_000, ge=1000, le=100_000_000)
+    journal_max_days: Float = Field(default=7.0, gt=0, le=3650)
+    # The bearer token that lets the API change things (a file holding it); without one the
+    # API and the web page are read-only.
+    api_token_file: Path | None = None
     lease_time: Int = Field(default=3600, ge=60, le=365 * 86400)
     next_server: IPv4Address | None = None
     routers: tuple[IPv4Address, ...] = ()

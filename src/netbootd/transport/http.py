@@ -31,7 +31,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import IO, Any
@@ -559,6 +559,7 @@ class HttpServer:
         installed: InstalledHook | None = None,
         limits: HttpLimits | None = None,
         renders: RenderPool | None = None,
+        routes: Sequence[web.AbstractRouteDef] = (),
     ) -> None:
         app = web.Application()
         app[_SOURCE_KEY] = source
@@ -571,6 +572,9 @@ class HttpServer:
             app.router.add_post(
                 r"/m/{mac:[0-9a-fA-F]{2}([-:][0-9a-fA-F]{2}){5}}/installed", _installed
             )
+        # The operator's view (API, metrics, web page) is matched first; a boot file of the
+        # same path as one of its routes is not served.
+        app.router.add_routes(routes)
         # add_get answers HEAD too; UEFI HTTP Boot sends a HEAD before its GET.
         app.router.add_get("/{name:.*}", _serve)
         self._app = app

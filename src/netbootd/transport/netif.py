@@ -11,6 +11,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
 
 _SIOCGIFADDR = 0x8915
 _SIOCGIFNETMASK = 0x891B
@@ -57,3 +58,32 @@ def interface_info(name: str) -> InterfaceInfo:
             mtu = 1500
     prefix = bin(int.from_bytes(mask, "big")).count("1")
     return InterfaceInfo(name, IPv4Interface(f"{IPv4Address(addr)}/{prefix}"), mtu)
+
+
+NEIGHBOURS = Path("/proc/net/arp")
+_ARP_COMPLETE = 0x2  # ATF_COM: the entry has a hardware address
+
+
+def neighbours(table: Path = NEIGHBOURS) -> dict[str, str]:
+    """The kernel's IPv4 neighbour (ARP) table: address -> MAC, lower case with colons, the
+    complete entries only. Empty where it cannot be read.
+
+    Only hosts on a network of this machine's are in it: a relayed client's address is not (its
+    router's is, under the router's own address), so no MAC is ever given to the wrong address.
+    """
+    try:
+        lines = table.read_text().splitlines()[1:]
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        try:
+            flags = int(parts[2], 16)
+        except ValueError:
+            continue
+        if flags & _ARP_COMPLETE and parts[3] != "00:00:00:00:00:00":
+            found[parts[0]] = parts[3].lower()
+    return found

@@ -1,0 +1,13 @@
+"""The operator's routes, in the order the HTTP server matches them (before its files)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from netbootd.api.view import OperatorView
+
+
+def routes(view: OperatorView) -> list[web.AbstractRouteDef]:
+    """Every route of the operator's view over ``view``."""
+    del view
+    return []

@@ -1,0 +1,96 @@
+"""The journal's database: events in and out, in order, bounded."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from netbootd.boot.journal import BootEvent
+from netbootd.store.journal import JournalError, JournalStore
+
+
+def _event(time: float, mac: str = "52:54:00:00:00:01", address: str = "", **fields: str) -> BootEvent:
+    return BootEvent(time, mac, address, "dhcp", "DISCOVER", fields)
+
+
+def test_events_come_back_in_order_with_their_fields(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "journal.sqlite3")
+    store.open()
+    store.append([_event(1.0, decision="OFFER"), _event(2.0, address="10.0.0.5", decision="ACK")])
+    store.append([_event(3.0, mac="52:54:00:00:00:02")])
+    events = store.events(mac="52:54:00:00:00:01")
+    assert [(e.time, e.get("decision"), e.address) for e in events] == [
+        (1.0, "OFFER", ""),
+        (2.0, "ACK", "10.0.0.5"),
+    ]
+    assert [e.id for e in store.events()] == [1, 2, 3]
+    assert [e.id for e in store.events(after=1, limit=1)] == [2]
+    assert [e.id for e in store.events(newest=True, limit=2)] == [2, 3]
+    assert store.last_id() == 3
+    store.close()
+
+
+def test_machines_and_the_mac_of_an_address(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "journal.sqlite3")
+    store.open()
+    store.append(
+        [
+            _event(1.0, address="10.0.0.5"),
+            _event(5.0, mac="52:54:00:00:00:02", address="10.0.0.6"),
+            _event(6.0, mac="", address="10.0.0.7"),
+        ]
+    )
+    seen = store.machines()
+    assert [(m.mac, m.last, m.address, m.events) for m in seen] == [
+        ("52:54:00:00:00:02", 5.0, "10.0.0.6", 1),
+        ("52:54:00:00:00:01", 1.0, "10.0.0.5", 1),
+    ]
+    assert store.mac_for("10.0.0.5", since=0) == "52:54:00:00:00:01"
+    assert store.mac_for("10.0.0.5", since=2.0) is None  # too long ago to say
+    assert store.mac_for("10.0.0.7", since=0) is None  # no event there named its MAC
+    store.close()
+
+
+def test_prune_keeps_the_newest_events_and_drops_the_old(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "journal.sqlite3", max_events=3, max_age=100.0)
+    store.open()
+    store.append([_event(float(t)) for t in range(10)])
+    assert store.prune(now=50.0) == 7
+    assert [e.time for e in store.events()] == [7.0, 8.0, 9.0]
+    assert store.prune(now=108.5) == 2  # older than 100 s: 7 and 8
+    assert [e.time for e in store.events()] == [9.0]
+    store.close()
+
+
+def test_a_second_writer_shares_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    first, second = JournalStore(path), JournalStore(path)
+    first.open()
+    second.open()
+    first.append([_event(1.0)])
+    second.append([_event(2.0)])
+    assert [e.time for e in first.events()] == [1.0, 2.0]
+    first.close()
+    second.close()
+
+
+def test_a_file_that_is_no_database_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"not a database, at all" * 100)
+    store = JournalStore(path)
+    with pytest.raises(JournalError, match="journal .*journal.sqlite3"):
+        store.open()
+
+
+def test_damaged_fields_read_as_empty(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "journal.sqlite3")
+    store.open()
+    store.append([_event(1.0, decision="OFFER")])
+    db = sqlite3.connect(tmp_path / "journal.sqlite3")
+    db.execute("UPDATE events SET fields = '{broken'")
+    db.commit()
+    db.close()
+    assert store.events()[0].fields == {}
+    store.close()
