@@ -10,7 +10,8 @@ MAC = "52:54:00:00:00:01"
 
 
 def _ack(now: float, address: str) -> journal_module.DhcpRecord:
-    return (now, MAC, "REQUEST", "ACK", address, "undionly.kpxe", "bios", "", "pxe", "bios", 67, "", "")
+    file, why = "undionly.kpxe", "bios"
+    return (now, MAC, "REQUEST", "ACK", address, file, why, "", "pxe", "bios", 67, "", "")
 
 
 def test_a_transfer_gets_the_mac_of_the_dhcp_exchange_that_gave_its_address() -> None:

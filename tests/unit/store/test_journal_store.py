@@ -11,7 +11,9 @@ from netbootd.boot.journal import BootEvent
 from netbootd.store.journal import JournalError, JournalStore
 
 
-def _event(time: float, mac: str = "52:54:00:00:00:01", address: str = "", **fields: str) -> BootEvent:
+def _event(
+    time: float, mac: str = "52:54:00:00:00:01", address: str = "", **fields: str
+) -> BootEvent:
     return BootEvent(time, mac, address, "dhcp", "DISCOVER", fields)
 
 
@@ -80,7 +82,7 @@ def test_a_file_that_is_no_database_is_one_error(tmp_path: Path) -> None:
     path = tmp_path / "journal.sqlite3"
     path.write_bytes(b"not a database, at all" * 100)
     store = JournalStore(path)
-    with pytest.raises(JournalError, match="journal .*journal.sqlite3"):
+    with pytest.raises(JournalError, match=r"journal .*journal\.sqlite3"):
         store.open()
 
 
