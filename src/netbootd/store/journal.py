@@ -103,9 +103,23 @@ class JournalStore:
             # A lost last moment of the journal is no harm; a sync per batch would cost more.
             db.execute("PRAGMA synchronous = NORMAL")
             db.executescript(_SCHEMA)
+            (check,) = db.execute("PRAGMA quick_check").fetchone()
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
+        if check != "ok":
+            db.close()
+            raise JournalError(f"journal {self.path}: damaged: {check}")
         self._db = db
+
+    def set_aside(self, suffix: str) -> Path:
+        """Rename the file (and its write-ahead log) to ``<name>.<suffix>``, so that
+        :meth:`open` starts a new one; where it went."""
+        aside = self.path.with_name(f"{self.path.name}.{suffix}")
+        for extra in ("", "-wal", "-shm"):
+            source = self.path.with_name(self.path.name + extra)
+            if source.exists():
+                source.replace(aside.with_name(aside.name + extra))
+        return aside
 
     def close(self) -> None:
         if self._db is not None:

@@ -62,7 +62,20 @@ class JournalWriter:
     async def start(self) -> None:
         """Open the database (raise JournalError) and start writing."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self.store.open)
+        try:
+            await loop.run_in_executor(self._thread, self.store.open)
+        except JournalError as exc:
+            if not self.prunes:
+                raise  # the first process has opened it, or failed to
+            # The journal is for the operator's eyes: a damaged one is set aside, not a reason
+            # for the boots to stop.
+            aside = self.store.set_aside(f"damaged-{int(time.time())}")
+            log.warning(
+                format_event(
+                    "journal-set-aside", error=str(exc), moved_to=str(aside), effect="a new one"
+                )
+            )
+            await loop.run_in_executor(self._thread, self.store.open)
         self._task = loop.create_task(self._run())
 
     async def _run(self) -> None:

@@ -56,3 +56,21 @@ def test_the_neighbour_table_is_read_for_complete_entries(tmp_path: Path) -> Non
     )
     assert neighbours(table) == {"10.0.0.7": "52:54:00:aa:00:01"}
     assert neighbours(tmp_path / "none") == {}
+
+
+async def test_a_damaged_journal_is_set_aside_and_a_new_one_begun(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "journal.sqlite3"
+    path.write_bytes(b"not a database, at all" * 100)
+    journal = Journal()
+    writer = JournalWriter(journal, JournalStore(path))
+    await writer.start()
+    journal.transfer(Service.TFTP, "10.0.0.7", {"file": "x", "result": "ok"})
+    await writer.close()
+    assert [e.get("file") for e in JournalStore(path).events()] == ["x"]
+    aside = _names(tmp_path, ".damaged-")
+    assert len(aside) == 1 and aside[0].startswith("journal.sqlite3.damaged-")
+    assert "journal-set-aside" in caplog.text
+
+
+def _names(directory: Path, part: str) -> list[str]:
+    return [p.name for p in directory.iterdir() if part in p.name]
