@@ -454,6 +454,7 @@ class App:
             release=self._release if self.share is None else None,
             lease_file=self.config.state_dir / "leases.sqlite3" if self.store else None,
             explain=self.explainer,
+            told=self.journal,
         )
 
     def _live_leases(self) -> Callable[[], list[Lease]] | None:

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
@@ -32,7 +33,7 @@ from pydantic.json_schema import models_json_schema
 from netbootd.api import schemas
 from netbootd.api.view import OperatorView
 from netbootd.boot.inventory import InventoryError, Machine, normalise_mac
-from netbootd.boot.journal import BootEvent
+from netbootd.boot.journal import BootEvent, Kind
 from netbootd.boot.leases import Lease, LeaseState
 from netbootd.boot.verdict import Verdict, machine_verdicts
 from netbootd.config import ConfigError
@@ -182,9 +183,11 @@ def _wrap(
             log.error(format_event("api-error", path=request.path, error=str(exc)))
             return error_response(503, str(exc))
         except Exception as exc:
-            log.exception(
+            frames = traceback.extract_tb(exc.__traceback__)
+            at = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "-"
+            log.error(
                 format_event(
-                    "api-failed", method=request.method, path=request.path, error=repr(exc)
+                    "api-failed", method=request.method, path=request.path, error=repr(exc), at=at
                 )
             )
             return error_response(500, "internal error; the server's log says more")
@@ -193,7 +196,7 @@ def _wrap(
 
 
 def routes(view: OperatorView) -> list[web.AbstractRouteDef]:
-    """The API's routes over ``view``, then its answer for any other path under /api/v1."""
+    """The API's routes over ``view`` (and its OpenAPI document)."""
     api = Api(view)
     found: list[web.AbstractRouteDef] = []
     for route in ROUTES:
@@ -204,8 +207,19 @@ def routes(view: OperatorView) -> list[web.AbstractRouteDef]:
         del request
         return web.json_response(openapi_document())
 
+    found.append(web.get(f"{PREFIX}/openapi.json", openapi, allow_head=False))
+    return found
+
+
+def fallback() -> list[web.AbstractRouteDef]:
+    """The JSON answer for any other request under /api/v1: 405 for a path of a route asked
+    with another method, else 404. Mounted after every route under /api/v1, whoever's."""
+
     async def elsewhere(request: web.Request) -> web.StreamResponse:
-        allowed = sorted({r.method for r in ROUTES if r.pattern.match(request.path)})
+        # A route another module serves (the event stream) is not known here by its handler.
+        allowed = sorted(
+            {r.method for r in ROUTES if r.handler is not None and r.pattern.match(request.path)}
+        )
         if request.path == f"{PREFIX}/openapi.json":
             allowed = ["GET"]
         if allowed:
@@ -216,10 +230,7 @@ def routes(view: OperatorView) -> list[web.AbstractRouteDef]:
             )
         return error_response(404, f"no such API route: {request.path}")
 
-    found.append(web.get(f"{PREFIX}/openapi.json", openapi))
-    found.append(web.route("*", PREFIX + "/{tail:.*}", elsewhere))
-    found.append(web.route("*", PREFIX, elsewhere))
-    return found
+    return [web.route("*", PREFIX + "/{tail:.*}", elsewhere), web.route("*", PREFIX, elsewhere)]
 
 
 # --- shapes ---------------------------------------------------------------------------------
@@ -575,6 +586,8 @@ async def _mark(api: Api, request: web.Request, *, installed: bool) -> web.Strea
         log.info(
             format_event("installed" if installed else "install-again", machine=name, by="api")
         )
+        if api.view.told is not None and machine.mac is not None:
+            api.view.told.inventory(Kind.INSTALLED if installed else Kind.AGAIN, machine.mac, name)
     return ok(schemas.Mark, {"name": name, "installed": installed, "message": message})
 
 

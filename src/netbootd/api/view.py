@@ -14,6 +14,7 @@ from pathlib import Path
 
 from netbootd.boot.leases import Lease
 from netbootd.config import Config
+from netbootd.services.journal import Journal
 from netbootd.services.machines import LiveInventory
 from netbootd.store.journal import JournalStore
 
@@ -59,3 +60,5 @@ class OperatorView:
     release: Callable[[IPv4Address], Awaitable[Lease | None]] | None = None
     lease_file: Path | None = None
     explain: Explainer | None = None
+    # Where the API tells the journal what it did to a machine (a boot-once mark).
+    told: Journal | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from netbootd.boot.inventory import InventoryError, InventoryProblem, Location
 
 API_INVENTORY_FILE = "api-inventory.toml"
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 _HEADER = (
     "# Machines added through netbootd's REST API (POST/PUT/DELETE /api/v1/machines).\n"
@@ -53,6 +55,11 @@ def _escape(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def _key(name: str) -> str:
+    """A key bare when TOML allows it bare (``boot-once``), else quoted."""
+    return name if _BARE_KEY.fullmatch(name) else _escape(name)
+
+
 def toml_value(value: object) -> str:
     """``value`` (a string, number, boolean, array or table of those) as a TOML value."""
     if isinstance(value, bool):
@@ -81,7 +88,7 @@ def to_toml(machines: Mapping[str, Mapping[str, object]]) -> str:
     parts = [_HEADER]
     for name, table in machines.items():
         lines = [f"[machines.{_escape(name)}]"]
-        lines += [f"{key} = {toml_value(value)}" for key, value in table.items()]
+        lines += [f"{_key(key)} = {toml_value(value)}" for key, value in table.items()]
         parts.append("\n".join(lines) + "\n")
     return "\n".join(parts)
 
