@@ -50,6 +50,8 @@ MACHINE_EVENTS = 500
 # A request body larger than this is refused (a machine is a few hundred bytes).
 MAX_BODY = 64 * 1024
 EVENTS_LIMIT = 1000
+# The list of machines judges each one's latest attempt from its latest this many events.
+LIST_EVENTS = 200
 
 _T = TypeVar("_T")
 
@@ -382,13 +384,10 @@ def _all_machines(api: Api) -> list[dict[str, object]]:
             listed.append(_Found(machine.mac, machine))
             if machine.mac is not None:
                 known.add(machine.mac)
-    if api.view.journal is not None:
-        for seen in api.view.journal.machines():
-            if seen.mac not in known:
-                listed.append(_Found(seen.mac, None))
-    summaries = [
-        _summary(api, found, _events_of(api, found.mac, MACHINE_EVENTS), now)[0] for found in listed
-    ]
+    journal = api.view.journal
+    latest = journal.latest_by_mac(LIST_EVENTS) if journal is not None else {}
+    listed += [_Found(mac, None) for mac in latest if mac not in known]
+    summaries = [_summary(api, found, latest.get(found.mac or "", []), now)[0] for found in listed]
     seen_ones = sorted(
         (s for s in summaries if s["last_seen"] is not None),
         key=lambda s: -float(s["last_seen"]),  # type: ignore[arg-type]
