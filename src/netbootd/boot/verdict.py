@@ -384,6 +384,13 @@ def _stall_cause(reading: _Reading, events: Sequence[BootEvent]) -> tuple[str, s
     if latest.get("result") == _SIZE_QUERY:
         return f"asked the size of {name} but never fetched it", name
     role = _role(latest)
+    if role not in _ROLE_STEP:
+        # A module or a provisioning file: the furthest step says more of what is missing.
+        step = reading.timeline.get(reading.furthest)
+        roles = {value: key for key, value in _ROLE_STEP.items()}
+        if step is None or step.step not in roles:
+            return f"fetched {name} and then nothing more", name
+        role, name = roles[step.step], step.file
     if role is Role.KERNEL:
         # Not booted with its kernel in: an initrd was asked for and did not come.
         for event in reversed(events):
@@ -392,13 +399,6 @@ def _stall_cause(reading: _Reading, events: Sequence[BootEvent]) -> tuple[str, s
         return f"fetched the kernel {name} but not its initrd", name
     if role is Role.INITRD:
         return f"fetched the initrd {name} but never the kernel", name
-    if role not in (Role.LOADER, Role.CONFIG):
-        # A module or a provisioning file: the furthest step says more.
-        step = reading.timeline.get(reading.furthest)
-        name = step.file if step is not None and step.step in (Step.LOADER, Step.CONFIG) else ""
-        role = Role.LOADER if reading.furthest is Step.LOADER else Role.CONFIG
-        if not name:
-            return f"fetched {_name(latest)} and then nothing more", _name(latest)
     if role is Role.LOADER:
         return f"fetched the loader {name} but never asked for its configuration or script", name
     return f"fetched its configuration {name} but never the kernel", name
@@ -432,6 +432,8 @@ def verdict(attempt: Attempt, now: float, *, quiet: float = QUIET) -> Verdict:
             ended = reading.timeline[step].time
         return Verdict(state, step, cause, file, started, ended, timeline)
 
+    if not events:
+        return decide(State.IN_PROGRESS, Step.DHCP)  # nothing has happened yet
     if reading.booted_at is not None:
         return decide(State.BOOTED, Step.DONE)
     loader, times = reading.loops
