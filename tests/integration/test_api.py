@@ -277,6 +277,12 @@ async def test_validation_errors(server: Server) -> None:
     assert body["message"] == "machine web1 is defined in site.toml:18, not by the API"
     status, body, _ = await server.call("DELETE", "/api/v1/machines/web1")
     assert status == 409
+    status, body, _ = await server.call("PUT", "/api/v1/machines/nosuch", {"mac": NEW})
+    assert status == 404 and body["status"] == 404
+    status, body, _ = await server.call("POST", post, raw=b'{"name": "' + b"a" * 70_000 + b'"}')
+    assert status == 413 and body["status"] == 413
+    status, body, _ = await server.call("POST", post, [1, 2])
+    assert status == 422 and body["status"] == 422
     # None of it reached the file.
     assert not (server.tmp / "state" / "api-inventory.toml").exists()
 

@@ -32,13 +32,20 @@ from pydantic.json_schema import models_json_schema
 
 from netbootd.api import schemas
 from netbootd.api.view import OperatorView
-from netbootd.boot.inventory import InventoryError, Machine, normalise_mac
+from netbootd.boot.inventory import (
+    Group,
+    Inventory,
+    InventoryError,
+    Machine,
+    Profile,
+    normalise_mac,
+)
 from netbootd.boot.journal import BootEvent, Kind
 from netbootd.boot.leases import Lease, LeaseState
-from netbootd.boot.verdict import Verdict, machine_verdicts
+from netbootd.boot.verdict import Attempt, Verdict, machine_verdicts
 from netbootd.config import ConfigError
 from netbootd.logs.events import format_event
-from netbootd.services.machines import LiveInventory
+from netbootd.services.machines import LiveInventory, Loaded
 from netbootd.store.journal import JournalError
 from netbootd.store.leases import StoreError, read_leases
 
@@ -324,7 +331,7 @@ def _summary(
     found: _Found,
     events: Sequence[BootEvent],
     now: float,
-) -> tuple[dict[str, object], list[tuple[Any, Verdict]]]:
+) -> tuple[dict[str, object], list[tuple[Attempt, Verdict]]]:
     """The machine's summary, and its attempts with their verdicts."""
     inventory = api.view.inventory
     machine = found.machine
@@ -428,7 +435,8 @@ async def show_machine(api: Api, request: web.Request) -> web.StreamResponse:
 async def _body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, f"the body is larger than {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
+    # The whole body, within the server's own cap (aiohttp's 413 past it, answered as JSON).
+    raw = await request.read()
     if len(raw) > MAX_BODY:
         raise ApiError(413, f"the body is larger than {MAX_BODY} bytes")
     try:
@@ -468,7 +476,7 @@ async def _change(
     running server uses it at once."""
     async with api.writing:
 
-        def work() -> Any:
+        def work() -> Loaded:
             machines = inventory.api.read()
             change(machines)
             return inventory.try_api_machines(machines)
@@ -601,7 +609,7 @@ async def mark_again(api: Api, request: web.Request) -> web.StreamResponse:
 # --- handlers: profiles and groups ----------------------------------------------------------
 
 
-def _profile_json(profile: Any) -> dict[str, object]:
+def _profile_json(profile: Profile) -> dict[str, object]:
     return {
         "name": profile.name,
         "method": str(profile.method),
@@ -614,7 +622,7 @@ def _profile_json(profile: Any) -> dict[str, object]:
     }
 
 
-def _group_json(group: Any) -> dict[str, object]:
+def _group_json(group: Group) -> dict[str, object]:
     selector = group.selector
     return {
         "name": group.name,
@@ -629,7 +637,7 @@ def _group_json(group: Any) -> dict[str, object]:
     }
 
 
-def _inventory_or_empty(api: Api) -> Any:
+def _inventory_or_empty(api: Api) -> Inventory | None:
     inventory = api.view.inventory
     return inventory.machines.setup.inventory if inventory is not None else None
 
