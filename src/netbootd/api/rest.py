@@ -19,6 +19,7 @@ import logging
 import re
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError
@@ -149,6 +150,8 @@ class Api:
     view: OperatorView
     writing: asyncio.Lock = field(default_factory=asyncio.Lock)
     clock: Callable[[], float] = time.time
+    # The API's answers by status ("status-200", "status-401"), shown with the counters.
+    counters: Counter[str] = field(default_factory=Counter)
 
     # -- what the handlers need --------------------------------------------------------------
 
@@ -180,6 +183,11 @@ def _wrap(
     api: Api, route: Route, handler: Handler
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
+        response = await answer(request)
+        api.counters[f"status-{response.status}"] += 1
+        return response
+
+    async def answer(request: web.Request) -> web.StreamResponse:
         try:
             if route.write:
                 api.check_token(request)
@@ -840,7 +848,10 @@ async def status(api: Api, request: web.Request) -> web.StreamResponse:
 
 async def counters(api: Api, request: web.Request) -> web.StreamResponse:
     del request
-    return ok(schemas.Counters, api.view.counters())
+    found = api.view.counters()
+    if api.counters:
+        found = {**found, "api": dict(api.counters)}
+    return ok(schemas.Counters, found)
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
