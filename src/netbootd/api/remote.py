@@ -155,7 +155,8 @@ def machines_text(machines: Sequence[Mapping[str, Any]]) -> str:
         for m in machines
     ]
     columns = ("name", "mac", "address", "profile", "source", "last seen", "verdict")
-    return "\n".join(_table(columns, rows)) + f"\n{len(machines)} machines\n"
+    count = f"{len(machines)} machine" + ("" if len(machines) == 1 else "s")
+    return "\n".join(_table(columns, rows)) + f"\n{count}\n"
 
 
 def _event_line(event: Mapping[str, Any]) -> str:
