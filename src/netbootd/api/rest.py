@@ -537,7 +537,7 @@ def _api_machine(inventory: LiveInventory, name: str) -> None:
 
 async def replace_machine(api: Api, request: web.Request) -> web.StreamResponse:
     inventory = api.inventory()
-    name = request.match_info["name"]
+    name = request.match_info["id"]
     _api_machine(inventory, name)
     body = await _body(request, schemas.MachineReplace)
     assert isinstance(body, schemas.MachineReplace)
@@ -555,7 +555,7 @@ async def replace_machine(api: Api, request: web.Request) -> web.StreamResponse:
 
 async def delete_machine(api: Api, request: web.Request) -> web.StreamResponse:
     inventory = api.inventory()
-    name = request.match_info["name"]
+    name = request.match_info["id"]
     _api_machine(inventory, name)
 
     def remove(machines: dict[str, dict[str, object]]) -> None:
@@ -942,7 +942,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "PUT",
-        f"{PREFIX}/machines/{{name}}",
+        f"{PREFIX}/machines/{_ID}",
         replace_machine,
         "Replace one of the API-managed machines",
         {
@@ -956,7 +956,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "DELETE",
-        f"{PREFIX}/machines/{{name}}",
+        f"{PREFIX}/machines/{_ID}",
         delete_machine,
         "Remove one of the API-managed machines",
         {
@@ -1116,6 +1116,14 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": _REF.format(model=model.__name__)}
 
 
+_PATH_PARAMS = {
+    "id": "a machine: its inventory name, or a MAC with ':' or '-' (PUT and DELETE: the name "
+    "of one of the API's machines)",
+    "name": "the name",
+    "address": "an IPv4 address",
+}
+
+
 def _operation(route: Route) -> dict[str, Any]:
     words = re.sub(r"[^a-z0-9]+", "_", route.path.removeprefix(PREFIX).lower()).strip("_")
     operation: dict[str, Any] = {
@@ -1124,7 +1132,13 @@ def _operation(route: Route) -> dict[str, Any]:
         "responses": {},
     }
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "description": _PATH_PARAMS.get(name, name),
+            "schema": {"type": "string"},
+        }
         for name in re.findall(r"\{([^}]+)\}", route.path)
     ]
     parameters += [

@@ -54,6 +54,12 @@ def test_the_component_schemas_are_the_models_own() -> None:
         schemas.MachineBody.model_validate({"name": "a", "colour": "red"})
 
 
+def test_no_two_paths_differ_only_in_their_template_names() -> None:
+    # OpenAPI 3.1 §4.8.8: such paths are identical, and MUST NOT both exist.
+    shapes = [re.sub(r"\{[^}]+\}", "{}", path) for path in openapi_document()["paths"]]
+    assert len(shapes) == len(set(shapes))
+
+
 def test_paths_are_under_the_prefix() -> None:
     assert all(route.path.startswith(PREFIX + "/") for route in ROUTES)
 
