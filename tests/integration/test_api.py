@@ -428,6 +428,8 @@ async def test_machine_journal_and_verdict(server: Server) -> None:
     )
     assert status == 200 and body["source"] == "seen" and body["address"] == "127.0.0.60"
 
+    status, body, _ = await server.call("GET", "/api/v1/status", token=None)
+    assert body["journal"]["events"] == 5 and body["journal"]["last"] >= 5
     status, body, _ = await server.call("GET", "/api/v1/events?limit=2", token=None)
     assert [e["mac"] for e in body["events"]] == [WEB1, seen]
     last = body["last"]

@@ -832,7 +832,8 @@ def _status(api: Api) -> dict[str, object]:
         "services": services,
         "journal": {
             "enabled": view.journal is not None,
-            "events": view.journal.last_id() if view.journal is not None else 0,
+            "events": view.journal.count() if view.journal is not None else 0,
+            "last": view.journal.last_id() if view.journal is not None else 0,
         },
         "inventory": inventory,
         "writable": view.token is not None,

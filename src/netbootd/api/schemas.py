@@ -192,7 +192,8 @@ class Services(_Body):
 
 class JournalStatus(_Body):
     enabled: bool
-    events: int = Field(description="the latest event's id")
+    events: int = Field(description="how many events it holds")
+    last: int = Field(description="the latest event's id")
 
 
 class InventoryStatus(_Body):

@@ -219,6 +219,12 @@ class JournalStore:
             for mac, first, last, count, address in rows
         ]
 
+    def count(self) -> int:
+        """How many events the journal holds."""
+        with self.reader() as db:
+            (found,) = db.execute("SELECT count(*) FROM events").fetchone()
+        return int(found)
+
     def latest_by_mac(self, per_mac: int) -> dict[str, list[BootEvent]]:
         """Every MAC's latest ``per_mac`` events (oldest first), in one read: a list of
         machines with their verdicts, without a query per machine."""

@@ -30,7 +30,7 @@ def test_events_come_back_in_order_with_their_fields(tmp_path: Path) -> None:
     assert [e.id for e in store.events()] == [1, 2, 3]
     assert [e.id for e in store.events(after=1, limit=1)] == [2]
     assert [e.id for e in store.events(newest=True, limit=2)] == [2, 3]
-    assert store.last_id() == 3
+    assert store.last_id() == 3 and store.count() == 3
     store.close()
 
 
