@@ -69,6 +69,17 @@ def test_installed_needs_only_the_inventory_and_the_state_dir(
     assert json.loads((site / "state" / "installed.json").read_text()) == {"installed": []}
 
 
+def test_installed_knows_the_apis_machines(site: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (site / "state").mkdir()
+    (site / "state" / "api-inventory.toml").write_text(
+        '[machines."new1"]\nmac = "52:54:00:aa:bb:07"\nprofile = "disk"\nboot-once = "installer"\n'
+    )
+    where = ["--inventory", str(site / "inventory"), "--state-dir", str(site / "state")]
+    code, out, err = run(capsys, "installed", *where, "--mac", "52:54:00:aa:bb:07")
+    assert (code, err) == (0, "")
+    assert out.startswith("new1 is installed")
+
+
 def test_installed_reads_its_directories_from_the_config_file(
     site: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -233,6 +233,27 @@ class JournalStore:
             for mac, first, last, count, address in rows
         ]
 
+    def count(self) -> int:
+        """How many events the journal holds."""
+        with self.reader() as db:
+            (found,) = db.execute("SELECT count(*) FROM events").fetchone()
+        return int(found)
+
+    def latest_by_mac(self, per_mac: int) -> dict[str, list[BootEvent]]:
+        """Every MAC's latest ``per_mac`` events (oldest first), in one read: a list of
+        machines with their verdicts, without a query per machine."""
+        query = (
+            f"SELECT {_COLUMNS} FROM (SELECT *, row_number() OVER "  # noqa: S608 (fixed parts)
+            "(PARTITION BY mac ORDER BY id DESC) AS nth FROM events WHERE mac != '') "
+            "WHERE nth <= ? ORDER BY id"
+        )
+        found: dict[str, list[BootEvent]] = {}
+        with self.reader() as db:
+            for row in db.execute(query, (per_mac,)):
+                event = _event(row)
+                found.setdefault(event.mac, []).append(event)
+        return found
+
     def mac_for(self, address: str, since: float) -> str | None:
         """The MAC of the latest event from ``since`` on that names ``address`` with a MAC:
         who had that address then (a transfer carries the client's address only)."""

@@ -30,7 +30,7 @@ def test_events_come_back_in_order_with_their_fields(tmp_path: Path) -> None:
     assert [e.id for e in store.events()] == [1, 2, 3]
     assert [e.id for e in store.events(after=1, limit=1)] == [2]
     assert [e.id for e in store.events(newest=True, limit=2)] == [2, 3]
-    assert store.last_id() == 3
+    assert store.last_id() == 3 and store.count() == 3
     store.close()
 
 
@@ -95,4 +95,18 @@ def test_damaged_fields_read_as_empty(tmp_path: Path) -> None:
     db.commit()
     db.close()
     assert store.events()[0].fields == {}
+    store.close()
+
+
+def test_the_latest_events_of_every_mac_in_one_read(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "journal.sqlite3")
+    store.open()
+    a, b = "52:54:00:00:00:01", "52:54:00:00:00:02"
+    store.append([_event(float(t), mac=a if t % 2 else b) for t in range(1, 8)])
+    store.append([_event(9.0, mac="")])  # no MAC: no machine's
+    latest = store.latest_by_mac(2)
+    assert {mac: [e.time for e in events] for mac, events in latest.items()} == {
+        a: [5.0, 7.0],
+        b: [4.0, 6.0],
+    }
     store.close()
