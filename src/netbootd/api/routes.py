@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from netbootd.api.metrics import metrics_routes
 from netbootd.api.view import OperatorView
 
 
 def routes(view: OperatorView) -> list[web.AbstractRouteDef]:
     """Every route of the operator's view over ``view``."""
-    del view
-    return []
+    return [*metrics_routes(view)]

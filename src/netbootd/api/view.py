@@ -12,11 +12,24 @@ from dataclasses import dataclass, field
 
 from netbootd.config import Config
 from netbootd.services.machines import LiveInventory
+from netbootd.services.metrics import Histogram, PoolUse, WorkerReport
 from netbootd.store.journal import JournalStore
 
 
 def _no_counters() -> dict[str, dict[str, int]]:
     return {}
+
+
+def _no_histogram() -> Histogram | None:
+    return None
+
+
+def _no_pools() -> list[PoolUse]:
+    return []
+
+
+def _no_reports() -> list[WorkerReport]:
+    return []
 
 
 @dataclass
@@ -29,3 +42,12 @@ class OperatorView:
     counters: Callable[[], dict[str, dict[str, int]]] = field(default=_no_counters)
     # The API's write token; None: the API is read-only.
     token: str | None = None
+    # What the metrics read of this process, on the event loop (cheap, no I/O): the DHCP
+    # answer times, the use of each pool, the journal's own counters (dropped, failed,
+    # written), the transfer rates (None: no journal, so none are kept).
+    answer_times: Callable[[], Histogram | None] = field(default=_no_histogram)
+    pools: Callable[[], list[PoolUse]] = field(default=_no_pools)
+    journal_counts: Callable[[], dict[str, int]] = field(default=dict)
+    transfer_rates: Callable[[], dict[str, Histogram]] | None = None
+    # The other DHCP workers' latest reports (dhcp-workers > 1), set once they have started.
+    workers: Callable[[], list[WorkerReport]] = field(default=_no_reports)

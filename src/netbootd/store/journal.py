@@ -199,6 +199,12 @@ class JournalStore:
         found = [_event(row) for row in rows]
         return found[::-1] if newest else found
 
+    def count(self) -> int:
+        """How many events are stored."""
+        with self.reader() as db:
+            (count,) = db.execute("SELECT count(*) FROM events").fetchone()
+        return int(count)
+
     def last_id(self) -> int:
         with self.reader() as db:
             (top,) = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
