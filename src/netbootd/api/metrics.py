@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -36,6 +36,7 @@ from netbootd.services.metrics import Histogram, PoolUse, merge_counters, merge_
 from netbootd.store.journal import JournalError
 
 JOURNAL_CACHE = 5.0  # seconds a reading of the journal serves the scrapes that follow
+READ_BATCH = 10_000  # events read from the journal at a time
 BOOT_WINDOW = 86400.0  # machines whose latest event is older than a day are not counted
 _VERDICTS = tuple(state.value for state in State)
 _LEASE_STATES = ("bound", "offered", "declined")
@@ -58,15 +59,11 @@ class JournalReading:
     error: str = ""
 
 
-def boots_by_verdict(events: list[BootEvent], now: float) -> dict[str, int]:
-    """How many machines' latest boot attempt stands at each verdict, over ``events`` (of any
-    machines, in order); events without a MAC are no machine's."""
-    by_mac: dict[str, list[BootEvent]] = {}
-    for event in events:
-        if event.mac:
-            by_mac.setdefault(event.mac, []).append(event)
+def boots_by_verdict(machines: Iterable[Sequence[BootEvent]], now: float) -> dict[str, int]:
+    """How many machines' latest boot attempt stands at each verdict at ``now``, over each
+    machine's events."""
     found = dict.fromkeys(_VERDICTS, 0)
-    for machine_events in by_mac.values():
+    for machine_events in machines:
         judged = machine_verdicts(machine_events, now)
         if judged:
             found[judged[-1][1].state.value] += 1
@@ -87,22 +84,43 @@ class ServerCollector:
         self.clock = clock
         self.monotonic = monotonic
         self.journal_reading: JournalReading | None = None
+        self._by_mac: dict[str, list[BootEvent]] = {}  # the day's events, by machine
+        self._after = 0  # the id of the last event read
         self._reading: asyncio.Future[JournalReading] | None = None
 
     # -- the journal, in a thread ---------------------------------------------------------------
 
     def read_journal(self) -> JournalReading:
-        """Read the journal's database (blocking: call it in a thread)."""
+        """Read the journal's database (blocking: call it in a thread, one at a time).
+
+        Only the events stored since the last reading are read: the day's events of each
+        machine are kept here, and those that fall out of the day are forgotten."""
         store = self.view.journal
         at = self.monotonic()
         if store is None:
             return JournalReading(at)
         now = self.clock()
+        since = now - BOOT_WINDOW
+        held = self._by_mac
         try:
-            events = store.events(since=now - BOOT_WINDOW, limit=store.max_events)
-            return JournalReading(at, store.count(), boots_by_verdict(events, now))
+            while True:
+                batch = store.events(after=self._after, since=since, limit=READ_BATCH)
+                for event in batch:
+                    if event.mac:
+                        held.setdefault(event.mac, []).append(event)
+                if batch:
+                    self._after = batch[-1].id
+                if len(batch) < READ_BATCH:
+                    break
+            stored = store.count()
         except JournalError as exc:
             return JournalReading(at, error=str(exc))
+        for mac, events in list(held.items()):
+            if events[-1].time < since:
+                del held[mac]
+            elif events[0].time < since:
+                held[mac] = [event for event in events if event.time >= since]
+        return JournalReading(at, stored, boots_by_verdict(held.values(), now))
 
     async def refresh(self) -> None:
         """Read the journal again if the last reading is older than :data:`JOURNAL_CACHE`; the
@@ -112,15 +130,11 @@ class ServerCollector:
         last = self.journal_reading
         if last is not None and self.monotonic() - last.at < JOURNAL_CACHE:
             return
-        if self._reading is None:
+        if self._reading is None or self._reading.done():
             loop = asyncio.get_running_loop()
             self._reading = asyncio.ensure_future(loop.run_in_executor(None, self.read_journal))
-        reading = self._reading
-        try:
-            self.journal_reading = await asyncio.shield(reading)
-        finally:
-            if self._reading is reading and reading.done():
-                self._reading = None
+        # Shielded: a scrape that gives up does not cancel the reading the others wait for.
+        self.journal_reading = await asyncio.shield(self._reading)
 
     # -- the families ---------------------------------------------------------------------------
 

@@ -113,7 +113,7 @@ def test_boots_by_verdict_take_each_machines_latest_attempt() -> None:
         "52:54:00:00:00:02", now - 5,
         ("dhcp", "DISCOVER", {"decision": "OFFER", "address": "10.0.0.8", "client": "pxe"}),
     )  # fmt: skip
-    found = boots_by_verdict(sorted(booted + waiting, key=lambda e: e.time), now)
+    found = boots_by_verdict([booted, waiting], now)
     assert found == {"booted": 1, "stalled": 0, "in-progress": 1}
 
 
@@ -129,7 +129,8 @@ async def test_the_journal_is_read_at_most_every_few_seconds(tmp_path: Path) -> 
     )  # fmt: skip
     clock = [100.0]
     view = _view(journal=store, journal_counts=lambda: {"dropped": 1, "failed": 0, "written": 1})
-    collector = ServerCollector(view, monotonic=lambda: clock[0])
+    wall = [now]
+    collector = ServerCollector(view, clock=lambda: wall[0], monotonic=lambda: clock[0])
     reads = []
     original = collector.read_journal
 
@@ -153,4 +154,14 @@ async def test_the_journal_is_read_at_most_every_few_seconds(tmp_path: Path) -> 
     assert len(reads) == 2
     lines = generate_latest(registry(collector)).decode().splitlines()
     assert "netbootd_journal_events 2.0" in lines
+    assert 'netbootd_boots{verdict="in-progress"} 2.0' in lines
+    # A day on, both machines are out of the window: forgotten, though still stored.
+    wall[0] += metrics.BOOT_WINDOW + 10
+    clock[0] += metrics.JOURNAL_CACHE
+    await collector.refresh()
+    lines = generate_latest(registry(collector)).decode().splitlines()
+    assert "netbootd_journal_events 2.0" in lines
+    assert [line for line in lines if line.startswith("netbootd_boots{")] == [
+        f'netbootd_boots{{verdict="{v}"}} 0.0' for v in ("booted", "stalled", "in-progress")
+    ]
     store.close()
