@@ -842,13 +842,14 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, app.log_counters)
+    if link is not None:
+        await link.connect()  # before any answer: what it learns is never written blocking
     await app.start()
     workers = None
     reporting: asyncio.Task[None] | None = None
     if link is not None:
         if app.machines is not None:
             app.machines.listeners.append(link.remembered)
-        await link.connect()
         link.ready()
         reporting = loop.create_task(link.report_every(app.worker_report))
     elif count > 1:
