@@ -40,6 +40,7 @@ from netbootd.services.dhcp.watch import ServerWatch
 from netbootd.services.files import FileLookupError, FileSource, FileTree
 from netbootd.services.journal import Journal
 from netbootd.services.machines import BootFiles, LiveInventory, Machines, ServerAddress
+from netbootd.services.metrics import Histogram, PoolUse, TransferRates, WorkerReport, pool_use
 from netbootd.services.uploads import remove_leftovers
 from netbootd.store.journal import JournalError, JournalStore
 from netbootd.store.leases import Found, SqliteLeaseStore, StoreError
@@ -139,6 +140,9 @@ class App:
     explainer: Explainer | None = None
     # The DHCP service answering in this process, once started.
     dhcp_answers: DhcpService | None = None
+    # The rate of each transfer, read from the journal's events (worker 0, with the journal).
+    transfer_rates: TransferRates | None = None
+    _configured_subnets: tuple[Subnet, ...] | None = None
 
     @property
     def dhcp_only(self) -> bool:
@@ -439,6 +443,9 @@ class App:
         # Every worker writes its own events; the first one alone drops the old ones.
         self.journal_writer = JournalWriter(self.journal, store, prunes=not self.dhcp_only)
         await self.journal_writer.start()
+        if not self.dhcp_only:
+            self.transfer_rates = TransferRates()
+            self.journal_writer.observers.append(self.transfer_rates.observe)
 
     def operator_view(self) -> OperatorView:
         """What the API, the metrics and the web page see of this server."""
@@ -455,6 +462,41 @@ class App:
             lease_file=self.config.state_dir / "leases.sqlite3" if self.store else None,
             explain=self.explainer,
             told=self.journal,
+            answer_times=self.answer_times,
+            pools=self.pool_use,
+            journal_counts=self.journal_counts,
+            transfer_rates=(
+                self.transfer_rates.histograms if self.transfer_rates is not None else None
+            ),
+        )
+
+    def answer_times(self) -> Histogram | None:
+        return self.dhcp.answer_times() if self.dhcp is not None else None
+
+    def pool_use(self) -> list[PoolUse]:
+        """How much of each configured pool this process's lease book holds (its share)."""
+        if self.dhcp is None or self.config.dhcp_mode is not DhcpMode.AUTHORITATIVE:
+            return []
+        if self._configured_subnets is None:
+            self._configured_subnets = self.served_subnets()
+        service = self.dhcp.service
+        service.book.expire(service.clock())  # an idle server's expired leases count no more
+        return pool_use(service.book, service.subnets, self._configured_subnets)
+
+    def journal_counts(self) -> dict[str, int]:
+        if self.journal is None or self.journal_writer is None:
+            return {}
+        writer = self.journal_writer
+        return {"dropped": self.journal.dropped, "failed": writer.failed, "written": writer.written}
+
+    def worker_report(self) -> WorkerReport:
+        """What a DHCP worker sends worker 0 for the metrics."""
+        return WorkerReport(
+            self.share.index if self.share is not None else 0,
+            self.counters(),
+            self.answer_times(),
+            tuple(self.pool_use()),
+            self.journal_counts() or None,
         )
 
     def _live_leases(self) -> Callable[[], list[Lease]] | None:
@@ -871,12 +913,16 @@ async def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, app.log_counters)
+    if link is not None:
+        await link.connect()  # before any answer: what it learns is never written blocking
     await app.start()
     workers = None
+    reporting: asyncio.Task[None] | None = None
     if link is not None:
         if app.machines is not None:
             app.machines.listeners.append(link.remembered)
         link.ready()
+        reporting = loop.create_task(link.report_every(app.worker_report))
     elif count > 1:
         machines = app.machines
         workers = Workers(argv, config, machines.remember if machines is not None else None)
@@ -886,6 +932,8 @@ async def serve(
             await workers.stop()
             await app.stop()
             raise StartError(str(exc)) from exc
+        if app.view is not None:
+            app.view.workers = workers.reports
 
         def counters_everywhere() -> None:
             app.log_counters()
@@ -908,6 +956,8 @@ async def serve(
     finally:
         log.info(format_event("stopping", **({"worker": worker} if worker is not None else {})))
         notifier.send(Notice(stopping=True, status=f"stopping: {ended}" if ended else "stopping"))
+        if reporting is not None:
+            reporting.cancel()
         if workers is not None:
             await workers.stop()
         await app.stop()

@@ -6,7 +6,12 @@ port 4011 for all. It starts workers 1 to N-1, one after the other, each the sam
 the same arguments and ``--dhcp-worker I``: the kernel numbers the sockets of port 67's group in
 the order they bind, and a worker's number must be its place there. Each worker tells worker 0,
 over a pipe, when it is ready and what it learns of each client (its firmware, its address),
-which the per-machine files that worker 0 serves over HTTP and TFTP are made with.
+which the per-machine files that worker 0 serves over HTTP and TFTP are made with. Every
+:data:`REPORT_INTERVAL` seconds each worker also sends its totals for the metrics (a
+:class:`~netbootd.services.metrics.WorkerReport`), which worker 0 adds to its own at
+``/metrics``. Once serving, a worker writes to its pipe without blocking: what the pipe cannot
+take at once waits in memory, and a report that finds the one before still waiting is skipped
+(the next one carries the same totals, and more).
 
 A worker that ends on its own takes the server down with it (its clients would get no answer
 from anyone): worker 0 logs why and stops. Worker 0 ending ends the workers too: each asks the
@@ -33,6 +38,7 @@ from ipaddress import IPv4Address
 from netbootd.boot.client import ClientInfo
 from netbootd.config import Config
 from netbootd.logs.events import format_event
+from netbootd.services.metrics import WorkerReport
 
 log = logging.getLogger("netbootd")
 
@@ -43,6 +49,7 @@ READY_TIMEOUT = 30.0  # seconds a worker may take from start to ready
 STOP_TIMEOUT = 10.0  # seconds workers have to stop before they are killed
 _PR_SET_PDEATHSIG = 1
 _LENGTH = 4  # octets of each message's length prefix
+REPORT_INTERVAL = 1.0  # seconds between two reports of a worker's totals for the metrics
 
 Remember = Callable[[ClientInfo, IPv4Address | None], None]
 
@@ -74,6 +81,8 @@ class WorkerLink:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        self._pipe: asyncio.WriteTransport | None = None  # once connect() has run
+        self.reports_skipped = 0
 
     @classmethod
     def from_environment(cls, config: Config) -> WorkerLink:
@@ -88,17 +97,44 @@ class WorkerLink:
             )
         return cls(int(raw))
 
+    async def connect(self) -> None:
+        """Write through the event loop from now on: never blocking, the rest kept until the
+        pipe takes it."""
+        loop = asyncio.get_running_loop()
+        self._pipe, _ = await loop.connect_write_pipe(
+            asyncio.BaseProtocol, os.fdopen(self._fd, "wb", buffering=0)
+        )
+
     def _send(self, message: tuple[object, ...]) -> None:
         data = pickle.dumps(message)
-        # One write per message, smaller than the pipe's atomic size in practice; a blocking
-        # pipe takes it whole.
-        os.write(self._fd, len(data).to_bytes(_LENGTH, "big") + data)
+        framed = len(data).to_bytes(_LENGTH, "big") + data
+        if self._pipe is not None:
+            if not self._pipe.is_closing():  # worker 0 gone: this worker is being killed
+                self._pipe.write(framed)
+            return
+        # Before connect(): one write per message on the blocking pipe, which takes it whole.
+        os.write(self._fd, framed)
 
     def ready(self) -> None:
         self._send(("ready",))
 
     def remembered(self, client: ClientInfo, address: IPv4Address | None) -> None:
         self._send(("remember", client, address))
+
+    def report(self, report: WorkerReport) -> None:
+        """Send this worker's totals, unless the last report is still waiting for the pipe."""
+        if self._pipe is not None and self._pipe.get_write_buffer_size() > 0:
+            self.reports_skipped += 1
+            return
+        self._send(("report", report))
+
+    async def report_every(
+        self, make: Callable[[], WorkerReport], interval: float = REPORT_INTERVAL
+    ) -> None:
+        """Report what ``make`` gives every ``interval`` seconds, for ever."""
+        while True:
+            await asyncio.sleep(interval)
+            self.report(make())
 
 
 # -- in worker 0 --------------------------------------------------------------------------------
@@ -121,6 +157,7 @@ class Workers:
         self._digest = config_digest(config)
         self._remember = remember
         self._workers: list[_Worker] = []
+        self._reports: dict[int, WorkerReport] = {}
         self._stopping = False
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -191,11 +228,17 @@ class Workers:
                     assert isinstance(client, ClientInfo)
                     assert address is None or isinstance(address, IPv4Address)
                     self._remember(client, address)
+                elif message[0] == "report" and isinstance(message[1], WorkerReport):
+                    self._reports[worker.index] = message[1]
         except (asyncio.IncompleteReadError, EOFError):
             pass
         status = await worker.process.wait()
         if not self._stopping and not self.ended.done():
             self.ended.set_result(f"DHCP worker {worker.index} ended (status {status})")
+
+    def reports(self) -> list[WorkerReport]:
+        """Each worker's latest report, in the order of the workers."""
+        return [self._reports[index] for index in sorted(self._reports)]
 
     def signal(self, signum: int) -> None:
         for worker in self._workers:

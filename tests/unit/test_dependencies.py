@@ -26,7 +26,11 @@ def _project() -> dict[str, object]:
 def _names(requirements: object) -> set[str]:
     """The distribution names of requirement strings, as their import names."""
     assert isinstance(requirements, list)
-    return {re.split(r"[\s<>=!~;\[]", str(spec), maxsplit=1)[0] for spec in requirements}
+    # A distribution's dashes are underscores in its import name (prometheus-client).
+    return {
+        re.split(r"[\s<>=!~;\[]", str(spec), maxsplit=1)[0].replace("-", "_")
+        for spec in requirements
+    }
 
 
 def _third_party_imports() -> set[str]:

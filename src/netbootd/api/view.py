@@ -16,6 +16,7 @@ from netbootd.boot.leases import Lease
 from netbootd.config import Config
 from netbootd.services.journal import Journal
 from netbootd.services.machines import LiveInventory
+from netbootd.services.metrics import Histogram, PoolUse, WorkerReport
 from netbootd.store.journal import JournalStore
 
 
@@ -40,6 +41,18 @@ class Explained:
 Explainer = Callable[[Mapping[str, str | None]], Explained]
 
 
+def _no_histogram() -> Histogram | None:
+    return None
+
+
+def _no_pools() -> list[PoolUse]:
+    return []
+
+
+def _no_reports() -> list[WorkerReport]:
+    return []
+
+
 @dataclass
 class OperatorView:
     config: Config
@@ -62,3 +75,12 @@ class OperatorView:
     explain: Explainer | None = None
     # Where the API tells the journal what it did to a machine (a boot-once mark).
     told: Journal | None = None
+    # What the metrics read of this process, on the event loop (cheap, no I/O): the DHCP
+    # answer times, the use of each pool, the journal's own counters (dropped, failed,
+    # written), the transfer rates (None: no journal, so none are kept).
+    answer_times: Callable[[], Histogram | None] = field(default=_no_histogram)
+    pools: Callable[[], list[PoolUse]] = field(default=_no_pools)
+    journal_counts: Callable[[], dict[str, int]] = field(default=dict)
+    transfer_rates: Callable[[], dict[str, Histogram]] | None = None
+    # The other DHCP workers' latest reports (dhcp-workers > 1), set once they have started.
+    workers: Callable[[], list[WorkerReport]] = field(default=_no_reports)

@@ -23,6 +23,7 @@ import socket
 import struct
 import sys
 import time
+from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable
 from ipaddress import IPv4Address
@@ -44,6 +45,7 @@ from netbootd.services.dhcp.limits import LineBudget
 from netbootd.services.dhcp.service import DhcpService
 from netbootd.services.dhcp.transaction import Pending, Reply
 from netbootd.services.dhcp.watch import ServerWatch
+from netbootd.services.metrics import ANSWER_TIME_BOUNDS, Histogram
 
 log = logging.getLogger("netbootd.dhcp")
 
@@ -59,8 +61,9 @@ _FINISHING = frozenset(
     (MessageType.REQUEST, MessageType.RELEASE, MessageType.DECLINE, MessageType.INFORM)
 )
 
-_Queued = tuple["_Endpoint", DhcpPacket, tuple[str, int]]
-_QueuedNew = tuple["_Endpoint", DhcpPacket | bytes, tuple[str, int]]  # bytes: not decoded yet
+# Each with its arrival (time.perf_counter()), for the answer-time histogram.
+_Queued = tuple["_Endpoint", DhcpPacket, tuple[str, int], float]
+_QueuedNew = tuple["_Endpoint", DhcpPacket | bytes, tuple[str, int], float]  # bytes: undecoded
 
 
 READ_BATCH = 512  # datagrams taken from a socket each time it is readable
@@ -309,6 +312,18 @@ class DhcpServer:
         self._last_busy_warning = -BUSY_WARNING_INTERVAL
         self.counters: Counter[str] = Counter()
         self._malformed_lines = LineBudget()  # a flood of junk must not flood the log
+        # Answers sent, by how long after their request's arrival (ANSWER_TIME_BOUNDS): a count
+        # per bucket and the sum, kept as plain numbers so that an answer costs an increment.
+        self._answer_counts: list[int] = [0] * (len(ANSWER_TIME_BOUNDS) + 1)
+        self._answer_seconds = 0.0
+
+    @property
+    def service(self) -> DhcpService:
+        return self._service
+
+    def answer_times(self) -> Histogram:
+        """How long the answers sent took, from their request's arrival to their send."""
+        return Histogram(ANSWER_TIME_BOUNDS, tuple(self._answer_counts), self._answer_seconds)
 
     def all_counters(self) -> dict[str, int]:
         """The edge's counters (malformed, dropped, sent) and the service's, by outcome."""
@@ -444,10 +459,11 @@ class DhcpServer:
             and worker_of(data, worker[1]) != worker[0]
         ):
             return  # a broadcast, which every worker hears: another worker's client
+        arrived = time.perf_counter()
         if peek_message_type(data) == MessageType.DISCOVER:
             # A new exchange, decoded when its turn comes: one dropped under load costs
             # nothing more than its read.
-            self._queue_new(endpoint, data, source)
+            self._queue_new(endpoint, data, source, arrived)
             return
         packet = self._decode(data, source)
         if packet is None:
@@ -456,18 +472,22 @@ class DhcpServer:
             if len(self._waiting) + len(self._finishing) >= MAX_WAITING:
                 self._busy(source, "too many replies waiting for the lease store")
                 return
-            self._finishing.append((endpoint, packet, source))
+            self._finishing.append((endpoint, packet, source, arrived))
             self._schedule_turn()
         else:
-            self._queue_new(endpoint, packet, source)
+            self._queue_new(endpoint, packet, source, arrived)
 
     def _queue_new(
-        self, endpoint: _Endpoint, item: DhcpPacket | bytes, source: tuple[str, int]
+        self,
+        endpoint: _Endpoint,
+        item: DhcpPacket | bytes,
+        source: tuple[str, int],
+        arrived: float,
     ) -> None:
         if len(self._new) >= MAX_QUEUED:
-            _, _, dropped_from = self._new.popleft()
+            _, _, dropped_from, _ = self._new.popleft()
             self._busy(dropped_from, "too many new exchanges queued; the oldest was dropped")
-        self._new.append((endpoint, item, source))
+        self._new.append((endpoint, item, source, arrived))
         self._schedule_turn()
 
     def _schedule_turn(self) -> None:
@@ -515,14 +535,16 @@ class DhcpServer:
         for _ in range(min(FINISHING_PER_TURN, len(finishing))):
             self._answer(*finishing.popleft())
         for _ in range(min(NEW_PER_TURN, len(new))):
-            endpoint, item, source = new.popleft()
+            endpoint, item, source, arrived = new.popleft()
             packet = self._decode(item, source) if isinstance(item, bytes) else item
             if packet is not None:
-                self._answer(endpoint, packet, source)
+                self._answer(endpoint, packet, source, arrived)
         if finishing or new:
             self._schedule_turn()  # next turn, after the loop has read what arrived meanwhile
 
-    def _answer(self, endpoint: _Endpoint, packet: DhcpPacket, source: tuple[str, int]) -> None:
+    def _answer(
+        self, endpoint: _Endpoint, packet: DhcpPacket, source: tuple[str, int], arrived: float
+    ) -> None:
         if self._watch is not None and self._watch.is_probe(packet):
             self.counters["own-probe"] += 1  # our own question to other servers
             return
@@ -537,11 +559,13 @@ class DhcpServer:
         if isinstance(step, Pending):
             durable = step.durable
             self._waiting.add(durable)
-            durable.add_done_callback(lambda _: self._concluded(endpoint, packet, step))
+            durable.add_done_callback(lambda _: self._concluded(endpoint, packet, step, arrived))
         elif step is not None:
-            self._send(endpoint, step)
+            self._send(endpoint, step, arrived)
 
-    def _concluded(self, endpoint: _Endpoint, packet: DhcpPacket, pending: Pending) -> None:
+    def _concluded(
+        self, endpoint: _Endpoint, packet: DhcpPacket, pending: Pending, arrived: float
+    ) -> None:
         self._waiting.discard(pending.durable)
         try:
             reply = pending.finish()
@@ -549,13 +573,13 @@ class DhcpServer:
             self._internal_error(packet)
             return
         if reply is not None:
-            self._send(endpoint, reply)
+            self._send(endpoint, reply, arrived)
 
     def _internal_error(self, packet: DhcpPacket) -> None:
         self.counters["internal-error"] += 1
         log.exception(format_event("internal-error", xid=f"0x{packet.xid:08x}"))
 
-    def _send(self, endpoint: _Endpoint, reply: Reply) -> None:
+    def _send(self, endpoint: _Endpoint, reply: Reply, arrived: float) -> None:
         if endpoint.closed:
             self.counters["unsent-closing"] += 1  # answered while the server shuts down
             return
@@ -570,6 +594,9 @@ class DhcpServer:
         destination = reply.address if reply.address != ZERO else BROADCAST
         if endpoint.sendto(data, (address_text(destination), reply.port)):
             self.counters["sent"] += 1
+            took = time.perf_counter() - arrived
+            self._answer_counts[bisect_left(ANSWER_TIME_BOUNDS, took)] += 1
+            self._answer_seconds += took
         else:
             self.counters["send-failed"] += 1
             self._service.unsent(reply)

@@ -4,7 +4,8 @@ Every :data:`FLUSH_INTERVAL` seconds the writer takes what :class:`~netbootd.ser
 Journal` gathered and hands it to a thread of its own, which ties each transfer to its machine
 and appends the batch to the journal's database in one transaction. The services never wait on
 the disk: a DHCP answer costs the journal one tuple. The first process (``prunes``) also drops
-what is past the journal's bounds, every :data:`PRUNE_INTERVAL` seconds.
+what is past the journal's bounds, every :data:`PRUNE_INTERVAL` seconds. Observers see each
+batch as it is taken, on the event loop.
 
 A database that cannot be written is one warning a minute and a count, never a stop: the
 journal is for the operator's eyes, and the boots go on without it.
@@ -58,6 +59,9 @@ class JournalWriter:
         self.written = 0
         self.failed = 0  # events lost to a database that could not be written
         self.pruned = 0
+        # Called with each batch taken, on the event loop, before it is stored: the metrics'
+        # transfer rates are read from the events there, and cost the transfers nothing.
+        self.observers: list[Callable[[list[BootEvent]], None]] = []
 
     async def start(self) -> None:
         """Open the database (raise JournalError) and start writing."""
@@ -86,6 +90,9 @@ class JournalWriter:
     async def flush(self) -> None:
         """Store what gathered since the last flush (and prune, when due)."""
         events = self.journal.take()
+        if events:
+            for observe in self.observers:
+                observe(events)
         prune = self.prunes and time.monotonic() >= self._next_prune
         if not events and not prune:
             return

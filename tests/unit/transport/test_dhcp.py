@@ -259,3 +259,23 @@ async def test_a_discover_with_its_message_type_further_on_is_answered() -> None
     server.received(endpoint, wire, RELAY)
     await turns(2)
     assert kinds(sock) == [MessageType.OFFER]
+
+
+async def test_answer_times_count_each_answer_sent_until_it_is_sent() -> None:
+    """An OFFER is timed from its DISCOVER's arrival; an ACK that waits for the lease store
+    until it is sent, the wait included."""
+    server, store, sock, endpoint = make_server()
+    offer = await offered(server, endpoint, sock)
+    fast = server.answer_times()
+    assert fast.count == 1 and fast.total < 0.025
+    server.received(endpoint, request_for(offer), RELAY)
+    await turns(2)
+    assert server.answer_times().count == 1  # not sent yet
+    await asyncio.sleep(0.03)
+    store.land()
+    await turns(2)
+    times = server.answer_times()
+    assert times.count == 2 == server.counters["sent"]
+    slow = times.counts[times.bounds.index(0.05)] + sum(times.counts[times.bounds.index(0.1) :])
+    assert slow == 1 and times.total >= 0.03
+    await server.close()

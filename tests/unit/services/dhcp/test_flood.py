@@ -176,7 +176,7 @@ async def test_an_offer_that_cannot_be_sent_holds_no_address() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.close()  # every send fails
     endpoint = _Endpoint(67, sock, server.received)
-    server._answer(endpoint, request(MessageType.DISCOVER, mac="02:00:00:00:00:01"), SRC)
+    server._answer(endpoint, request(MessageType.DISCOVER, mac="02:00:00:00:00:01"), SRC, 0.0)
     assert server.counters["send-failed"] == 1
     assert service.counters["offer-unsent"] == 1
     assert service.book.at(IPv4Address("10.66.0.100")) is None
