@@ -75,9 +75,7 @@ async def test_an_ignored_request_is_told_with_its_reason() -> None:
 async def test_a_renewal_is_told_with_the_clients_address() -> None:
     service, journal, _ = journaled()
     await ask(service, request(MessageType.DISCOVER))
-    await ask(
-        service, request(MessageType.REQUEST, requested="10.99.0.100", server_id=str(SERVER))
-    )
+    await ask(service, request(MessageType.REQUEST, requested="10.99.0.100", server_id=str(SERVER)))
     journal.take()
     await ask(service, request(MessageType.RELEASE, ciaddr="10.99.0.100", server_id=str(SERVER)))
     (release,) = journal.take()
