@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from netbootd.proto.dhcp.codec import MessageType, encode
+from netbootd.store.journal import JournalStore
 from netbootd_lab import Lab, LogEvent, NetbootdServer
 from tests.helpers.dhcp_clients import request
 
@@ -162,6 +163,14 @@ def test_each_client_is_answered_once_by_its_worker(lab: Lab, tmp_path: Path, ta
     finally:
         db.close()
     assert len(rows) == CLIENTS and len({a for a, _ in rows}) == CLIENTS
+    # Each worker journals its own clients, into the one file.
+    journal = JournalStore(tmp_path / "state" / "journal.sqlite3")
+    acked = {
+        (event.mac, event.address)
+        for event in journal.events(limit=10_000)
+        if event.kind == "REQUEST" and event.get("decision") == "ACK"
+    }
+    assert acked == {(mac, str(IPv4Address(address))) for address, mac in rows}, acked
 
 
 def _ended(ev: LogEvent) -> bool:

@@ -14,6 +14,7 @@ import pytest
 from netbootd.boot.leases import Lease, LeaseState
 from netbootd.cli import main
 from netbootd.state import StatePaths, lease_rows, lease_table
+from netbootd.store.journal import JournalStore
 from netbootd.store.leases import SqliteLeaseStore
 
 INVENTORY = """\
@@ -78,6 +79,27 @@ def test_installed_knows_the_apis_machines(site: Path, capsys: pytest.CaptureFix
     code, out, err = run(capsys, "installed", *where, "--mac", "52:54:00:aa:bb:07")
     assert (code, err) == (0, "")
     assert out.startswith("new1 is installed")
+
+
+def test_installed_and_again_go_into_the_servers_journal(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a journal file in the state directory (a server keeps one), each mark made is an
+    event in it; with none, no journal is made."""
+    where = ["--inventory", str(site / "inventory"), "--state-dir", str(site / "state")]
+    assert run(capsys, "installed", *where, "--mac", "52:54:00:aa:bb:01")[0] == 0
+    assert not (site / "state" / "journal.sqlite3").exists()
+    journal = JournalStore(site / "state" / "journal.sqlite3")
+    journal.open()
+    journal.close()
+    assert run(capsys, "installed", *where, "--mac", "52:54:00:aa:bb:01", "--again")[0] == 0
+    assert run(capsys, "installed", *where, "--mac", "52:54:00:aa:bb:01", "--again")[0] == 0
+    assert run(capsys, "installed", *where, "--mac", "52-54-00-AA-BB-01")[0] == 0
+    events = journal.events()
+    assert [(e.mac, e.service, e.kind, dict(e.fields)) for e in events] == [
+        ("52:54:00:aa:bb:01", "inventory", "again", {"machine": "web1"}),
+        ("52:54:00:aa:bb:01", "inventory", "installed", {"machine": "web1"}),
+    ]  # the mark that changed nothing is not a step
 
 
 def test_installed_reads_its_directories_from_the_config_file(

@@ -24,9 +24,11 @@ from netbootd.boot.policy import BootPolicy
 from netbootd.boot.render import RenderLimits
 from netbootd.proto.dhcp.codec import MessageType
 from netbootd.services.files import FileNotFound, FileTree
+from netbootd.services.journal import Journal
 from netbootd.services.machines import (
     BootFiles,
     BootSetup,
+    LiveInventory,
     Machines,
     RenderFailed,
     ServerAddress,
@@ -249,3 +251,26 @@ def test_which_names_render(tmp_path: Path) -> None:
     assert not source.renders("pxelinux.cfg/default", "10.99.0.200")
     assert not source.renders("grub.cfg", None)
     assert not source.renders("vmlinuz", "10.99.0.123")
+
+
+def test_a_machine_marked_installed_is_told_to_the_journal(tmp_path: Path) -> None:
+    directory = tmp_path / "inventory"
+    directory.mkdir()
+    (directory / "site.toml").write_text(
+        '[profiles.disk]\nmethod = "local"\n[profiles.installer]\nmethod = "ipxe"\n'
+        'kernel = "vmlinuz"\n[machines.web1]\nmac = "52:54:00:aa:bb:01"\nprofile = "disk"\n'
+        'boot-once = "installer"\n'
+    )
+    live = LiveInventory(directory, tmp_path / "state", ServerAddress("10.99.0.1", 80, 69))
+    journal = Journal(clock=lambda: 5.0)
+    live.journal = journal
+    assert live.mark_installed("52:54:00:aa:bb:01") == "web1"
+    assert live.mark_installed("52:54:00:aa:bb:99") is None
+    [event] = journal.take()
+    assert (event.time, event.mac, event.service, event.kind, dict(event.fields)) == (
+        5.0,
+        "52:54:00:aa:bb:01",
+        "inventory",
+        "installed",
+        {"machine": "web1"},
+    )
