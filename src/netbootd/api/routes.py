@@ -5,9 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from netbootd.api.view import OperatorView
+from netbootd.api.web import web_routes
 
 
 def routes(view: OperatorView) -> list[web.AbstractRouteDef]:
     """Every route of the operator's view over ``view``."""
-    del view
-    return []
+    return [*web_routes(view)]

@@ -7,6 +7,7 @@ metrics and the web page read through it and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,3 +30,6 @@ class OperatorView:
     counters: Callable[[], dict[str, dict[str, int]]] = field(default=_no_counters)
     # The API's write token; None: the API is read-only.
     token: str | None = None
+    # Set as the server stops: the long-lived answers (the event stream) end at once rather
+    # than hold up the HTTP server's shutdown.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
