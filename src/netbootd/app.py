@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from netbootd.api.routes import routes as operator_routes
-from netbootd.api.view import OperatorView
+from netbootd.api.view import Explainer, OperatorView
 from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
 from netbootd.boot.inventory import InventoryError
 from netbootd.boot.leases import Lease, LeaseBook, LeaseState
@@ -31,6 +31,7 @@ from netbootd.logs.events import format_event
 from netbootd.proto.dhcp.codec import Opt, ips_option
 from netbootd.proto.dhcp.wire import DHCP_SERVER_PORT, PXE_PORT
 from netbootd.proto.tftp.packet import BLKSIZE_MAX
+from netbootd.services.dhcp.authoritative import release_address
 from netbootd.services.dhcp.limits import DhcpLimits
 from netbootd.services.dhcp.service import DhcpService
 from netbootd.services.dhcp.settings import DhcpSettings
@@ -132,6 +133,12 @@ class App:
     journal_writer: JournalWriter | None = None
     # What the API, the metrics and the web page read (worker 0 only).
     view: OperatorView | None = None
+    # The API's write token (api-token-file), read by prepare(); and what explains a client
+    # for the API (given by the command line, which owns ``netbootd explain``).
+    api_token: str | None = None
+    explainer: Explainer | None = None
+    # The DHCP service answering in this process, once started.
+    dhcp_answers: DhcpService | None = None
 
     @property
     def dhcp_only(self) -> bool:
@@ -177,7 +184,31 @@ class App:
             self._prepare_boot_files,
             self._prepare_upload_dir,
             self._prepare_subnets,
+            self._prepare_api_token,
         )
+
+    def _prepare_api_token(self) -> None:
+        path = self.config.api_token_file
+        if path is None or self.dhcp_only:
+            return
+        try:
+            token = path.read_text().strip()
+            mode = path.stat().st_mode
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"api-token-file {path}: {reason}") from exc
+        if not token:
+            raise ConfigError(f"api-token-file {path}: empty; the API's write token is wanted")
+        if mode & 0o077:
+            log.warning(
+                format_event(
+                    "api-token-file-readable",
+                    path=str(path),
+                    mode=f"{mode & 0o777:o}",
+                    hint="others than its owner can read the API's write token: chmod 600",
+                )
+            )
+        self.api_token = token
 
     def _prepare_interface(self) -> None:
         if self.config.interface is not None:
@@ -417,7 +448,39 @@ class App:
             journal=self.journal_writer.store if self.journal_writer is not None else None,
             inventory=self.inventory,
             counters=self.counters,
+            token=self.api_token,
+            status=self.status,
+            leases=self._live_leases() if self.share is None else None,
+            release=self._release if self.share is None else None,
+            lease_file=self.config.state_dir / "leases.sqlite3" if self.store else None,
+            explain=self.explainer,
         )
+
+    def _live_leases(self) -> Callable[[], list[Lease]] | None:
+        service = self.dhcp_answers
+        if service is None or self.store is None:
+            return None
+        return lambda: list(service.book)
+
+    async def _release(self, address: IPv4Address) -> Lease | None:
+        assert self.dhcp_answers is not None
+        return await release_address(self.dhcp_answers, address)
+
+    def status(self) -> dict[str, object]:
+        """What runs, for the API's status."""
+        config = self.config
+        return {
+            "mode": str(config.dhcp_mode),
+            "interface": config.interface,
+            "address": str(self.interface.ip) if self.interface is not None else None,
+            "dhcp_workers": config.dhcp_workers,
+            "services": {
+                "dhcp": self.dhcp is not None,
+                "tftp": self.tftp is not None,
+                "http": self.http is not None,
+            },
+            "summary": self.summary(),
+        }
 
     def summary(self) -> str:
         """What this server serves, in words, for systemd's status line."""
@@ -580,6 +643,7 @@ class App:
         # PXE 2.1 §2.2.3: beside a DHCP server on this same host (which then holds port 67
         # and says PXEClient itself), a proxyDHCP serves port 4011 alone.
         optional = (DHCP_SERVER_PORT,) if config.dhcp_mode is DhcpMode.PROXY else ()
+        self.dhcp_answers = service
         self.dhcp = DhcpServer(
             service,
             self.interface.name,
@@ -723,11 +787,12 @@ async def _watch_with_inotify(inventory: LiveInventory) -> None:
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
     state_dir = str(inventory.installed.path.parent.absolute())
     installed = str(inventory.installed.path.absolute())
+    api_machines = str(inventory.api.path.absolute())
 
     def relevant(_change: object, path: str) -> bool:
-        # In the state directory only the boot-once file: the lease store is written there
-        # with every lease.
-        return os.path.dirname(path) != state_dir or path == installed
+        # In the state directory only the boot-once file and the API's machines: the lease
+        # store is written there with every lease.
+        return os.path.dirname(path) != state_dir or path in (installed, api_machines)
 
     while True:
         watched = _watched_directories(inventory)
@@ -779,7 +844,12 @@ def tune_collector() -> None:
     gc.set_threshold(YOUNG_GENERATION, middle, oldest)
 
 
-async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = None) -> None:
+async def serve(
+    config: Config,
+    argv: Sequence[str] = (),
+    worker: int | None = None,
+    explainer: Explainer | None = None,
+) -> None:
     """Run until SIGINT or SIGTERM; SIGUSR1 logs the counters so far.
 
     With ``dhcp-workers`` above 1, this process is worker 0 and starts the others with
@@ -795,7 +865,7 @@ async def serve(config: Config, argv: Sequence[str] = (), worker: int | None = N
     if worker is not None:
         die_with_parent()
         link = WorkerLink.from_environment(config)
-    app = App(config, share=Share(worker or 0, count) if count > 1 else None)
+    app = App(config, share=Share(worker or 0, count) if count > 1 else None, explainer=explainer)
     app.prepare()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

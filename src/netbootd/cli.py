@@ -8,9 +8,12 @@ server that cannot start (a port taken, an interface missing) in one line and ex
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
 import logging
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, NoReturn
@@ -18,6 +21,16 @@ from typing import Any, NoReturn
 import uvloop
 
 from netbootd import __version__
+from netbootd.api.remote import (
+    Refused,
+    Unreachable,
+    fetch,
+    machine_path,
+    machine_text,
+    machines_text,
+    status_text,
+)
+from netbootd.api.view import Explained, Explainer
 from netbootd.app import StartError, serve
 from netbootd.boot.client import BootClass, BootKey, boot_key_name, parse_boot_key
 from netbootd.check import check
@@ -35,6 +48,7 @@ from netbootd.state import (
     mark_installed,
     state_paths,
 )
+from netbootd.transport.netif import InterfaceError, interface_info
 from netbootd.workers import WorkerError
 
 EXIT_BAD_USAGE = 2
@@ -278,6 +292,13 @@ def _serve_options(parser: argparse.ArgumentParser) -> None:
         "4011, before they try the boot servers the menu names; this server listens on it",
     )
     parser.add_argument(
+        "--api-token-file",
+        type=Path,
+        metavar="FILE",
+        help="the REST API's write token (POST, PUT, DELETE need it as a bearer token); "
+        "without it the API is read-only",
+    )
+    parser.add_argument(
         "--log-dhcp",
         action="store_const",
         const=True,
@@ -418,7 +439,40 @@ def make_parser() -> argparse.ArgumentParser:
     leases_cmd.add_argument(
         "--json", action="store_true", help="one JSON object per lease, for tools"
     )
+    status_cmd = commands.add_parser(
+        "status",
+        help="what a running server serves, since when, and its counters",
+        description="Ask a running netbootd over its REST API: mode, uptime, services, the "
+        "journal, the inventory and every service's counters.",
+    )
+    _client_options(status_cmd)
+    machines_cmd = commands.add_parser(
+        "machines",
+        help="the machines a running server knows, and how their boots went",
+        description="Ask a running netbootd over its REST API for its machines (the "
+        "inventory's and every MAC it has seen) with the verdict on each one's latest boot; "
+        "with a name or MAC, that machine's boot attempts as a timeline.",
+    )
+    machines_cmd.add_argument("machine", nargs="?", metavar="NAME|MAC", help="one machine")
+    _client_options(machines_cmd)
     return parser
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    """Where a command that asks the REST API finds the server."""
+    parser.add_argument(
+        "--server",
+        metavar="URL",
+        help="the server's HTTP address (default: http://ADDRESS:PORT from --config's "
+        "interface and http-port, else http://127.0.0.1:80)",
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="the server's config file (for --server)"
+    )
+    parser.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="the API token, sent as a bearer token"
+    )
+    parser.add_argument("--json", action="store_true", help="the API's JSON as it came")
 
 
 def _flag(args: argparse.Namespace, name: str) -> Any:
@@ -454,6 +508,7 @@ def config_from_args(args: argparse.Namespace, *, serving: bool = True) -> Confi
             "inventory",
             "pxe_multicast",
             "dhcp_workers",
+            "api_token_file",
         )
     }
     flags["dhcp-options"] = dict(_flag(args, "dhcp_option") or ())
@@ -510,6 +565,78 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_BAD_USAGE if report.errors else 0
 
 
+def _server_url(args: argparse.Namespace) -> str:
+    """--server, else the address and HTTP port of --config's server, else loopback's."""
+    if args.server:
+        return str(args.server)
+    host, port = "127.0.0.1", 80
+    if args.config is not None:
+        settings = load_file(args.config).settings
+        port = int(settings.get("http-port", 80))
+        interface = settings.get("interface")
+        if isinstance(interface, str):
+            # The server listens on its interface's address, not on loopback.
+            with contextlib.suppress(InterfaceError):
+                host = str(interface_info(interface).ip)
+    return f"http://{host}:{port}"
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    """``status`` or ``machines``: the running server's REST API, read."""
+    try:
+        server = _server_url(args)
+        token = args.token_file.read_text().strip() if args.token_file else None
+    except (ConfigError, OSError, ValueError) as exc:
+        print(f"netbootd: config error: {exc}", file=sys.stderr)
+        return EXIT_BAD_USAGE
+    try:
+        if args.command == "status":
+            status = fetch(server, "/api/v1/status", token)
+            counters = fetch(server, "/api/v1/counters", token)
+            if args.json:
+                text = json.dumps({"status": status, "counters": counters}, indent=2) + "\n"
+            else:
+                text = status_text(status, counters)
+        elif args.machine:
+            machine = fetch(server, machine_path(args.machine), token)
+            text = json.dumps(machine, indent=2) + "\n" if args.json else machine_text(machine)
+        else:
+            found = fetch(server, "/api/v1/machines", token)
+            text = (
+                json.dumps(found, indent=2) + "\n"
+                if args.json
+                else machines_text(found["machines"])
+            )
+    except Unreachable as exc:
+        print(f"netbootd: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except Refused as exc:
+        print(f"netbootd: the server says: {exc.message} ({exc.status})", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    sys.stdout.write(text)
+    return 0
+
+
+def api_explainer(config: Config) -> Explainer:
+    """What the REST API's explain runs: ``netbootd explain`` over the server's config, in
+    the calling thread (its own event loop)."""
+
+    def explain_client(description: Mapping[str, str | None]) -> Explained:
+        arch = description.get("arch")
+        client = ClientDescription(
+            mac=description.get("mac") or "",
+            arch=int(arch) if arch else None,
+            user_class=description.get("user_class"),
+            vendor_class=description.get("vendor_class"),
+            uuid=description.get("uuid"),
+            parameter_list=description.get("parameter_list"),
+        )
+        report = asyncio.run(explain(config, client))
+        return Explained(report.text, report.unservable)
+
+    return explain_client
+
+
 def _state_command(args: argparse.Namespace) -> int:
     """``installed`` or ``leases``: the state directory and the inventory, nothing else."""
     try:
@@ -538,6 +665,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_USAGE
     if args.command in ("installed", "leases"):
         return _state_command(args)
+    if args.command in ("status", "machines"):
+        return _client_command(args)
     if args.command == "check":
         return _check(args)
     try:
@@ -550,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(_LOG_LEVELS[config.log_level], as_json=config.log_format is LogFormat.JSON)
     own_args = list(argv) if argv is not None else sys.argv[1:]  # for the DHCP workers
     try:
-        _run(serve(config, own_args, args.dhcp_worker))
+        _run(serve(config, own_args, args.dhcp_worker, api_explainer(config)))
     except ConfigError as exc:
         print(f"netbootd: config error: {exc}", file=sys.stderr)
         return EXIT_BAD_USAGE

@@ -19,6 +19,7 @@ from pathlib import Path
 from netbootd.boot.inventory import Inventory, InventoryError, Machine, normalise_mac
 from netbootd.boot.leases import Lease, LeaseState
 from netbootd.config import DEFAULT_STATE_DIR, ConfigError, ConfigFile
+from netbootd.services.api_inventory import API_INVENTORY_FILE, ApiInventory
 from netbootd.services.inventory_files import load_inventory
 from netbootd.store.installed import INSTALLED_FILE, InstalledStore
 from netbootd.store.leases import StoreError, read_leases
@@ -64,7 +65,8 @@ def _inventory(paths: StatePaths, command: str) -> Inventory:
     if not paths.inventory.is_dir():
         raise ConfigError(f"inventory {paths.inventory}: not a directory")
     try:
-        return load_inventory(paths.inventory)
+        api = ApiInventory(paths.state_dir / API_INVENTORY_FILE)
+        return load_inventory(paths.inventory, ((api.path, api.label),))
     except InventoryError as exc:
         raise ConfigError(f"inventory {paths.inventory}:\n{exc}") from exc
 

@@ -71,7 +71,12 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     await writer.start()
     leases = SqliteLeaseStore(state / "leases.sqlite3")
     await leases.open()
-    view = OperatorView(config=config, started=time.time(), journal=writer.store)
+    view = OperatorView(
+        config=config,
+        started=time.time(),
+        journal=writer.store,
+        lease_file=state / "leases.sqlite3",
+    )
     http = HttpServer(FileTree(root, {}), routes=routes(view))
     await http.start("127.0.0.1", 0)
     try:

@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "state": {*_BELOW_EDGES, "state"},
     "cli": {
         *_BELOW_EDGES,
-        *("transport", "workers", "app", "explain", "check", "state", "cli", ""),
+        *("transport", "api", "workers", "app", "explain", "check", "state", "cli", ""),
     },
     "__main__": {"cli"},
     "__init__": set(),

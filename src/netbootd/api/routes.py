@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from netbootd.api import rest
 from netbootd.api.view import OperatorView
 from netbootd.api.web import web_routes
 
 
 def routes(view: OperatorView) -> list[web.AbstractRouteDef]:
     """Every route of the operator's view over ``view``."""
-    return [*web_routes(view)]
+    # The page's first: the API's answer for any other path under /api/v1 would take the
+    # event stream's.
+    return [*web_routes(view), *rest.routes(view)]

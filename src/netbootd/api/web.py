@@ -18,23 +18,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
+from netbootd.api import rest
 from netbootd.api.view import OperatorView
+from netbootd.boot.inventory import normalise_mac
 from netbootd.boot.journal import BootEvent, Kind, Service
-from netbootd.boot.verdict import Attempt, State, Step, Verdict, machine_verdicts
+from netbootd.boot.verdict import Attempt, State, Step, Verdict
 from netbootd.store.journal import JournalError, JournalStore
-from netbootd.store.leases import StoreError, read_leases
+from netbootd.store.leases import StoreError
 
 MAX_MACHINES = 500  # rows on the overview, the latest heard of first
-MACHINE_EVENTS = 5000  # a machine's latest events read for its verdicts
+MACHINE_EVENTS = rest.MACHINE_EVENTS  # a machine's latest events read for its verdicts
 FEED_EVENTS = 50  # events on a page as it loads; the script keeps up to 200
 EARLIER_ATTEMPTS = 20
 STREAM_POLL = 0.5  # seconds between two looks at the journal, for each stream
@@ -60,96 +61,44 @@ _ACKS = frozenset({"ACK", "PROXY-ACK", "BOOT-ITEM-ACK", "BOOTREPLY"})
 
 
 # --------------------------------------------------------------------------------------------
-# What the pages show, as the REST API's JSON has it
+# What the pages show: the REST API's own summaries (api/rest.py), so that the page and the
+# JSON never disagree
 
 
-def event_json(event: BootEvent) -> dict[str, Any]:
-    return {
-        "id": event.id,
-        "time": event.time,
-        "mac": event.mac,
-        "address": event.address,
-        "service": event.service,
-        "kind": event.kind,
-        "fields": dict(event.fields),
-    }
-
-
-def verdict_json(verdict: Verdict) -> dict[str, Any]:
-    return {
-        "state": verdict.state.value,
-        "step": verdict.step.value,
-        "cause": verdict.cause,
-        "file": verdict.file,
-        "started": verdict.started,
-        "ended": verdict.ended,
-        "steps": [
-            {
-                "step": step.step.value,
-                "time": step.time,
-                "file": step.file,
-                "bytes": step.bytes,
-                "seconds": step.seconds,
-            }
-            for step in verdict.steps
-        ],
-    }
-
-
-def _name(events: Sequence[BootEvent]) -> str:
-    """The inventory's name for the machine, as its latest event that says one has it."""
-    for event in reversed(events):
+def _journal_name(store: JournalStore | None, mac: str | None) -> str:
+    """The inventory's name for ``mac`` when its DHCP was answered, as the journal kept it: a
+    name for a machine the inventory no longer lists (or was never given)."""
+    if store is None or not mac:
+        return ""
+    for event in reversed(store.events(mac=mac, limit=200, newest=True)):
         name = event.get("machine")
         if name:
             return name
     return ""
 
 
-def machine_summary(
-    mac: str, events: Sequence[BootEvent], now: float, *, address: str = ""
-) -> dict[str, Any]:
-    """One machine as the machines list has it, from its events (oldest first)."""
-    judged = machine_verdicts(events, now)
-    return {
-        "mac": mac,
-        "name": _name(events),
-        "source": "journal",
-        "profile": "",
-        "group": "",
-        "address": address or next((e.address for e in reversed(events) if e.address), ""),
-        "last_seen": events[-1].time if events else 0.0,
-        "verdict": verdict_json(judged[-1][1]) if judged else None,
-    }
+def machines(api: rest.Api) -> list[dict[str, Any]]:
+    """Every machine, as ``GET /api/v1/machines`` lists them, the latest heard of first; a
+    name from the journal where the inventory has none. Blocking."""
+    # The API's own listing, lookup and readings (rest's), shared so that the two agree.
+    found = rest._all_machines(api)
+    for summary in found[:MAX_MACHINES]:
+        if not summary.get("name"):
+            summary["name"] = _journal_name(api.view.journal, summary.get("mac"))  # type: ignore[arg-type]
+    return found[:MAX_MACHINES]
 
 
-def machines(store: JournalStore, now: float) -> list[dict[str, Any]]:
-    """Every machine the journal has events of, the latest heard of first. Blocking."""
-    found = []
-    for seen in store.machines(limit=MAX_MACHINES):
-        events = store.events(mac=seen.mac, limit=MACHINE_EVENTS, newest=True)
-        found.append(machine_summary(seen.mac, events, now, address=seen.address))
-    return found
-
-
-def leases(path: Path, now: float) -> list[dict[str, Any]]:
-    """The leases in the lease database at ``path``, by address ([] when there is none).
-    Blocking; raises StoreError."""
-    try:
-        found = read_leases(path)
-    except FileNotFoundError:
-        return []
-    return [
-        {
-            "address": str(lease.address),
-            "mac": lease.mac,
-            "state": lease.state.value,
-            "ends": lease.expires,
-            "hostname": lease.hostname or "",
-            "machine": "",
-            "expired": lease.expires <= now,
-        }
-        for lease in found
-    ]
+async def leases(api: rest.Api, now: float) -> list[dict[str, Any]]:
+    """The leases in force, as ``GET /api/v1/leases`` has them, each marked expired or not;
+    [] when this server hands out no addresses."""
+    found = await rest._leases(api)
+    names = rest._names(api)
+    rows: list[dict[str, Any]] = []
+    for lease in found or []:
+        row = rest.lease_json(lease, names)
+        row["expired"] = lease.expires <= now
+        rows.append(row)
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,24 +151,30 @@ def timeline(attempt: Attempt, verdict: Verdict) -> list[Stage]:
     return stages
 
 
-def machine_page(store: JournalStore, mac: str, now: float) -> dict[str, Any] | None:
-    """What one machine's page shows; None when the journal has no events of ``mac``.
-    Blocking."""
-    events = store.events(mac=mac, limit=MACHINE_EVENTS, newest=True)
-    if not events:
+def machine_page(api: rest.Api, mac: str, now: float) -> dict[str, Any] | None:
+    """What one machine's page shows; None when neither the inventory nor the journal knows
+    ``mac``. Blocking."""
+    try:
+        found = rest._find(api, mac)
+    except rest.ApiError:
         return None
-    judged = machine_verdicts(events, now)
+    events = rest._events_of(api, found.mac, MACHINE_EVENTS)
+    summary, judged = rest._summary(api, found, events, now)
+    if not summary.get("name"):
+        summary["name"] = _journal_name(api.view.journal, found.mac)
+    if not judged:
+        return None
     attempt, verdict = judged[-1]
     earlier = [
-        {"started": a.started, "events": len(a.events), "verdict": verdict_json(v)}
+        {"started": a.started, "events": len(a.events), "verdict": rest.verdict_json(v)}
         for a, v in reversed(judged[:-1])
     ][:EARLIER_ATTEMPTS]
     return {
-        "machine": machine_summary(mac, events, now),
-        "verdict": verdict_json(verdict),
+        "machine": summary,
+        "verdict": rest.verdict_json(verdict),
         "stages": timeline(attempt, verdict),
         "started": attempt.started,
-        "attempt": [event_json(e) for e in attempt.events],
+        "attempt": [rest.event_json(e) for e in attempt.events],
         "earlier": earlier,
         "attempts": len(judged),
     }
@@ -263,13 +218,15 @@ def size(octets: object) -> str:
     return ""  # not reached
 
 
-def clock(moment: float) -> str:
+def clock(moment: float | None) -> str:
     if not moment:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
 
 
-def since(moment: float, start: float) -> str:
+def since(moment: float | None, start: float) -> str:
+    if moment is None:
+        return ""
     return f"+{max(moment - start, 0.0):.1f} s"
 
 
@@ -294,7 +251,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _mac(text: str) -> str:
-    return text.lower().replace("-", ":")
+    return normalise_mac(text)  # the route's pattern admits only what this reads
 
 
 def _resume_from(request: web.Request) -> int | None:
@@ -311,7 +268,7 @@ def _resume_from(request: web.Request) -> int | None:
 
 
 def _message(event: BootEvent) -> bytes:
-    data = json.dumps(event_json(event), separators=(",", ":"))
+    data = json.dumps(rest.event_json(event), separators=(",", ":"))
     return f"id: {event.id}\ndata: {data}\n\n".encode()
 
 
@@ -320,6 +277,7 @@ class _Pages:
 
     def __init__(self, view: OperatorView) -> None:
         self.view = view
+        self.api = rest.Api(view)
         self.env = _environment()
         folder = resources.files("netbootd.api") / "static"
         self.static = {name: (folder / name).read_bytes() for name in _STATIC}
@@ -329,9 +287,9 @@ class _Pages:
         context.setdefault("journal", self.view.journal is not None)
         return self.env.get_template(name).render(**context)
 
-    async def _page(self, build: Callable[[], str], status: int = 200) -> web.Response:
+    async def _page(self, build: Callable[[], tuple[str, int]]) -> web.Response:
         try:
-            text = await asyncio.to_thread(build)
+            text, status = await asyncio.to_thread(build)
         except (JournalError, StoreError) as exc:
             return _error(503, str(exc))
         return web.Response(text=text, status=status, content_type=_HTML)
@@ -341,61 +299,54 @@ class _Pages:
             return [], 0
         events = store.events(limit=FEED_EVENTS, newest=True)
         after = events[-1].id if events else store.last_id()
-        return [event_json(e) for e in reversed(events)], after
+        return [rest.event_json(e) for e in reversed(events)], after
 
-    def _machines(self, now: float) -> list[dict[str, Any]]:
-        store = self.view.journal
-        return machines(store, now) if store is not None else []
-
-    def _leases(self, now: float) -> list[dict[str, Any]]:
-        return leases(self.view.config.state_dir / "leases.sqlite3", now)
+    async def _leases(self) -> list[dict[str, Any]] | web.Response:
+        try:
+            return await leases(self.api, time.time())
+        except StoreError as exc:
+            return _error(503, str(exc))
 
     async def overview(self, request: web.Request) -> web.Response:
-        def build() -> str:
-            now = time.time()
+        found = await self._leases()
+        if isinstance(found, web.Response):
+            return found
+
+        def build() -> tuple[str, int]:
             feed, after = self._feed(self.view.journal)
+            rows = machines(self.api)
             return self._render(
-                "overview.html",
-                now=now,
-                feed=feed,
-                after=after,
-                machines=self._machines(now),
-                leases=self._leases(now),
-            )
+                "overview.html", feed=feed, after=after, machines=rows, leases=found
+            ), 200
 
         return await self._page(build)
 
     async def machines_part(self, request: web.Request) -> web.Response:
         return await self._page(
-            lambda: self._render("_machines.html", machines=self._machines(time.time()))
+            lambda: (self._render("_machines.html", machines=machines(self.api)), 200)
         )
 
     async def leases_part(self, request: web.Request) -> web.Response:
-        return await self._page(
-            lambda: self._render("_leases.html", leases=self._leases(time.time()))
-        )
+        found = await self._leases()
+        if isinstance(found, web.Response):
+            return found
+        return web.Response(text=self._render("_leases.html", leases=found), content_type=_HTML)
 
     def _machine(self, mac: str, template: str) -> tuple[str, int]:
         store = self.view.journal
         after = store.last_id() if store is not None else 0
-        page = machine_page(store, mac, time.time()) if store is not None else None
+        page = machine_page(self.api, mac, time.time())
         if page is None:
             return self._render("missing.html", mac=mac, after=after), 404
         return self._render(template, mac=mac, after=after, **page), 200
 
     async def machine(self, request: web.Request) -> web.Response:
-        return await self._machine_response(request, "machine.html")
+        mac = _mac(request.match_info["mac"])
+        return await self._page(lambda: self._machine(mac, "machine.html"))
 
     async def timeline_part(self, request: web.Request) -> web.Response:
-        return await self._machine_response(request, "_timeline.html")
-
-    async def _machine_response(self, request: web.Request, template: str) -> web.Response:
         mac = _mac(request.match_info["mac"])
-        try:
-            text, status = await asyncio.to_thread(self._machine, mac, template)
-        except JournalError as exc:
-            return _error(503, str(exc))
-        return web.Response(text=text, status=status, content_type=_HTML)
+        return await self._page(lambda: self._machine(mac, "_timeline.html"))
 
     async def static_file(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -417,6 +368,12 @@ class _Pages:
             after = _resume_from(request)
         except ValueError:
             return _error(400, "Last-Event-ID and after must be an event id (a whole number)")
+        mac: str | None = None
+        if request.query.get("mac"):
+            try:
+                mac = normalise_mac(request.query["mac"])
+            except ValueError:
+                return _error(400, f"mac={request.query['mac']}: not a MAC address")
         if self.streams >= MAX_STREAMS:
             return _error(503, f"too many event streams open (at most {MAX_STREAMS})")
         self.streams += 1
@@ -432,7 +389,7 @@ class _Pages:
             )
             await response.prepare(request)
             await response.write(f"retry: {RETRY_MS}\n\n".encode())
-            await self._follow(request, response, store, after)
+            await self._follow(request, response, store, after, mac)
             return response
         except JournalError as exc:
             return _error(503, str(exc))
@@ -440,10 +397,15 @@ class _Pages:
             self.streams -= 1
 
     async def _follow(
-        self, request: web.Request, response: web.StreamResponse, store: JournalStore, after: int
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        store: JournalStore,
+        after: int,
+        mac: str | None,
     ) -> None:
-        """Send what the journal stores after ``after`` until the client goes, the server
-        stops or the journal cannot be read."""
+        """Send what the journal stores after ``after`` (of ``mac`` only, unless None) until
+        the client goes, the server stops or the journal cannot be read."""
         stopping = self.view.stopping
         quiet = time.monotonic()
         while not stopping.is_set():
@@ -452,7 +414,9 @@ class _Pages:
             if transport is None or transport.is_closing():
                 return
             try:
-                events = await asyncio.to_thread(store.events, after=after, limit=STREAM_BATCH)
+                events = await asyncio.to_thread(
+                    store.events, mac=mac, after=after, limit=STREAM_BATCH
+                )
                 if events:
                     await response.write(b"".join(_message(e) for e in events))
                     after, quiet = events[-1].id, time.monotonic()

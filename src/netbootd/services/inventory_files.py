@@ -338,8 +338,8 @@ class _Loader:
         """A file that cannot be read stops the load, with what was found before it."""
         raise InventoryError([*sorted(self.problems, key=self._order), problem]) from cause
 
-    def read(self, path: Path) -> None:
-        file = path.relative_to(self.directory).as_posix()
+    def read(self, path: Path, label: str | None = None) -> None:
+        file = label if label is not None else path.relative_to(self.directory).as_posix()
         self.file_order[file] = len(self.file_order)
         try:
             text = path.read_bytes().decode("utf-8")
@@ -510,8 +510,10 @@ def _build_group(name: str, table: _Group, source: Location) -> Group:
     return Group(name=name, selector=selector, profile=table.profile, source=source)
 
 
-def load_inventory(directory: Path) -> Inventory:
-    """Read, validate and check every ``*.toml`` file below ``directory``.
+def load_inventory(directory: Path, extra: Sequence[tuple[Path, str]] = ()) -> Inventory:
+    """Read, validate and check every ``*.toml`` file below ``directory``, then each file of
+    ``extra`` that exists (the machines the REST API keeps in the state directory), named in
+    problems and sources by its label.
 
     An empty directory is an empty inventory; a missing one, or any problem in the files, is an
     :class:`InventoryError` listing every problem found. A file that is not valid TOML stops the
@@ -528,6 +530,9 @@ def load_inventory(directory: Path) -> Inventory:
     loader = _Loader(directory)
     for path in _toml_files(directory):
         loader.read(path)
+    for path, label in extra:
+        if path.is_file():
+            loader.read(path, label)
     return loader.finish()
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -55,6 +55,7 @@ from netbootd.boot.render import (
     unknown_variable,
 )
 from netbootd.logs.events import format_event
+from netbootd.services.api_inventory import API_INVENTORY_FILE, ApiInventory
 from netbootd.services.files import (
     FileLookupError,
     FileNotFound,
@@ -106,9 +107,10 @@ class BootSetup:
     warnings: tuple[InventoryProblem, ...] = ()
 
 
-def load_setup(directory: Path) -> BootSetup:
-    """Load the inventory and every template it names; raise :class:`InventoryError`."""
-    inventory = load_inventory(directory)
+def load_setup(directory: Path, extra: Sequence[tuple[Path, str]] = ()) -> BootSetup:
+    """Load the inventory (and the ``extra`` files: see load_inventory) and every template it
+    names; raise :class:`InventoryError`."""
+    inventory = load_inventory(directory, extra)
     problems: list[InventoryProblem] = []
     warnings: list[InventoryProblem] = []
     templates: dict[str, str] = {}
@@ -454,10 +456,10 @@ def _mac(match: re.Match[str]) -> str:
 log = logging.getLogger("netbootd")
 
 
-def _tree_signature(directory: Path, extra: Path) -> tuple[tuple[str, int, int], ...]:
-    """What changes when any file below ``directory``, or ``extra``, is written or replaced."""
+def _tree_signature(directory: Path, *extra: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when any file below ``directory``, or in ``extra``, is written or replaced."""
     entries = []
-    for path in [*sorted(directory.rglob("*")), extra]:
+    for path in [*sorted(directory.rglob("*")), *extra]:
         try:
             info = path.stat()
         except OSError:
@@ -494,11 +496,35 @@ class LiveInventory:
     ) -> None:
         self.directory = directory
         self.installed = InstalledStore(state_dir / INSTALLED_FILE)
+        # The machines the REST API adds, loaded with the directory's files as one inventory.
+        self.api = ApiInventory(state_dir / API_INVENTORY_FILE)
         self.tree = tree  # where kernels and initrds are looked for, at each load
         # Taken before loading: an edit made while loading is seen as a change later.
-        self._seen = _tree_signature(directory, self.installed.path)
-        self.machines = Machines(load_setup(directory), address, self.installed.load())
+        self._seen = self._signature()
+        self.machines = Machines(
+            load_setup(directory, self._extra()), address, self.installed.load()
+        )
         self.missing = self._missing(self.machines.setup)
+
+    def _extra(self, api_file: Path | None = None) -> tuple[tuple[Path, str], ...]:
+        return ((api_file or self.api.path, self.api.label),)
+
+    def _signature(self) -> tuple[tuple[str, int, int], ...]:
+        return _tree_signature(self.directory, self.installed.path, self.api.path)
+
+    def try_api_machines(self, machines: Mapping[str, Mapping[str, object]]) -> Loaded:
+        """Replace the API's machines with ``machines`` if the inventory loads whole with them:
+        the file is rewritten and the loaded inventory returned, for :meth:`adopt`. Raises
+        :class:`InventoryError` (the file left as it was) otherwise. Blocking."""
+        trial = self.api.candidate(machines)
+        try:
+            setup = load_setup(self.directory, self._extra(trial))
+        except BaseException:
+            self.api.discard(trial)
+            raise
+        self.api.commit(trial)
+        self._seen = self._signature()
+        return Loaded(setup, self.installed.load(), self._missing(setup))
 
     def _missing(self, setup: BootSetup) -> tuple[InventoryProblem, ...]:
         """The kernels and initrds of ``setup`` the root does not hold. Blocking (it looks at
@@ -544,11 +570,11 @@ class LiveInventory:
         Blocking (it reads files): run it off the event loop. Raises :class:`InventoryError`
         for a bad edit, which :meth:`keep` then reports; a change is seen once either way.
         """
-        now = _tree_signature(self.directory, self.installed.path)
+        now = self._signature()
         if now == self._seen:
             return None
         self._seen = now
-        setup = load_setup(self.directory)
+        setup = load_setup(self.directory, self._extra())
         return Loaded(setup, self.installed.load(), self._missing(setup))
 
     def adopt(self, loaded: Loaded) -> None:

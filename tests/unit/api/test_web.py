@@ -3,7 +3,8 @@ events."""
 
 from __future__ import annotations
 
-from netbootd.api.web import describe, event_json, size, timeline
+from netbootd.api.rest import event_json
+from netbootd.api.web import describe, size, timeline
 from netbootd.boot.journal import BootEvent
 from netbootd.boot.verdict import machine_verdicts
 

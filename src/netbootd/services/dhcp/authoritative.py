@@ -385,3 +385,23 @@ def answer_inform(
     return offer_or_ack(
         service, request, client, MessageType.ACK, outcome, yiaddr=ZERO, lease=False, subnet=subnet
     )
+
+
+async def release_address(service: DhcpService, address: IPv4Address) -> Lease | None:
+    """The operator's release of ``address``: its lease forgotten from the book, and from the
+    store before this returns; the lease it was, or None if there was none. The book is put back
+    if the store fails (the StoreError is raised)."""
+    book = service.book
+    lease = book.at(address)
+    if lease is None:
+        return None
+    book.remove(address)
+    if service.store is not None:
+        try:
+            await service.store.submit(address)
+        except BaseException:
+            if book.at(address) is None:  # unless another client has it by now
+                book.put(lease)
+            raise
+    log.info(format_event("lease-released", address=str(address), mac=lease.mac, by="api"))
+    return lease
