@@ -14,6 +14,11 @@ A step is clean when perfdhcp sent what the rate asks for and under 2.5 % of the
 of the REQUESTs went unanswered; each server's figure is its highest clean rate. The target,
 netbootd at least Kea, is printed as pass or miss; only a broken run (a server that does not
 start or dies, perfdhcp failing) exits non-zero. Run as root: ``make bench-dhcp``.
+
+netbootd keeps its boot journal (every transaction an event, perfdhcp's clients like any), as it
+does by default; ``netbootd-no-journal`` is the same server with ``journal = false``, so the
+journal's cost is the ratio of the two, in the same run (its target: within 10 %). ``--journal``
+runs those two alone.
 """
 
 from __future__ import annotations
@@ -52,8 +57,10 @@ DEFAULT_RATES = "250,500,1000,2000,3000,4000,5000,6000,7000,8000,10000"
 MAX_DROPS = 2.5  # percent, for DISCOVER-OFFER and for REQUEST-ACK
 MIN_SENT = 0.975  # of rate x seconds: perfdhcp really offered the rate
 WORKERS = os.cpu_count() or 2  # netbootd-workers: a DHCP worker per core
-SERVERS = ("netbootd", "netbootd-workers", "kea")
+SERVERS = ("netbootd", "netbootd-no-journal", "netbootd-workers", "kea")
 PEER = "kea"
+NO_JOURNAL = "netbootd-no-journal"
+JOURNAL_TARGET = 0.90  # the rate with the journal, at least this of the rate without
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,9 @@ def kea_outside_lab() -> list[int]:
     return found
 
 
-def netbootd_server(lab: Lab, root: Path, state: Path, workers: int = 1) -> Server:
+def netbootd_server(
+    lab: Lab, root: Path, state: Path, workers: int = 1, *, journal: bool = True
+) -> Server:
     argv = [
         str(netbootd_executable()),
         "serve",
@@ -113,10 +122,31 @@ def netbootd_server(lab: Lab, root: Path, state: Path, workers: int = 1) -> Serv
         "--state-dir", str(state),
         "--no-tftp", "--no-http",
     ]  # fmt: skip
+    env = {"PYTHONUNBUFFERED": "1"}
     if workers > 1:
         argv += ["--dhcp-workers", str(workers)]
-        return Server("netbootd-workers", argv, {"PYTHONUNBUFFERED": "1"})
-    return Server("netbootd", argv, {"PYTHONUNBUFFERED": "1"})
+        return Server("netbootd-workers", argv, env)
+    if not journal:
+        config = state / "no-journal.toml"
+        config.write_text("journal = false\n")
+        return Server(NO_JOURNAL, [*argv, "--config", str(config)], env)
+    return Server("netbootd", argv, env)
+
+
+def journal_events(state: Path) -> int | None:
+    """Events in the server's boot journal once it has stopped; None when it keeps none."""
+    path = state / "journal.sqlite3"
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(path)
+        try:
+            (count,) = db.execute("SELECT count(*) FROM events").fetchone()
+        finally:
+            db.close()
+        return int(count)
+    except sqlite3.Error:
+        return None
 
 
 def leases_on_disk(server: str, state: Path) -> int | None:
@@ -208,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5, help="length of each step")
     parser.add_argument("--clients", type=int, default=60000, help="distinct MACs (perfdhcp -R)")
     parser.add_argument("--only", choices=SERVERS, default=None)
+    parser.add_argument(
+        "--journal",
+        action="store_true",
+        help="only netbootd with its boot journal and without: the journal's cost",
+    )
     args = parser.parse_args(argv)
     pool_size = int(ipaddress.IPv4Address(POOL[1])) - int(ipaddress.IPv4Address(POOL[0])) + 1
     if not 0 < args.clients < pool_size:
@@ -222,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     names = [name for name in SERVERS if not args.only or name == args.only]
+    if args.journal:
+        names = ["netbootd", NO_JOURNAL]
     work, root = make_workdir("netbootd-bench-dhcp-")
     results: dict[str, list[Step]] = {name: [] for name in names}
     current = ""
@@ -235,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     state.mkdir(parents=True)
                     if name == "netbootd":
                         server = netbootd_server(lab, root, state)
+                    elif name == NO_JOURNAL:
+                        server = netbootd_server(lab, root, state, journal=False)
                     elif name == "netbootd-workers":
                         server = netbootd_server(lab, root, state, WORKERS)
                     else:
@@ -250,7 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     results[name].append(result)
                     leases = leases_on_disk(name, state)
-                    report_step(result, f"leases {leases if leases is not None else '-'}")
+                    extra = f"leases {leases if leases is not None else '-'}"
+                    if name.startswith("netbootd"):
+                        events = journal_events(state)
+                        extra += f", journal events {events if events is not None else 'off'}"
+                    report_step(result, extra)
                     if name.startswith("netbootd"):
                         counters = netbootd_counters(work / f"{name}.log")
                         console.print(f"{'':18}counters {counters}", markup=False)
@@ -296,7 +339,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"target: {name} >= Kea on the highest clean rate: "
             f"{ours:,} vs {theirs:,} ({ratio}), {verdict}"
         )
+    if "netbootd" in results and NO_JOURNAL in results:
+        report_journal_cost(results["netbootd"], results[NO_JOURNAL], top)
     return 0
+
+
+def report_journal_cost(
+    journaled: Sequence[Step], bare: Sequence[Step], top: dict[str, int]
+) -> None:
+    """The journal's cost: netbootd's rates with it against without, in this same run.
+
+    The ladder's steps are coarse, so beside the highest clean rates this compares the most
+    each completed at under the drop limit, and what each completed at the rates the server
+    without the journal could no longer serve clean (the same offered load past its limit).
+    """
+    ours, theirs = top["netbootd"], top[NO_JOURNAL]
+    if theirs:
+        console.print(
+            f"journal: highest clean rate with it {ours:,}, without {theirs:,} "
+            f"({ours / theirs:.2f})"
+        )
+    for j, b in zip(journaled, bare, strict=True):
+        if b.clean:
+            continue
+        share = j.completed / b.completed if b.completed else 0.0
+        console.print(
+            f"journal: at {j.rate:,}/s offered, completed {j.completed:,.0f}/s with it, "
+            f"{b.completed:,.0f}/s without ({share:.2f})"
+        )
+    peak_with = max((s.completed for s in journaled if s.worst < MAX_DROPS), default=0.0)
+    peak_without = max((s.completed for s in bare if s.worst < MAX_DROPS), default=0.0)
+    share = peak_with / peak_without if peak_without else 0.0
+    verdict = "pass" if share >= JOURNAL_TARGET else "miss"
+    console.print(
+        f"target: the rate with the journal within {100 - JOURNAL_TARGET * 100:.0f} % of the "
+        f"rate without (the most completed under {MAX_DROPS} % drops): {peak_with:,.0f} vs "
+        f"{peak_without:,.0f}/s ({share:.2f}), {verdict}"
+    )
 
 
 if __name__ == "__main__":

@@ -381,7 +381,12 @@ class App:
                 await self._start_dhcp()
             if config.tftp and self.source is not None and not self.dhcp_only:
                 self._remove_upload_leftovers()
-                self.tftp = TftpServer(self.source, self._tftp_settings(), renders=self.renders)
+                self.tftp = TftpServer(
+                    self.source,
+                    self._tftp_settings(),
+                    renders=self.renders,
+                    journal=self.journal,
+                )
                 await self.tftp.start(host, config.tftp_port)
             if config.http and self.source is not None and not self.dhcp_only:
                 hook = self.inventory.mark_installed if self.inventory is not None else None
@@ -394,6 +399,7 @@ class App:
                     limits=limits,
                     renders=self.renders,
                     routes=operator_routes(self.view),
+                    journal=self.journal,
                 )
                 await self.http.start(host, config.http_port)
         except OSError as exc:
@@ -439,6 +445,8 @@ class App:
         # Every worker writes its own events; the first one alone drops the old ones.
         self.journal_writer = JournalWriter(self.journal, store, prunes=not self.dhcp_only)
         await self.journal_writer.start()
+        if self.inventory is not None:
+            self.inventory.journal = self.journal
 
     def operator_view(self) -> OperatorView:
         """What the API, the metrics and the web page see of this server."""
@@ -601,7 +609,9 @@ class App:
                 subnets=share.subnets(settings.subnets),
                 limits=share.limits(settings.limits),
             )
-        return DhcpService(settings, policy, book, store, machines=self.machines)
+        return DhcpService(
+            settings, policy, book, store, machines=self.machines, journal=self.journal
+        )
 
     async def _start_dhcp(self) -> None:
         config = self.config

@@ -326,6 +326,10 @@ _FILE_KEYS = {
     "dhcp-max-offers-per-pool",
     "max-leases",
     "dhcp-workers",
+    "journal",
+    "journal-max-events",
+    "journal-max-days",
+    "api-token-file",
 }
 
 

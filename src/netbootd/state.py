@@ -9,6 +9,7 @@ writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -17,15 +18,19 @@ from datetime import datetime
 from pathlib import Path
 
 from netbootd.boot.inventory import Inventory, InventoryError, Machine, normalise_mac
+from netbootd.boot.journal import BootEvent, Kind, Service
 from netbootd.boot.leases import Lease, LeaseState
 from netbootd.config import DEFAULT_STATE_DIR, ConfigError, ConfigFile
 from netbootd.services.api_inventory import API_INVENTORY_FILE, ApiInventory
 from netbootd.services.inventory_files import load_inventory
 from netbootd.store.installed import INSTALLED_FILE, InstalledStore
+from netbootd.store.journal import JournalError, JournalStore
 from netbootd.store.leases import StoreError, read_leases
 
 # The lease database's name in the state directory.
 LEASE_FILE = "leases.sqlite3"
+# The boot journal's.
+JOURNAL_FILE = "journal.sqlite3"
 
 
 class NotDone(Exception):  # noqa: N818 - what the operator asked cannot be done as asked
@@ -108,6 +113,7 @@ def mark_installed(paths: StatePaths, mac: str, *, again: bool = False) -> str:
         raise ConfigError(str(exc)) from exc
     except OSError as exc:
         raise NotDone(f"{store.path}: {exc.strerror or exc}") from exc
+    _journal_mark(paths, Kind.AGAIN if again else Kind.INSTALLED, machine.mac or mac, machine.name)
     if again:
         return (
             f"{machine.name} boots its boot-once profile {machine.boot_once} again from its "
@@ -117,6 +123,30 @@ def mark_installed(paths: StatePaths, mac: str, *, again: bool = False) -> str:
         f"{machine.name} is installed: from its next boot on it boots "
         f"{_own_profile(machine, inventory)} instead of {machine.boot_once}"
     )
+
+
+def _journal_mark(paths: StatePaths, kind: Kind, mac: str, machine: str) -> None:
+    """The mark, in the boot journal of the server that uses this state directory, if it keeps
+    one (a running server's writer and this one take turns at the file). The mark is made
+    whatever becomes of this: the journal is for the operator's eyes."""
+    path = paths.state_dir / JOURNAL_FILE
+    if not path.exists():
+        return
+    journal = JournalStore(path)
+    event = BootEvent(
+        time.time(),
+        normalise_mac(mac),
+        "",
+        Service.INVENTORY.value,
+        kind.value,
+        {"machine": machine},
+    )
+    try:
+        with contextlib.suppress(JournalError):
+            journal.open()
+            journal.append([event])
+    finally:
+        journal.close()
 
 
 def lease_list(paths: StatePaths) -> list[Lease]:

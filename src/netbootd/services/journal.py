@@ -16,8 +16,10 @@ ones past that are dropped and counted, never the server's memory.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 
 from netbootd.boot.journal import BootEvent, Kind, Service
 
@@ -31,6 +33,10 @@ _DHCP_KEYS = ("decision", "address", "file", "why", "reason", "client", "arch", 
 # request): time, MAC, kind (DISCOVER ...), then the fields of _DHCP_KEYS in that order
 # (decision, address, file, why, reason, client, arch, port, relay), then the machine's name.
 DhcpRecord = tuple[float, str, str, str, str, str, str, str, str, str, int, str, str]
+
+# An event as the journal's database stores it: time, MAC, address, service, kind, and its
+# fields as JSON text (see netbootd.store.journal).
+Row = tuple[float, str, str, str, str, str]
 
 
 class Journal:
@@ -79,6 +85,15 @@ class Journal:
                     {"machine": machine},
                 )
             )
+
+    def take_raw(self) -> tuple[list[DhcpRecord], list[BootEvent]]:
+        """The DHCP records and the other events told since the last take, as they were told:
+        what the writer's thread turns into rows (:class:`RowMaker`), so the event loop's
+        thread does no more than swap two lists."""
+        dhcp, self._dhcp = self._dhcp, []
+        other, self._other = self._other, []
+        self.taken += len(dhcp) + len(other)
+        return dhcp, other
 
     def take(self) -> list[BootEvent]:
         """The events told since the last take, in time order; a transfer's MAC filled in
@@ -134,3 +149,66 @@ def resolve(events: Iterable[BootEvent], lookup: Callable[[str], str | None]) ->
         else:
             resolved.append(event)
     return resolved
+
+
+_OFFERED = frozenset({"OFFER", "ACK"})
+_HEAD_CACHE = 4096  # distinct (decision, file, why, reason, client, arch) kept encoded
+
+
+class RowMaker:
+    """The database rows of a batch, made in the writer's thread, as cheaply as can be: a
+    DHCP record's fields that repeat from one client to the next (decision, boot file and why,
+    client kind, architecture) are encoded once and kept; only the address, port, relay and
+    machine are added for each. Addresses are dotted quads and need no JSON escaping."""
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[str, str, str, str, str, str], str] = {}
+
+    def dhcp_row(self, record: DhcpRecord) -> Row:
+        key = (record[3], record[5], record[6], record[7], record[8], record[9])
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= _HEAD_CACHE:
+                self._heads.clear()
+            named = zip(("decision", "file", "why", "reason", "client", "arch"), key, strict=True)
+            head = self._heads[key] = json.dumps({k: v for k, v in named if v})[:-1]
+        address, relay, machine = record[4], record[11], record[12]
+        text = f'{head}, "port": "{record[10]}"'
+        if address:
+            text += f', "address": "{address}"'
+        if relay:
+            text += f', "relay": "{relay}"'
+        if machine:
+            text += f', "machine": {json.dumps(machine)}'
+        return (record[0], record[1], address, _DHCP, record[2], text + "}")
+
+    def rows(
+        self,
+        dhcp: Sequence[DhcpRecord],
+        other: Sequence[BootEvent],
+        lookup: Callable[[str], str | None],
+    ) -> list[Row]:
+        """The rows of a batch, in time order; each event without a MAC given the one the
+        batch's own OFFERs and ACKs name for its address, else the one ``lookup`` finds."""
+        rows = [self.dhcp_row(record) for record in dhcp]
+        if other:
+            given = {r[4]: r[1] for r in dhcp if r[4] and r[3] in _OFFERED}
+
+            def known(address: str) -> str | None:
+                return given.get(address) or lookup(address)
+
+            rows += [event_row(event) for event in resolve(other, known)]
+            rows.sort(key=itemgetter(0))
+        return rows
+
+
+def event_row(event: BootEvent) -> Row:
+    """``event`` as the journal's database stores it."""
+    return (
+        event.time,
+        event.mac,
+        event.address,
+        event.service,
+        event.kind,
+        json.dumps(dict(event.fields)),
+    )

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from types import MappingProxyType
+from urllib.parse import urlsplit
 
 from netbootd.boot.client import ClientInfo, arch_name
 from netbootd.boot.inventory import (
@@ -37,6 +38,7 @@ from netbootd.boot.inventory import (
     format_key,
     resolve,
 )
+from netbootd.boot.journal import Kind, Role, file_role
 from netbootd.boot.render import (
     UNDESCRIBED_EMPTY,
     BootContext,
@@ -65,6 +67,7 @@ from netbootd.services.files import (
     OpenedFile,
 )
 from netbootd.services.inventory_files import at_key_lines, load_inventory
+from netbootd.services.journal import Journal
 from netbootd.store.installed import INSTALLED_FILE, InstalledStore
 
 _MAC = r"(?P<mac>[0-9a-fA-F]{2}(?:-[0-9a-fA-F]{2}){5})"
@@ -380,6 +383,19 @@ class BootFiles:
                 return mac is not None and _names_address(match["hex"], peer)
         return False
 
+    def role(self, name: str, peer: str | None = None) -> Role:
+        """What ``name`` is to the boot of the machine asking (named in the path, or given
+        ``peer`` by DHCP): its profile's kernel and initrds are its own word, then the name."""
+        match = _MACHINE_NAME.match(name) or _PXELINUX_NAME.match(name) or _GRUB_NAME.match(name)
+        mac = _mac(match) if match is not None else self.machines.mac_at(peer)
+        resolution = self.machines._resolve_seen(mac) if mac is not None else None
+        if resolution is None:
+            return file_role(name)
+        profile = resolution.profile
+        kernels = frozenset((_served_path(profile.kernel),) if profile.kernel else ())
+        initrds = frozenset(_served_path(path) for path in profile.initrds)
+        return file_role(name, kernels=kernels, initrds=initrds)
+
     def _render(self, name: str, peer: str | None) -> str | None:
         if match := _PXELINUX_NAME.match(name):
             return self.machines.render(_mac(match), Flavour.PXELINUX, peer=peer)
@@ -404,6 +420,29 @@ class BootFiles:
                 raise FileNotFound("no profile for this machine, or no such file in it")
             return text
         return None
+
+
+def path_mac(name: str) -> str:
+    """The MAC a per-machine path names (``m/<mac>/...``, dashes or colons), lower-case with
+    colons; "" for any other path."""
+    match = _MACHINE_NAME.match(name)
+    return _mac(match) if match is not None else ""
+
+
+def role_of(source: FileSource, name: str, peer: str | None = None) -> Role:
+    """What the file ``name`` served from ``source`` to ``peer`` is to the boot, for the
+    journal: by the asking machine's profile where ``source`` knows the machines."""
+    if isinstance(source, BootFiles):
+        return source.role(name, peer)
+    return file_role(name)
+
+
+def _served_path(path: str) -> str:
+    """A profile's kernel or initrd as a client asks for it: the path of a URL (this server's
+    own, most likely), else the path below the root."""
+    if is_url(path):
+        path = urlsplit(path).path
+    return path.lstrip("/")
 
 
 def missing_boot_files(
@@ -505,6 +544,7 @@ class LiveInventory:
             load_setup(directory, self._extra()), address, self.installed.load()
         )
         self.missing = self._missing(self.machines.setup)
+        self.journal: Journal | None = None  # told of each machine marked installed
 
     def _extra(self, api_file: Path | None = None) -> tuple[tuple[Path, str], ...]:
         return ((api_file or self.api.path, self.api.label),)
@@ -548,6 +588,8 @@ class LiveInventory:
         if machine is None:
             return None
         self.machines.installed = self.installed.mark(machine.name)
+        if self.journal is not None:
+            self.journal.inventory(Kind.INSTALLED, machine.mac or mac, machine.name)
         return machine.name
 
     def log_state(self, event: str) -> None:

@@ -119,12 +119,18 @@ class JournalStore:
 
     def append(self, events: Sequence[BootEvent]) -> None:
         """Store ``events``, in one transaction."""
-        if not events:
+        self.append_rows(
+            [
+                (e.time, e.mac, e.address, e.service, e.kind, json.dumps(dict(e.fields)))
+                for e in events
+            ]
+        )
+
+    def append_rows(self, rows: Sequence[tuple[float, str, str, str, str, str]]) -> None:
+        """Store events made into rows already (time, MAC, address, service, kind, and the
+        fields as a JSON object), in one transaction."""
+        if not rows:
             return
-        rows = [
-            (e.time, e.mac, e.address, e.service, e.kind, json.dumps(dict(e.fields)))
-            for e in events
-        ]
         db = self._writer()
         try:
             with db:

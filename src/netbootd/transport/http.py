@@ -44,6 +44,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
+from netbootd.boot.journal import Service
 from netbootd.logs.events import format_event
 from netbootd.services.dhcp.limits import LineBudget, Throttle
 from netbootd.services.files import (
@@ -53,6 +54,8 @@ from netbootd.services.files import (
     FileSource,
     LocalFile,
 )
+from netbootd.services.journal import Journal
+from netbootd.services.machines import path_mac, role_of
 from netbootd.transport.renders import RenderPool, renders
 
 log = logging.getLogger("netbootd.http")
@@ -66,6 +69,75 @@ _INSTALLED_KEY: web.AppKey[InstalledHook] = web.AppKey("installed")
 _EDGE_KEY: web.AppKey[_Edge] = web.AppKey("edge")
 # Set on the request aiohttp makes up for one that broke HTTP: its warning is its only line.
 _BAD_REQUEST: web.RequestKey[bool] = web.RequestKey("bad-request", bool)
+_JOURNAL_KEY: web.AppKey[Journal | None] = web.AppKey("journal")
+
+
+class _BootStep:
+    """Set on a request for a boot file (or a boot-once mark), which the journal is told of
+    once it is answered; the operator's routes (API, metrics, web page) have none."""
+
+    __slots__ = ("error", "journal", "name", "rendered", "size")
+
+    def __init__(self, journal: Journal, name: str) -> None:
+        self.journal = journal
+        self.name = name  # as asked, without the leading /
+        self.size: int | None = None  # the file's, once it is open
+        self.rendered = False
+        self.error = ""  # why it could not be served, beyond its status
+
+
+_BOOT_STEP: web.RequestKey[_BootStep] = web.RequestKey("boot-step", _BootStep)
+
+
+def _boot_step(request: web.Request, name: str) -> _BootStep | None:
+    journal = request.app[_JOURNAL_KEY]
+    if journal is None:
+        return None
+    step = request[_BOOT_STEP] = _BootStep(journal, name)
+    return step
+
+
+def _tell_journal(
+    step: _BootStep,
+    request: BaseRequest,
+    response: StreamResponse,
+    *,
+    sent: int,
+    seconds: float,
+    cut_short: str | None,
+) -> None:
+    """The journal's event for an answered boot-file request."""
+    status = response.status
+    if cut_short is not None:
+        result = f"cut short: {cut_short}"
+    elif status < 400:
+        result = "ok"
+    elif status == 404:
+        result = "not found"
+    elif status == 403:
+        result = "forbidden"
+    else:
+        result = f"error: {step.error or f'{status} {response.reason}'}"
+    peer = request.remote or ""
+    fields = {
+        "file": step.name,
+        "role": role_of(request.app[_SOURCE_KEY], step.name, peer or None).value
+        if isinstance(request, web.Request)
+        else "file",
+        "result": result,
+        "status": str(status),
+        "bytes": str(sent),
+        "seconds": f"{seconds:.3f}",
+        "rate": f"{sent / seconds / 1e6 if seconds > 0 else 0.0:.2f}",
+    }
+    size = step.size if step.size is not None else response.content_length
+    if size is not None:
+        fields["size"] = str(size)
+    if step.rendered:
+        fields["rendered"] = "yes"
+    if request.method != "GET":
+        fields["method"] = request.method  # HEAD (UEFI HTTP Boot's, before its GET), POST
+    step.journal.transfer(Service.HTTP, peer, fields, mac=path_mac(step.name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +209,10 @@ class _AccessLog(AbstractAccessLogger):
                 result, level = f"cut short: {response.cut_short}", logging.WARNING
         else:
             length = response.content_length if response.content_length is not None else 0
+        step = request.get(_BOOT_STEP)
+        if step is not None:
+            cut_short = response.cut_short if isinstance(response, _OpenedFileResponse) else None
+            _tell_journal(step, request, response, sent=length, seconds=time, cut_short=cut_short)
         rate = length / time / 1e6 if time > 0 else 0.0
         fields: dict[str, object] = {
             "client": peer,
@@ -313,6 +389,7 @@ async def _serve(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]  # already percent-decoded by aiohttp
     loop = asyncio.get_running_loop()
     pool = request.app[_RENDERS_KEY]
+    step = _boot_step(request, name)
     try:
         if pool is not None and renders(source, name, request.remote):
             # An operator's template must not hold the threads that open and send files.
@@ -326,10 +403,15 @@ async def _serve(request: web.Request) -> web.StreamResponse:
         counters["forbidden"] += 1
         raise web.HTTPForbidden(text=f"{name}: {exc}\n") from None
     except FileLookupError as exc:
+        if step is not None:
+            step.error = exc.reason
         counters["server-error"] += 1
         request.app[_EDGE_KEY].warn("cannot-serve", path=name, error=exc.reason)
         raise web.HTTPInternalServerError(text=f"{name}: {exc.reason}\n") from None
     counters["served"] += 1
+    if step is not None:
+        step.size = opened.size
+        step.rendered = not isinstance(opened, LocalFile)
     if isinstance(opened, LocalFile):
         return _OpenedFileResponse(opened, counters)
     try:  # rendered in memory: small, and already there
@@ -342,6 +424,7 @@ async def _serve(request: web.Request) -> web.StreamResponse:
 async def _installed(request: web.Request) -> web.StreamResponse:
     """``POST /m/<mac>/installed``: the installed system says its boot-once profile is done."""
     mac = request.match_info["mac"].lower().replace("-", ":")
+    _boot_step(request, request.path.lstrip("/"))
     loop = asyncio.get_running_loop()
     name = await loop.run_in_executor(None, request.app[_INSTALLED_KEY], mac)
     if name is None:
@@ -560,9 +643,12 @@ class HttpServer:
         limits: HttpLimits | None = None,
         renders: RenderPool | None = None,
         routes: Sequence[web.AbstractRouteDef] = (),
+        *,
+        journal: Journal | None = None,
     ) -> None:
         app = web.Application()
         app[_SOURCE_KEY] = source
+        app[_JOURNAL_KEY] = journal
         app[_RENDERS_KEY] = renders
         app[_COUNTERS_KEY] = Counter()
         self._edge = _Edge(limits or HttpLimits(), app[_COUNTERS_KEY])

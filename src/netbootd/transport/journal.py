@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from netbootd.boot.journal import BootEvent
 from netbootd.logs.events import format_event
 from netbootd.services.dhcp.limits import Throttle
-from netbootd.services.journal import Journal, resolve
+from netbootd.services.journal import DhcpRecord, Journal, RowMaker
 from netbootd.store.journal import JournalError, JournalStore
 from netbootd.transport.netif import neighbours
 
@@ -55,6 +55,7 @@ class JournalWriter:
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         self._failures = Throttle()
+        self._rows = RowMaker()
         self.written = 0
         self.failed = 0  # events lost to a database that could not be written
         self.pruned = 0
@@ -72,25 +73,25 @@ class JournalWriter:
 
     async def flush(self) -> None:
         """Store what gathered since the last flush (and prune, when due)."""
-        events = self.journal.take()
+        dhcp, other = self.journal.take_raw()
         prune = self.prunes and time.monotonic() >= self._next_prune
-        if not events and not prune:
+        if not dhcp and not other and not prune:
             return
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._write, events, prune)
+        await loop.run_in_executor(self._thread, self._write, dhcp, other, prune)
 
-    def _write(self, events: list[BootEvent], prune: bool) -> None:
-        """In the writer's thread."""
+    def _write(self, dhcp: list[DhcpRecord], other: list[BootEvent], prune: bool) -> None:
+        """In the writer's thread: the events made into rows there, off the event loop's."""
+        events = len(dhcp) + len(other)
         try:
             if events:
-                events = resolve(events, self._lookup())
-                self.store.append(events)
-                self.written += len(events)
+                self.store.append_rows(self._rows.rows(dhcp, other, self._lookup()))
+                self.written += events
             if prune:
                 self._next_prune = time.monotonic() + PRUNE_INTERVAL
                 self.pruned += self.store.prune(time.time())
         except JournalError as exc:
-            self.failed += len(events)
+            self.failed += events
             count = self._failures.event(time.monotonic())
             if count is not None:
                 log.warning(

@@ -336,6 +336,12 @@ class ReadSession(TransferSession):
         return min(self._acked * self._blksize, self._size)
 
     @property
+    def last_acknowledged(self) -> int:
+        """The highest block the client has acknowledged (absolute: past 65535 when the block
+        number wrapped), 0 for none."""
+        return self._acked
+
+    @property
     def retransmissions(self) -> int:
         """Packets (OACK or DATA) sent more than once."""
         return self._retransmissions

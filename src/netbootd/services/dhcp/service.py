@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from netbootd.boot.client import ClientInfo, classify
+from netbootd.boot.client import ClientInfo, arch_name, classify
 from netbootd.boot.leases import LeaseBook, LeaseState
 from netbootd.boot.policy import BootDecision, BootPolicy
 from netbootd.boot.pxe_menu import boot_item
@@ -32,7 +32,7 @@ from netbootd.boot.subnets import Subnet, subnet_for
 from netbootd.config import DhcpMode
 from netbootd.proto.dhcp.codec import DhcpDecodeError, DhcpPacket, MessageType, Op, Opt
 from netbootd.proto.dhcp.size import max_message_size
-from netbootd.proto.dhcp.wire import PXE_PORT, ZERO
+from netbootd.proto.dhcp.wire import PXE_PORT, ZERO, address_text
 from netbootd.services.dhcp.authoritative import (
     answer_decline,
     answer_discover,
@@ -42,12 +42,19 @@ from netbootd.services.dhcp.authoritative import (
 )
 from netbootd.services.dhcp.bootp import answer_bootp
 from netbootd.services.dhcp.limits import LineBudget, Throttle
-from netbootd.services.dhcp.log import detail_lines, log_options, log_transaction, message_kind
+from netbootd.services.dhcp.log import (
+    client_kind,
+    detail_lines,
+    log_options,
+    log_transaction,
+    message_kind,
+)
 from netbootd.services.dhcp.proxy import answer_boot_item, answer_proxy
 from netbootd.services.dhcp.reply import choose_boot, fitted
 from netbootd.services.dhcp.reservations import Reservations
 from netbootd.services.dhcp.settings import DhcpSettings
 from netbootd.services.dhcp.transaction import Outcome, Pending, Reply, Step
+from netbootd.services.journal import DhcpRecord, Journal
 from netbootd.services.machines import Machines
 from netbootd.store.leases import LeaseStore
 
@@ -71,6 +78,7 @@ class DhcpService:
     bad_lines: LineBudget = field(default_factory=LineBudget)  # lines about bad requests
     # The relay addresses refused for the settings in force (relay_edges), made once for them.
     _relay_edges: tuple[DhcpSettings, dict[int, str]] | None = field(default=None, repr=False)
+    journal: Journal | None = None  # told of every transaction whose client has a MAC
 
     @property
     def subnets(self) -> tuple[Subnet, ...]:
@@ -185,6 +193,21 @@ class DhcpService:
             bad_lines=self.bad_lines,
             clock=self.clock,
         )
+        journal = self.journal
+        if journal is not None:
+            mac = request.mac
+            if mac:
+                journal.dhcp(
+                    _record(
+                        request,
+                        client,
+                        outcome,
+                        now=self.clock(),
+                        mac=mac,
+                        kind=kind,
+                        local_port=local_port,
+                    )
+                )
         if self.settings.log_dhcp:
             for line in detail_lines(
                 request,
@@ -278,6 +301,58 @@ class DhcpService:
             else None
         )
         return choose_boot(self, classify(request), ZERO, host)
+
+
+def _record(
+    request: DhcpPacket,
+    client: ClientInfo,
+    outcome: Outcome,
+    *,
+    now: float,
+    mac: str,
+    kind: str,
+    local_port: int,
+) -> DhcpRecord:
+    """The journal's tuple for one transaction (:data:`DhcpRecord`'s order): only what the
+    transaction already holds, and names made once for each architecture."""
+    given = outcome.address
+    if given is not None and given != ZERO:  # a proxy's offer gives none (yiaddr 0)
+        address = address_text(given)
+    elif request.ciaddr != ZERO:
+        address = address_text(request.ciaddr)
+    else:
+        address = ""
+    boot = outcome.boot
+    resolution = outcome.resolution
+    machine = resolution.machine if resolution is not None else None
+    return (
+        now,
+        mac,
+        kind,
+        outcome.decision,
+        address,
+        (boot.filename or "") if boot is not None else "",
+        boot.reason if boot is not None else "",
+        outcome.reason,
+        client_kind(client),
+        _arch_name(client.arch),
+        local_port,
+        address_text(request.giaddr) if request.giaddr != ZERO else "",
+        machine.name if machine is not None else "",
+    )
+
+
+_ARCH_NAMES: dict[int, str] = {}
+
+
+def _arch_name(code: int | None) -> str:
+    # arch_name looks the code up in an enum, interpreted; the codes seen are a handful.
+    if code is None:
+        return "unknown"
+    name = _ARCH_NAMES.get(code)
+    if name is None:
+        name = _ARCH_NAMES[code] = arch_name(code)
+    return name
 
 
 # The first octets of addresses no relay agent can have (RFC 1122 §3.2.1.3, RFC 5771, RFC 1112

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from netbootd.boot.journal import Service
 from netbootd.logs.events import format_event
 from netbootd.proto.tftp import (
     Error,
@@ -44,6 +45,8 @@ from netbootd.proto.tftp import (
 from netbootd.proto.tftp.framing import Datagram
 from netbootd.services.dhcp.limits import LineBudget
 from netbootd.services.files import FileSource, OpenedFile
+from netbootd.services.journal import Journal
+from netbootd.services.machines import role_of
 from netbootd.services.tftp import (
     Admission,
     Admitted,
@@ -116,6 +119,7 @@ class TftpServer:
         *,
         executor: Executor | None = None,
         renders: RenderPool | None = None,
+        journal: Journal | None = None,
         **limits: Any,
     ) -> None:
         if settings is None:
@@ -144,6 +148,7 @@ class TftpServer:
             max_workers=settings.workers, thread_name_prefix="netbootd-tftp-io"
         )
         self._renders = renders
+        self._journal = journal
         self._listener: Endpoint | None = None
         self._warning_lines = LineBudget()  # a burst of warnings, then a count
         self._family = socket.AF_INET
@@ -508,8 +513,22 @@ class TftpServer:
         result: str,
         retransmits: int | None = None,
         event: str = "transfer",
+        file_size: int | None = None,
+        block: int | None = None,
+        rendered: bool = False,
     ) -> None:
         seconds = self._loop_time() - started
+        if self._journal is not None and event == "transfer":
+            self._tell_journal(
+                addr,
+                name,
+                sent=size,
+                seconds=seconds,
+                result=result,
+                file_size=file_size,
+                block=block,
+                rendered=rendered,
+            )
         line = transfer_line(
             addr,
             name,
@@ -524,3 +543,34 @@ class TftpServer:
             self.warn(line)
         else:
             log.log(level, "%s", line)
+
+    def _tell_journal(
+        self,
+        addr: Address,
+        name: str,
+        *,
+        sent: int,
+        seconds: float,
+        result: str,
+        file_size: int | None,
+        block: int | None,
+        rendered: bool,
+    ) -> None:
+        """A read's end (or its refusal), as the journal has it; uploads are not boot steps."""
+        assert self._journal is not None
+        seconds = max(seconds, 0.0)
+        fields = {
+            "file": name,
+            "role": role_of(self._source, name, addr[0]).value,
+            "result": result,
+            "bytes": str(sent),
+            "seconds": f"{seconds:.3f}",
+            "rate": f"{sent / seconds / 1e6 if seconds > 0 else 0.0:.2f}",
+        }
+        if file_size is not None:
+            fields["size"] = str(file_size)
+        if block is not None:
+            fields["block"] = str(block)
+        if rendered:
+            fields["rendered"] = "yes"
+        self._journal.transfer(Service.TFTP, addr[0], fields)

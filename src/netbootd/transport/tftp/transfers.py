@@ -44,7 +44,7 @@ from netbootd.proto.tftp import (
 )
 from netbootd.proto.tftp.framing import UNKNOWN_TID, Datagram, across_chunks
 from netbootd.proto.tftp.write import Complete, SendAck, WriteAction, WriteBlock, WriteSession
-from netbootd.services.files import OpenedFile
+from netbootd.services.files import MemoryFile, OpenedFile
 from netbootd.services.tftp import (
     client_text,
     finish_result,
@@ -250,8 +250,11 @@ class Exchange:
         *,
         event: str = "transfer",
         retransmits: int | None = None,
+        file_size: int | None = None,
+        block: int | None = None,
+        rendered: bool = False,
     ) -> None:
-        """The transfer's one log line."""
+        """The transfer's one log line (and its journal event)."""
         result, level = finish_result(finish)
         self.server.log_transfer(
             level,
@@ -263,6 +266,9 @@ class Exchange:
             result=result,
             retransmits=retransmits,
             event=event,
+            file_size=file_size,
+            block=block,
+            rendered=rendered,
         )
 
     def _on_timer(self) -> None:
@@ -340,6 +346,9 @@ class _Read(Exchange):
             session.negotiated,
             session.bytes_acknowledged,
             retransmits=session.retransmissions,
+            file_size=self._opened.size,
+            block=session.last_acknowledged,
+            rendered=isinstance(self._opened, MemoryFile),
         )
 
 
