@@ -739,6 +739,8 @@ class App:
         self.log_counters()
         # Renders under way are answered now, so no request holds up the servers' close.
         self.renders.close()
+        if self.view is not None:
+            self.view.stopping.set()  # the event streams end, so none holds up the HTTP close
         for server in (self.dhcp, self.tftp, self.http):
             if server is not None:
                 with contextlib.suppress(Exception):

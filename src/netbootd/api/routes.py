@@ -7,10 +7,11 @@ from aiohttp import web
 from netbootd.api import rest
 from netbootd.api.metrics import metrics_routes
 from netbootd.api.view import OperatorView
+from netbootd.api.web import web_routes
 
 
 def routes(view: OperatorView) -> list[web.AbstractRouteDef]:
     """Every route of the operator's view over ``view``."""
-    # The API's catch-all answers for every path under /api/v1 it reaches: it comes last, after
-    # the API's routes and any other module's under /api/v1.
-    return [*metrics_routes(view), *rest.routes(view), *rest.fallback()]
+    # The page's routes first: the API's answer for any other path under /api/v1 (its
+    # catch-all, last) would take the event stream's.
+    return [*web_routes(view), *metrics_routes(view), *rest.routes(view), *rest.fallback()]

@@ -7,6 +7,7 @@ API, the metrics and the web page read through it and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -84,3 +85,6 @@ class OperatorView:
     transfer_rates: Callable[[], dict[str, Histogram]] | None = None
     # The other DHCP workers' latest reports (dhcp-workers > 1), set once they have started.
     workers: Callable[[], list[WorkerReport]] = field(default=_no_reports)
+    # Set as the server stops: the long-lived answers (the event stream) end at once rather
+    # than hold up the HTTP server's shutdown.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
