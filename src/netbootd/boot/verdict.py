@@ -170,15 +170,27 @@ def _role(event: BootEvent) -> Role:
         return file_role(event.get("file"))
 
 
-def _succeeded(event: BootEvent) -> bool:
-    """A transfer that ended well: "ok", and no HTTP error status (the access log's result
-    for a 404 it answered is still "ok")."""
+def _answered(event: BootEvent) -> bool:
+    """A transfer answered well: "ok", and no HTTP error status."""
     return event.ok and _int(event.get("status")) < 400
 
 
+def _probe(event: BootEvent) -> bool:
+    """A question about a file that fetched none of it: a TFTP size query, or an HTTP HEAD
+    that was answered (UEFI HTTP Boot asks one before its GET)."""
+    if event.get("result") == _SIZE_QUERY:
+        return True
+    return event.get("method") == "HEAD" and _answered(event)
+
+
+def _succeeded(event: BootEvent) -> bool:
+    """A transfer that fetched its file: answered well, and not a probe."""
+    return _answered(event) and event.get("method") != "HEAD"
+
+
 def _failed(event: BootEvent) -> bool:
-    """A transfer that ended badly; a TFTP size query is neither a success nor a failure."""
-    return _is_transfer(event) and not _succeeded(event) and event.get("result") != _SIZE_QUERY
+    """A transfer that ended badly; a probe is neither a success nor a failure."""
+    return _is_transfer(event) and not _succeeded(event) and not _probe(event)
 
 
 def _name(event: BootEvent) -> str:
@@ -381,7 +393,7 @@ def _stall_cause(reading: _Reading, events: Sequence[BootEvent]) -> tuple[str, s
     name = _name(latest)
     if _failed(latest):
         return _failure(latest), name
-    if latest.get("result") == _SIZE_QUERY:
+    if _probe(latest):
         return f"asked the size of {name} but never fetched it", name
     role = _role(latest)
     if role not in _ROLE_STEP:

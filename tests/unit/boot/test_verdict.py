@@ -134,7 +134,9 @@ def test_uefi_http_boot() -> None:
     rec = (
         Recorder()
         .lease("http://10.0.0.1/ipxe.efi", client="uefi-http", arch="x64-http")
-        .fetch("http", "/ipxe.efi", "loader", status="200")
+        # EDK2 asks with a HEAD first: that fetches nothing, and is no loop with the GET.
+        .fetch("http", "/ipxe.efi", "loader", status="200", method="HEAD", bytes="0")
+        .fetch("http", "/ipxe.efi", "loader", status="200", method="GET")
         .lease("http://10.0.0.1/boot.ipxe", client="ipxe")
         .fetch("http", "/boot.ipxe", "config", status="200")
         .fetch("http", "/images/vmlinuz", "kernel", status="200")
@@ -376,6 +378,22 @@ def test_a_size_query_then_nothing() -> None:
     assert verdict(rec.attempt(), now=rec.time).state is State.IN_PROGRESS
     result = verdict(rec.attempt(), now=LATER)
     assert result.cause == "asked the size of undionly.kpxe but never fetched it"
+
+
+def test_a_head_answered_then_nothing_is_a_probe() -> None:
+    rec = Recorder().lease("http://10.0.0.1/ipxe.efi", client="uefi-http")
+    rec.fetch("http", "/ipxe.efi", "loader", status="200", method="HEAD", bytes="0")
+    assert verdict(rec.attempt(), now=rec.time).state is State.IN_PROGRESS
+    result = verdict(rec.attempt(), now=LATER)
+    assert (result.state, result.step) == (State.STALLED, Step.ACKNOWLEDGED)
+    assert result.cause == "asked the size of ipxe.efi but never fetched it"
+
+
+def test_a_head_refused_is_a_failure() -> None:
+    rec = Recorder().lease("http://10.0.0.1/ipxe.efi", client="uefi-http")
+    rec.fetch("http", "/ipxe.efi", "loader", "not found", status="404", method="HEAD")
+    result = verdict(rec.attempt(), now=rec.time)
+    assert (result.state, result.cause) == (State.STALLED, "HTTP 404 for ipxe.efi")
 
 
 # -- booted -----------------------------------------------------------------------------------
