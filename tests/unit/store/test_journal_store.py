@@ -12,9 +12,13 @@ from netbootd.store.journal import JournalError, JournalStore
 
 
 def _event(
-    time: float, mac: str = "52:54:00:00:00:01", address: str = "", **fields: str
+    time: float,
+    mac: str = "52:54:00:00:00:01",
+    address: str = "",
+    kind: str = "DISCOVER",
+    **fields: str,
 ) -> BootEvent:
-    return BootEvent(time, mac, address, "dhcp", "DISCOVER", fields)
+    return BootEvent(time, mac, address, "dhcp", kind, fields)
 
 
 def test_events_come_back_in_order_with_their_fields(tmp_path: Path) -> None:
@@ -39,19 +43,22 @@ def test_machines_and_the_mac_of_an_address(tmp_path: Path) -> None:
     store.open()
     store.append(
         [
-            _event(1.0, address="10.0.0.5"),
-            _event(5.0, mac="52:54:00:00:00:02", address="10.0.0.6"),
-            _event(6.0, mac="", address="10.0.0.7"),
+            _event(1.0, address="10.0.0.5", kind="REQUEST"),
+            _event(5.0, mac="52:54:00:00:00:02", address="10.0.0.6", kind="REQUEST"),
+            _event(6.0, mac="", address="10.0.0.7", kind="REQUEST"),
+            _event(7.0, mac="52:54:00:00:00:03", address="10.0.0.8"),
         ]
     )
     seen = store.machines()
     assert [(m.mac, m.last, m.address, m.events) for m in seen] == [
+        ("52:54:00:00:00:03", 7.0, "10.0.0.8", 1),
         ("52:54:00:00:00:02", 5.0, "10.0.0.6", 1),
         ("52:54:00:00:00:01", 1.0, "10.0.0.5", 1),
     ]
     assert store.mac_for("10.0.0.5", since=0) == "52:54:00:00:00:01"
     assert store.mac_for("10.0.0.5", since=2.0) is None  # too long ago to say
     assert store.mac_for("10.0.0.7", since=0) is None  # no event there named its MAC
+    assert store.mac_for("10.0.0.8", since=0) is None  # only offered it: not the client's yet
     store.close()
 
 
@@ -63,6 +70,8 @@ def test_prune_keeps_the_newest_events_and_drops_the_old(tmp_path: Path) -> None
     assert [e.time for e in store.events()] == [7.0, 8.0, 9.0]
     assert store.prune(now=108.5) == 2  # older than 100 s: 7 and 8
     assert [e.time for e in store.events()] == [9.0]
+    assert store.prune(now=500.0) == 1  # all of them too old
+    assert store.events() == []
     store.close()
 
 
