@@ -15,8 +15,8 @@ of the REQUESTs went unanswered; each server's figure is its highest clean rate.
 netbootd at least Kea, is printed as pass or miss; only a broken run (a server that does not
 start or dies, perfdhcp failing) exits non-zero. Run as root: ``make bench-dhcp``.
 
-netbootd keeps its boot journal (every transaction an event, perfdhcp's clients like any), as it
-does by default; ``netbootd-no-journal`` is the same server with ``journal = false``, so the
+netbootd keeps its boot journal (each boot client's transaction an event; perfdhcp's clients
+say they are PXE clients, so every one is journaled), as it does by default; ``netbootd-no-journal`` is the same server with ``journal = false``, so the
 journal's cost is the ratio of the two, in the same run (its target: within 10 %). ``--journal``
 runs those two alone.
 """
@@ -58,6 +58,12 @@ MAX_DROPS = 2.5  # percent, for DISCOVER-OFFER and for REQUEST-ACK
 MIN_SENT = 0.975  # of rate x seconds: perfdhcp really offered the rate
 WORKERS = os.cpu_count() or 2  # netbootd-workers: a DHCP worker per core
 SERVERS = ("netbootd", "netbootd-no-journal", "netbootd-workers", "kea")
+# perfdhcp's clients say they are BIOS PXE clients (options 60 and 93, as a PXE ROM sends
+# them): netbootd hands each a boot file, and its journal records each of their transactions.
+PXE_CLIENT = (
+    "-o", "60," + b"PXEClient:Arch:00000:UNDI:002001".hex(),
+    "-o", "93,0000",
+)  # fmt: skip
 PEER = "kea"
 NO_JOURNAL = "netbootd-no-journal"
 JOURNAL_TARGET = 0.90  # the rate with the journal, at least this of the rate without
@@ -193,7 +199,9 @@ def step(
     try:
         if server.name == "netbootd-workers":
             wait_for_workers(work / f"{server.name}.log", proc)
-        output = run_perfdhcp(client, lab.server_ip, rate=rate, seconds=seconds, clients=clients)
+        output = run_perfdhcp(
+            client, lab.server_ip, rate=rate, seconds=seconds, clients=clients, extra=PXE_CLIENT
+        )
         if not proc.alive():
             raise LabError(f"{server.name} exited ({proc.returncode}) during the step")
     finally:

@@ -39,7 +39,12 @@ BATCH = 100  # exchanges answered before their leases are waited for
 
 
 def _packet(mtype: MessageType, n: int, requested: IPv4Address | None = None) -> bytes:
-    options: list[tuple[int, bytes]] = [(Opt.MESSAGE_TYPE, bytes([mtype]))]
+    # A BIOS PXE client's (options 60 and 93): the journal records boot clients.
+    options: list[tuple[int, bytes]] = [
+        (Opt.MESSAGE_TYPE, bytes([mtype])),
+        (Opt.VENDOR_CLASS, b"PXEClient:Arch:00000:UNDI:002001"),
+        (Opt.CLIENT_ARCH, b"\x00\x00"),
+    ]
     if requested is not None:
         options += [(Opt.REQUESTED_IP, requested.packed), (Opt.SERVER_ID, SERVER.packed)]
     chaddr = bytes([0x52, 0x54, 0, n >> 16 & 255, n >> 8 & 255, n & 255])

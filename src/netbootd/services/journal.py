@@ -3,7 +3,7 @@
 The services tell :class:`Journal` of each step as it happens: a DHCP transaction, a file
 transfer, a boot-once mark. Telling costs one tuple appended to a list: no event object, no
 encoding, no database. The writer at the edge (:mod:`netbootd.transport.journal`) takes what
-gathered a few times a second (:meth:`Journal.take`), ties each transfer to its machine
+gathered once a second (:meth:`Journal.take`), ties each transfer to its machine
 (:func:`resolve`) and stores it, in a thread of its own.
 
 A transfer names its client by address only. The DHCP exchanges this process saw say which MAC

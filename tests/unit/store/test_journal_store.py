@@ -72,6 +72,7 @@ def test_prune_keeps_the_newest_events_and_drops_the_old(tmp_path: Path) -> None
     assert [e.time for e in store.events()] == [9.0]
     assert store.prune(now=500.0) == 1  # all of them too old
     assert store.events() == []
+    assert store.machines() == []  # nothing is left of the machine either
     store.close()
 
 
@@ -118,4 +119,19 @@ def test_the_latest_events_of_every_mac_in_one_read(tmp_path: Path) -> None:
         a: [5.0, 7.0],
         b: [4.0, 6.0],
     }
+    store.close()
+
+
+def test_a_machines_events_among_others_and_after_a_prune(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path / "journal.sqlite3", max_events=5)
+    store.open()
+    one, two = "52:54:00:00:00:01", "52:54:00:00:00:02"
+    store.append([_event(float(t), mac=one if t % 2 else two) for t in range(10)])
+    assert [e.time for e in store.events(mac=one)] == [1.0, 3.0, 5.0, 7.0, 9.0]
+    assert [e.time for e in store.events(mac=one, newest=True, limit=2)] == [7.0, 9.0]
+    assert [e.time for e in store.events(mac=one, after=4)] == [5.0, 7.0, 9.0]
+    assert store.events(mac="52:54:00:00:00:09") == []
+    store.prune(now=10.0)  # the five newest are kept
+    assert [e.time for e in store.events(mac=two)] == [6.0, 8.0]
+    assert {m.mac for m in store.machines()} == {one, two}
     store.close()

@@ -78,7 +78,7 @@ class DhcpService:
     bad_lines: LineBudget = field(default_factory=LineBudget)  # lines about bad requests
     # The relay addresses refused for the settings in force (relay_edges), made once for them.
     _relay_edges: tuple[DhcpSettings, dict[int, str]] | None = field(default=None, repr=False)
-    journal: Journal | None = None  # told of every transaction whose client has a MAC
+    journal: Journal | None = None  # told of each boot client's transactions
 
     @property
     def subnets(self) -> tuple[Subnet, ...]:
@@ -194,7 +194,10 @@ class DhcpService:
             clock=self.clock,
         )
         journal = self.journal
-        if journal is not None:
+        # The journal is of boots: a PXE, UEFI HTTP Boot or iPXE client's transactions, and
+        # BOOTP's (a diskless client's). Any other client (a laptop, the installed system
+        # renewing its lease) is in the log line and the counters only.
+        if journal is not None and (client.wants_boot or kind == "BOOTP"):
             mac = request.mac
             if mac:
                 journal.dhcp(
