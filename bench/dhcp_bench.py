@@ -16,8 +16,9 @@ netbootd at least Kea, is printed as pass or miss; only a broken run (a server t
 start or dies, perfdhcp failing) exits non-zero. Run as root: ``make bench-dhcp``.
 
 netbootd keeps its boot journal (each boot client's transaction an event; perfdhcp's clients
-say they are PXE clients, so every one is journaled), as it does by default; ``netbootd-no-journal`` is the same server with ``journal = false``, so the
-journal's cost is the ratio of the two, in the same run (its target: within 10 %). ``--journal``
+say they are PXE clients, so every one is journaled), as it does by default;
+``netbootd-no-journal`` is the same server with ``journal = false``, so the journal's cost is
+the ratio of the two, in the same run (its target: within 10 %). ``--journal``
 runs those two alone.
 """
 
