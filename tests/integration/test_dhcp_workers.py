@@ -25,7 +25,7 @@ import pytest
 from netbootd.proto.dhcp.codec import MessageType, encode
 from netbootd.store.journal import JournalStore
 from netbootd_lab import Lab, LogEvent, NetbootdServer
-from tests.helpers.dhcp_clients import request
+from tests.helpers.dhcp_clients import BIOS_PXE, request
 
 pytestmark = [
     pytest.mark.netns,
@@ -105,13 +105,16 @@ def _exchanges(first_xid: int) -> list[list[str]]:
     found = []
     for n in range(CLIENTS):
         mac, xid = f"52:54:00:77:00:{n:02x}", first_xid + n
-        discover = request(MessageType.DISCOVER, mac=mac, xid=xid)
+        # PXE clients: the journal records boot clients' transactions.
+        discover = request(MessageType.DISCOVER, mac=mac, xid=xid, vendor_class=BIOS_PXE, arch=0)
         asked = request(
             MessageType.REQUEST,
             mac=mac,
             xid=xid,
             requested="0.0.0.0",
             server_id=None,
+            vendor_class=BIOS_PXE,
+            arch=0,
         )
         found.append([encode(discover).hex(), encode(asked).hex()])
     return found

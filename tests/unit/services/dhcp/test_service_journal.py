@@ -65,21 +65,46 @@ async def test_an_exchange_is_two_events_with_decision_address_and_file() -> Non
 async def test_an_ignored_request_is_told_with_its_reason() -> None:
     service, journal, _ = journaled()
     # A REQUEST for another server: silence, and why.
-    await ask(service, request(MessageType.REQUEST, requested="10.99.0.7", server_id="10.99.0.9"))
+    await ask(
+        service,
+        request(
+            MessageType.REQUEST,
+            vendor_class=BIOS_PXE,
+            arch=0,
+            requested="10.99.0.7",
+            server_id="10.99.0.9",
+        ),
+    )
     (event,) = journal.take()
     assert event.get("decision") == "ignored"
     assert event.get("reason")
-    assert event.get("client") == "plain" and event.address == ""
+    assert event.get("client") == "pxe" and event.address == ""
 
 
-async def test_a_renewal_is_told_with_the_clients_address() -> None:
+async def test_a_release_is_told_with_the_clients_address() -> None:
+    service, journal, _ = journaled()
+    pxe = {"vendor_class": BIOS_PXE, "arch": 0}
+    await ask(service, request(MessageType.DISCOVER, **pxe))
+    await ask(
+        service,
+        request(MessageType.REQUEST, requested="10.99.0.100", server_id=str(SERVER), **pxe),
+    )
+    journal.take()
+    await ask(
+        service,
+        request(MessageType.RELEASE, ciaddr="10.99.0.100", server_id=str(SERVER), **pxe),
+    )
+    (release,) = journal.take()
+    assert release.kind == "RELEASE" and release.address == "10.99.0.100"
+
+
+async def test_a_client_that_does_not_network_boot_is_not_told() -> None:
+    """A laptop's lease, or the installed system renewing its own: not a boot."""
     service, journal, _ = journaled()
     await ask(service, request(MessageType.DISCOVER))
     await ask(service, request(MessageType.REQUEST, requested="10.99.0.100", server_id=str(SERVER)))
-    journal.take()
-    await ask(service, request(MessageType.RELEASE, ciaddr="10.99.0.100", server_id=str(SERVER)))
-    (release,) = journal.take()
-    assert release.kind == "RELEASE" and release.address == "10.99.0.100"
+    assert journal.take() == []
+    assert service.counters["DISCOVER:OFFER"] == 1  # counted all the same
 
 
 async def test_a_relayed_request_names_its_relay_and_the_machine_its_name() -> None:
@@ -124,7 +149,10 @@ async def test_proxy_answers_on_67_and_4011_are_told() -> None:
 
 async def test_a_request_with_no_mac_is_not_told() -> None:
     service, journal, _ = journaled()
-    await ask(service, request(MessageType.DISCOVER, mac="", client_id=b"\x00name"))
+    await ask(
+        service,
+        request(MessageType.DISCOVER, mac="", client_id=b"\x00name", vendor_class=BIOS_PXE),
+    )
     assert journal.take() == []
 
 
