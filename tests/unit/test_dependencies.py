@@ -23,7 +23,7 @@ def _project() -> dict[str, object]:
     return project
 
 
-def _names(requirements: object) -> set[str]:
+def machine_names(requirements: object) -> set[str]:
     """The distribution names of requirement strings, as their import names."""
     assert isinstance(requirements, list)
     # A distribution's dashes are underscores in its import name (prometheus-client).
@@ -48,12 +48,12 @@ def _third_party_imports() -> set[str]:
 
 
 def test_src_imports_only_what_the_project_depends_on() -> None:
-    assert _third_party_imports() == _names(_project()["dependencies"])
+    assert _third_party_imports() == machine_names(_project()["dependencies"])
 
 
 def test_rich_is_the_demos_alone() -> None:
     extras = _project()["optional-dependencies"]
     assert isinstance(extras, dict)
-    assert _names(extras["demo"]) == {"rich"}
-    assert "rich" not in _names(_project()["dependencies"])
+    assert machine_names(extras["demo"]) == {"rich"}
+    assert "rich" not in machine_names(_project()["dependencies"])
     assert "rich" not in _third_party_imports()

@@ -194,7 +194,7 @@ def test_state_commands_take_only_their_own_flags(capsys: pytest.CaptureFixture[
         assert "--root" not in shown and "--tftp" not in shown and "--dhcp-range" not in shown
 
 
-def _leases(path: Path, leases: list[Lease]) -> None:
+def lease_list(path: Path, leases: list[Lease]) -> None:
     async def write() -> None:
         store = SqliteLeaseStore(path)
         await store.open()
@@ -209,7 +209,7 @@ def test_leases_lists_the_state_dirs_leases(site: Path, capsys: pytest.CaptureFi
     now = time.time()
     state = site / "state"
     state.mkdir()
-    _leases(
+    lease_list(
         state / "leases.sqlite3",
         [
             Lease(

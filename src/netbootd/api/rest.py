@@ -315,7 +315,7 @@ class _Found:
     machine: Machine | None
 
 
-def _find(api: Api, ident: str) -> _Found:
+def find_machine(api: Api, ident: str) -> _Found:
     """The machine named ``ident``, or with that MAC; ApiError 404 if neither is known."""
     inventory = api.view.inventory
     if inventory is not None:
@@ -334,7 +334,7 @@ def _find(api: Api, ident: str) -> _Found:
     raise ApiError(404, f"no machine {ident!r}: neither an inventory name nor a MAC seen")
 
 
-def _summary(
+def machine_summary(
     api: Api,
     found: _Found,
     events: Sequence[BootEvent],
@@ -382,13 +382,13 @@ def _summary(
     return summary, judged
 
 
-def _events_of(api: Api, mac: str | None, limit: int) -> list[BootEvent]:
+def events_of(api: Api, mac: str | None, limit: int) -> list[BootEvent]:
     if mac is None or api.view.journal is None:
         return []
     return api.view.journal.events(mac=mac, limit=limit, newest=True)
 
 
-def _all_machines(api: Api) -> list[dict[str, object]]:
+def all_machines(api: Api) -> list[dict[str, object]]:
     """Every machine's summary (blocking: the journal's reads)."""
     now = api.clock()
     inventory = api.view.inventory
@@ -402,7 +402,9 @@ def _all_machines(api: Api) -> list[dict[str, object]]:
     journal = api.view.journal
     latest = journal.latest_by_mac(LIST_EVENTS) if journal is not None else {}
     listed += [_Found(mac, None) for mac in latest if mac not in known]
-    summaries = [_summary(api, found, latest.get(found.mac or "", []), now)[0] for found in listed]
+    summaries = [
+        machine_summary(api, found, latest.get(found.mac or "", []), now)[0] for found in listed
+    ]
     seen_ones = sorted(
         (s for s in summaries if s["last_seen"] is not None),
         key=lambda s: -float(s["last_seen"]),  # type: ignore[arg-type]
@@ -419,14 +421,14 @@ def _all_machines(api: Api) -> list[dict[str, object]]:
 
 async def list_machines(api: Api, request: web.Request) -> web.StreamResponse:
     del request
-    machines = await blocking(lambda: _all_machines(api))
+    machines = await blocking(lambda: all_machines(api))
     return ok(schemas.MachineList, {"machines": machines})
 
 
 def _detail(api: Api, ident: str) -> dict[str, object]:
-    found = _find(api, ident)
-    events = _events_of(api, found.mac, MACHINE_EVENTS)
-    summary, judged = _summary(api, found, events, api.clock())
+    found = find_machine(api, ident)
+    events = events_of(api, found.mac, MACHINE_EVENTS)
+    summary, judged = machine_summary(api, found, events, api.clock())
     summary["attempts"] = [
         {"verdict": verdict_json(verdict), "events": [event_json(e) for e in attempt.events]}
         for attempt, verdict in judged
@@ -502,7 +504,7 @@ async def _change(
 def _machine_response(api: Api, name: str, status: int) -> web.Response:
     inventory = api.inventory()
     machine = inventory.machines.setup.inventory.machines[name]
-    summary, _ = _summary(api, _Found(machine.mac, machine), [], api.clock())
+    summary, _ = machine_summary(api, _Found(machine.mac, machine), [], api.clock())
     return ok(schemas.MachineSummary, summary, status)
 
 
@@ -568,7 +570,7 @@ async def delete_machine(api: Api, request: web.Request) -> web.StreamResponse:
 async def _mark(api: Api, request: web.Request, *, installed: bool) -> web.StreamResponse:
     inventory = api.inventory()
     ident = request.match_info["id"]
-    found = await blocking(lambda: _find(api, ident))
+    found = await blocking(lambda: find_machine(api, ident))
     machine = found.machine
     if machine is None:
         raise ApiError(404, f"no inventory machine {ident!r}")
@@ -684,14 +686,14 @@ async def show_group(api: Api, request: web.Request) -> web.StreamResponse:
 # --- handlers: leases -----------------------------------------------------------------------
 
 
-def _names(api: Api) -> dict[str, str]:
+def machine_names(api: Api) -> dict[str, str]:
     inventory = _inventory_or_empty(api)
     if inventory is None:
         return {}
     return {m.mac: m.name for m in inventory.machines.values() if m.mac is not None}
 
 
-async def _leases(api: Api) -> list[Lease] | None:
+async def lease_list(api: Api) -> list[Lease] | None:
     """The leases in force; None when this server hands out no addresses."""
     view = api.view
     if view.leases is not None:
@@ -714,9 +716,9 @@ def _flag(request: web.Request, name: str) -> bool:
 
 async def list_leases(api: Api, request: web.Request) -> web.StreamResponse:
     everything = _flag(request, "all")
-    leases = await _leases(api)
+    leases = await lease_list(api)
     now = api.clock()
-    names = _names(api)
+    names = machine_names(api)
     shown = [
         lease_json(lease, names)
         for lease in leases or []
@@ -735,12 +737,12 @@ def _address(request: web.Request) -> IPv4Address:
 
 async def show_lease(api: Api, request: web.Request) -> web.StreamResponse:
     address = _address(request)
-    leases = await _leases(api)
+    leases = await lease_list(api)
     if leases is None:
         raise ApiError(404, "this server hands out no addresses (not authoritative)")
     for lease in leases:
         if lease.address == address:
-            return ok(schemas.LeaseInfo, lease_json(lease, _names(api)))
+            return ok(schemas.LeaseInfo, lease_json(lease, machine_names(api)))
     raise ApiError(404, f"no lease of {address}")
 
 

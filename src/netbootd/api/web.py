@@ -81,7 +81,7 @@ def machines(api: rest.Api) -> list[dict[str, Any]]:
     """Every machine, as ``GET /api/v1/machines`` lists them, the latest heard of first; a
     name from the journal where the inventory has none. Blocking."""
     # The API's own listing, lookup and readings (rest's), shared so that the two agree.
-    found = rest._all_machines(api)
+    found = rest.all_machines(api)
     for summary in found[:MAX_MACHINES]:
         if not summary.get("name"):
             summary["name"] = _journal_name(api.view.journal, summary.get("mac"))  # type: ignore[arg-type]
@@ -91,8 +91,8 @@ def machines(api: rest.Api) -> list[dict[str, Any]]:
 async def leases(api: rest.Api, now: float) -> list[dict[str, Any]]:
     """The leases in force, as ``GET /api/v1/leases`` has them, each marked expired or not;
     [] when this server hands out no addresses."""
-    found = await rest._leases(api)
-    names = rest._names(api)
+    found = await rest.lease_list(api)
+    names = rest.machine_names(api)
     rows: list[dict[str, Any]] = []
     for lease in found or []:
         row = rest.lease_json(lease, names)
@@ -155,11 +155,11 @@ def machine_page(api: rest.Api, mac: str, now: float) -> dict[str, Any] | None:
     """What one machine's page shows; None when neither the inventory nor the journal knows
     ``mac``. Blocking."""
     try:
-        found = rest._find(api, mac)
+        found = rest.find_machine(api, mac)
     except rest.ApiError:
         return None
-    events = rest._events_of(api, found.mac, MACHINE_EVENTS)
-    summary, judged = rest._summary(api, found, events, now)
+    events = rest.events_of(api, found.mac, MACHINE_EVENTS)
+    summary, judged = rest.machine_summary(api, found, events, now)
     if not summary.get("name"):
         summary["name"] = _journal_name(api.view.journal, found.mac)
     if not judged:
@@ -301,14 +301,14 @@ class _Pages:
         after = events[-1].id if events else store.last_id()
         return [rest.event_json(e) for e in reversed(events)], after
 
-    async def _leases(self) -> list[dict[str, Any]] | web.Response:
+    async def lease_list(self) -> list[dict[str, Any]] | web.Response:
         try:
             return await leases(self.api, time.time())
         except StoreError as exc:
             return _error(503, str(exc))
 
     async def overview(self, request: web.Request) -> web.Response:
-        found = await self._leases()
+        found = await self.lease_list()
         if isinstance(found, web.Response):
             return found
 
@@ -327,7 +327,7 @@ class _Pages:
         )
 
     async def leases_part(self, request: web.Request) -> web.Response:
-        found = await self._leases()
+        found = await self.lease_list()
         if isinstance(found, web.Response):
             return found
         return web.Response(text=self._render("_leases.html", leases=found), content_type=_HTML)

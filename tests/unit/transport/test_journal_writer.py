@@ -67,10 +67,10 @@ async def test_a_damaged_journal_is_set_aside_and_a_new_one_begun(tmp_path: Path
     journal.transfer(Service.TFTP, "10.0.0.7", {"file": "x", "result": "ok"})
     await writer.close()
     assert [e.get("file") for e in JournalStore(path).events()] == ["x"]
-    aside = _names(tmp_path, ".damaged-")
+    aside = machine_names(tmp_path, ".damaged-")
     assert len(aside) == 1 and aside[0].startswith("journal.sqlite3.damaged-")
     assert "journal-set-aside" in caplog.text
 
 
-def _names(directory: Path, part: str) -> list[str]:
+def machine_names(directory: Path, part: str) -> list[str]:
     return [p.name for p in directory.iterdir() if part in p.name]
