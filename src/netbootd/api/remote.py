@@ -130,8 +130,11 @@ def status_text(status: Mapping[str, Any], counters: Mapping[str, Mapping[str, i
 
 
 def verdict_text(verdict: Mapping[str, Any] | None) -> str:
+    """``booted``, ``stalled at config: HTTP 404 for vmlinuz``, ``in-progress at kernel``."""
     if verdict is None:
         return "-"
+    if verdict["state"] == "booted" and verdict["step"] == "done":
+        return "booted"
     text = f"{verdict['state']} at {verdict['step']}"
     if verdict.get("cause"):
         text += f": {verdict['cause']}"

@@ -69,3 +69,12 @@ def test_one_machine_timeline() -> None:
     assert "steps dhcp -> kernel -> initrd" in text
     assert "http      transfer   10.0.0.5        file=vmlinuz result=ok" in text
     assert verdict_text(None) == "-"
+
+
+def test_a_verdict_in_words() -> None:
+    booted = {"state": "booted", "step": "done", "cause": ""}
+    assert verdict_text(booted) == "booted"
+    assert verdict_text({**booted, "step": "kernel"}) == "booted at kernel"
+    stalled = {"state": "stalled", "step": "config", "cause": "HTTP 404 for vmlinuz"}
+    assert verdict_text(stalled) == "stalled at config: HTTP 404 for vmlinuz"
+    assert verdict_text(None) == "-"
