@@ -19,6 +19,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from netbootd.api.routes import TAKEN_NAMES
 from netbootd.api.routes import routes as operator_routes
 from netbootd.api.view import Explainer, OperatorView
 from netbootd.boot.client import BootClass, boot_key_name, boot_key_needs_http
@@ -249,6 +250,21 @@ class App:
     def _prepare_boot_files(self) -> None:
         if self.tree is not None and not self.dhcp_only:
             self._check_boot_files(self.tree)
+            if self.config.http:
+                self._check_taken_names(self.tree.root)
+
+    @staticmethod
+    def _check_taken_names(root: Path) -> None:
+        """A boot file where the operator's view answers is served over TFTP only: say so."""
+        for name in TAKEN_NAMES:
+            if (root / name).exists():
+                log.warning(
+                    format_event(
+                        "boot-file-hidden",
+                        path=str(root / name),
+                        effect=f"HTTP answers /{name} with the operator's view; TFTP serves it",
+                    )
+                )
 
     def _prepare_upload_dir(self) -> None:
         if self.config.tftp_upload_dir is not None:

@@ -260,3 +260,23 @@ async def test_the_watch_stops_at_once(
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(watch), 1)
         assert loop.time() - started < 0.5, f"cancel {rev} took {loop.time() - started:.2f} s"
+
+
+def test_a_boot_file_where_the_operators_view_answers_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "root"
+    (root / "metrics").mkdir(parents=True)
+    (root / "vmlinuz").write_bytes(b"kernel")
+    server = App(build({}, {"root": root, "dhcp": False}))
+    with caplog.at_level(logging.WARNING, logger="netbootd"):
+        server._prepare_root()
+        server._prepare_boot_files()
+    hidden = [r.getMessage() for r in caplog.records if "boot-file-hidden" in r.getMessage()]
+    assert len(hidden) == 1 and f"path={root / 'metrics'}" in hidden[0]
+    caplog.clear()
+    quiet = App(build({}, {"root": root, "dhcp": False, "http": False}))
+    with caplog.at_level(logging.WARNING, logger="netbootd"):
+        quiet._prepare_root()
+        quiet._prepare_boot_files()
+    assert not [r for r in caplog.records if "boot-file-hidden" in r.getMessage()]

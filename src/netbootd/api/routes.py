@@ -9,6 +9,10 @@ from netbootd.api.metrics import metrics_routes
 from netbootd.api.view import OperatorView
 from netbootd.api.web import web_routes
 
+# The names at the top of the boot root that the operator's view takes (with "/" itself): a
+# boot file there is not served over HTTP.
+TAKEN_NAMES = ("api", "ui", "metrics")
+
 
 def routes(view: OperatorView) -> list[web.AbstractRouteDef]:
     """Every route of the operator's view over ``view``."""
