@@ -221,6 +221,16 @@ async def test_writes_need_the_token(server: Server) -> None:
     assert status == 401
     status, body, _ = await server.call("GET", "/api/v1/machines/new1", token=None)
     assert status == 404  # nothing was added
+    # A token that is not even UTF-8 is a wrong one too.
+    host, port = server.base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"DELETE /api/v1/leases/127.0.0.9 HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer \xff\xfe\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
 async def test_read_only_without_a_token_file(tmp_path: Path) -> None:

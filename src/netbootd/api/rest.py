@@ -174,7 +174,9 @@ class Api:
             raise ApiError(
                 401, "this needs the API token: Authorization: Bearer <token>", (), challenge
             )
-        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if not hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogateescape"), token.encode()
+        ):
             challenge["WWW-Authenticate"] += ', error="invalid_token"'
             raise ApiError(401, "the API token is not the one in api-token-file", (), challenge)
 
