@@ -135,3 +135,16 @@ def test_a_machines_events_among_others_and_after_a_prune(tmp_path: Path) -> Non
     assert [e.time for e in store.events(mac=two)] == [6.0, 8.0]
     assert {m.mac for m in store.machines()} == {one, two}
     store.close()
+
+
+def test_any_text_comes_back_as_it_went_in(tmp_path: Path) -> None:
+    """A peer's text (a vendor class, a host name) may hold quotes, escapes, control
+    characters, any script, or bytes that were not UTF-8 (a lone surrogate)."""
+    odd = 'a "quoted" \\ back\nslash\x00\x1b[31m é漢字 \U0001f600 \udcff'
+    store = JournalStore(tmp_path / "journal.sqlite3")
+    store.open()
+    store.append([_event(1.5, address="10.0.0.5", reason=odd), _event(2.25, machine="漢字")])
+    first, second = store.events()
+    assert (first.time, first.get("reason"), first.address) == (1.5, odd, "10.0.0.5")
+    assert (second.time, second.get("machine")) == (2.25, "漢字")
+    store.close()
