@@ -6,9 +6,10 @@ encoding, no database. The writer at the edge (:mod:`netbootd.transport.journal`
 gathered once a second (:meth:`Journal.take`), ties each transfer to its machine
 (:func:`resolve`) and stores it, in a thread of its own.
 
-A transfer names its client by address only. The DHCP exchanges this process saw say which MAC
-has which address; what they do not say (another DHCP worker's clients, a proxyDHCP's, whose
-addresses another server gave) the writer looks up in the journal and the neighbour table.
+A transfer names its client by address only. The DHCP records of its own batch say which MAC
+has which address; what they do not say (an earlier batch's, another DHCP worker's clients, a
+proxyDHCP's, whose addresses another server gave) the writer looks up in the journal and the
+neighbour table.
 
 If the writer cannot keep up (a disk that stalls), at most :data:`MAX_PENDING` events wait; the
 ones past that are dropped and counted, never the server's memory.
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 
 from netbootd.boot.journal import BootEvent, Kind, Service
+from netbootd.store.journal import BOUND_KINDS
 
 MAX_PENDING = 100_000  # events gathered and not yet taken, at most
 
@@ -46,7 +48,6 @@ class Journal:
         self.clock = clock
         self._dhcp: list[DhcpRecord] = []
         self._other: list[BootEvent] = []
-        self._macs: dict[str, str] = {}  # address -> MAC, from the DHCP exchanges seen
         self.dropped = 0  # events past MAX_PENDING, since start
         self.taken = 0  # events handed to the writer, since start
 
@@ -96,30 +97,25 @@ class Journal:
         return dhcp, other
 
     def take(self) -> list[BootEvent]:
-        """The events told since the last take, in time order; a transfer's MAC filled in
-        from the DHCP exchanges seen, where they say who has its address."""
-        dhcp, self._dhcp = self._dhcp, []
-        other, self._other = self._other, []
-        if not dhcp and not other:
-            return []
+        """The events told since the last take, in time order, as events: a transfer's MAC
+        filled in as the writer's rows have it (:meth:`RowMaker.rows`), from the batch's own
+        DHCP records."""
+        dhcp, other = self.take_raw()
         events = [_dhcp_event(raw) for raw in dhcp]
-        macs = self._macs
-        for event in events:
-            if event.address and event.mac and event.get("decision") in ("ACK", "OFFER"):
-                macs[event.address] = event.mac
-        if len(macs) > MAX_PENDING:
-            self._macs = macs = dict(list(macs.items())[-MAX_PENDING // 2 :])
-        found = events + [
-            _with_mac(event, macs.get(event.address, "")) if not event.mac else event
-            for event in other
-        ]
-        found.sort(key=_time)
-        self.taken += len(found)
-        return found
+        events += resolve(other, _holders(dhcp).get)
+        events.sort(key=_time)
+        return events
 
 
 def _time(event: BootEvent) -> float:
     return event.time
+
+
+def _holders(dhcp: Sequence[DhcpRecord]) -> dict[str, str]:
+    """Who has which address, by the batch's own DHCP records: the MAC of each message a
+    client has its address after (:data:`~netbootd.store.journal.BOUND_KINDS`), as the
+    journal's database answers it for the batches stored before."""
+    return {r[4]: r[1] for r in dhcp if r[4] and r[1] and r[2] in BOUND_KINDS}
 
 
 def _dhcp_event(raw: DhcpRecord) -> BootEvent:
@@ -151,7 +147,6 @@ def resolve(events: Iterable[BootEvent], lookup: Callable[[str], str | None]) ->
     return resolved
 
 
-_OFFERED = frozenset({"OFFER", "ACK"})
 _HEAD_CACHE = 4096  # distinct (decision, file, why, reason, client, arch) kept encoded
 
 
@@ -192,7 +187,7 @@ class RowMaker:
         batch's own OFFERs and ACKs name for its address, else the one ``lookup`` finds."""
         rows = [self.dhcp_row(record) for record in dhcp]
         if other:
-            given = {r[4]: r[1] for r in dhcp if r[4] and r[3] in _OFFERED}
+            given = _holders(dhcp)
 
             def known(address: str) -> str | None:
                 return given.get(address) or lookup(address)

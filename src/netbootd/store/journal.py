@@ -48,7 +48,8 @@ CREATE INDEX IF NOT EXISTS events_bound ON events (address, id) WHERE {bound};
 # has an address after (a transfer comes after its REQUEST was acknowledged, a BOOTP reply, an
 # INFORM from a client with its own address), not a DISCOVER's offer. Nothing is looked up by
 # time: ids grow with time, so the oldest events are the lowest ids.
-_BOUND = "mac != '' AND kind IN ('REQUEST', 'BOOTP', 'INFORM')"
+BOUND_KINDS = ("REQUEST", "BOOTP", "INFORM")
+_BOUND = f"mac != '' AND kind IN {BOUND_KINDS!r}"
 _SCHEMA = _SCHEMA.format(bound=_BOUND)
 _COLUMNS = "id, time, mac, address, service, kind, fields"
 _INSERT_BATCH = (
