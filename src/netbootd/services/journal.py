@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from operator import itemgetter
 
 from netbootd.boot.journal import BootEvent, Kind, Service
-from netbootd.store.journal import BOUND_KINDS
+from netbootd.store.journal import BOUND_KINDS, Row, event_row
 
 MAX_PENDING = 100_000  # events gathered and not yet taken, at most
 
@@ -35,10 +35,6 @@ _DHCP_KEYS = ("decision", "address", "file", "why", "reason", "client", "arch", 
 # request): time, MAC, kind (DISCOVER ...), then the fields of _DHCP_KEYS in that order
 # (decision, address, file, why, reason, client, arch, port, relay), then the machine's name.
 DhcpRecord = tuple[float, str, str, str, str, str, str, str, str, str, int, str, str]
-
-# An event as the journal's database stores it: time, MAC, address, service, kind, and its
-# fields as JSON text (see netbootd.store.journal).
-Row = tuple[float, str, str, str, str, str]
 
 
 class Journal:
@@ -195,15 +191,3 @@ class RowMaker:
             rows += [event_row(event) for event in resolve(other, known)]
             rows.sort(key=itemgetter(0))
         return rows
-
-
-def event_row(event: BootEvent) -> Row:
-    """``event`` as the journal's database stores it."""
-    return (
-        event.time,
-        event.mac,
-        event.address,
-        event.service,
-        event.kind,
-        json.dumps(dict(event.fields)),
-    )

@@ -60,6 +60,17 @@ _INSERT_BATCH = (
 )
 
 
+# An event as the database stores it: time, MAC, address, service, kind, and its fields as
+# one JSON object's text.
+Row = tuple[float, str, str, str, str, str]
+
+
+def event_row(event: BootEvent) -> Row:
+    """``event`` as the database stores it."""
+    fields = json.dumps(dict(event.fields))
+    return (event.time, event.mac, event.address, event.service, event.kind, fields)
+
+
 class JournalError(Exception):
     """The journal's database cannot be used; the message is one line for the operator."""
 
@@ -146,14 +157,9 @@ class JournalStore:
 
     def append(self, events: Sequence[BootEvent]) -> None:
         """Store ``events``, in one transaction."""
-        self.append_rows(
-            [
-                (e.time, e.mac, e.address, e.service, e.kind, json.dumps(dict(e.fields)))
-                for e in events
-            ]
-        )
+        self.append_rows([event_row(event) for event in events])
 
-    def append_rows(self, rows: Sequence[tuple[float, str, str, str, str, str]]) -> None:
+    def append_rows(self, rows: Sequence[Row]) -> None:
         """Store events made into rows already (time, MAC, address, service, kind, and the
         fields as a JSON object), in one transaction."""
         if not rows:
