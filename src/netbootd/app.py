@@ -139,8 +139,6 @@ class App:
     # for the API (given by the command line, which owns ``netbootd explain``).
     api_token: str | None = None
     explainer: Explainer | None = None
-    # The DHCP service answering in this process, once started.
-    dhcp_answers: DhcpService | None = None
     # The rate of each transfer, read from the journal's events (worker 0, with the journal).
     transfer_rates: TransferRates | None = None
     _configured_subnets: tuple[Subnet, ...] | None = None
@@ -524,14 +522,14 @@ class App:
         )
 
     def _live_leases(self) -> Callable[[], list[Lease]] | None:
-        service = self.dhcp_answers
+        service = self.dhcp.service if self.dhcp is not None else None
         if service is None or self.store is None:
             return None
         return lambda: list(service.book)
 
     async def _release(self, address: IPv4Address) -> Lease | None:
-        assert self.dhcp_answers is not None
-        return await release_address(self.dhcp_answers, address)
+        assert self.dhcp is not None
+        return await release_address(self.dhcp.service, address)
 
     def status(self) -> dict[str, object]:
         """What runs, for the API's status."""
@@ -712,7 +710,6 @@ class App:
         # PXE 2.1 §2.2.3: beside a DHCP server on this same host (which then holds port 67
         # and says PXEClient itself), a proxyDHCP serves port 4011 alone.
         optional = (DHCP_SERVER_PORT,) if config.dhcp_mode is DhcpMode.PROXY else ()
-        self.dhcp_answers = service
         self.dhcp = DhcpServer(
             service,
             self.interface.name,
