@@ -96,22 +96,8 @@ class MachineList(_Body):
     )
 
 
-class MachineBody(_Body):
-    """A machine of the API-managed inventory, with the keys of an inventory file's
-    ``[machines.NAME]`` table; checked as the inventory files are."""
-
-    name: str = Field(min_length=1, max_length=63)
-    mac: str | None = None
-    uuid: str | None = None
-    hostname: str | None = None
-    address: str | None = None
-    profile: str | None = None
-    boot_once: str | None = None
-    labels: dict[str, str] | None = None
-
-
-class MachineReplace(_Body):
-    """PUT: the machine's keys, replacing all it had; ``name`` if given is the path's."""
+class _MachineKeys(_Body):
+    """The keys of an inventory file's ``[machines.NAME]`` table."""
 
     name: str | None = None
     mac: str | None = None
@@ -121,6 +107,17 @@ class MachineReplace(_Body):
     profile: str | None = None
     boot_once: str | None = None
     labels: dict[str, str] | None = None
+
+
+class MachineBody(_MachineKeys):
+    """A machine of the API-managed inventory, with the keys of an inventory file's
+    ``[machines.NAME]`` table; checked as the inventory files are."""
+
+    name: str = Field(min_length=1, max_length=63)
+
+
+class MachineReplace(_MachineKeys):
+    """PUT: the machine's keys, replacing all it had; ``name`` if given is the path's."""
 
 
 class Mark(_Body):
