@@ -69,6 +69,40 @@ class Journal:
                 BootEvent(self.clock(), mac, address, service.value, _TRANSFER, fields)
             )
 
+    def fetched(
+        self,
+        service: Service,
+        address: str,
+        *,
+        file: str,
+        role: str,
+        result: str,
+        sent: int,
+        seconds: float,
+        size: int | None,
+        rendered: bool,
+        more: dict[str, str] | None = None,
+        mac: str = "",
+    ) -> None:
+        """:meth:`transfer`, its fields made from the transfer's facts as the journal writes
+        them for TFTP and HTTP alike (``more``: the service's own, a status, a block)."""
+        seconds = max(seconds, 0.0)
+        fields = {
+            "file": file,
+            "role": role,
+            "result": result,
+            "bytes": str(sent),
+            "seconds": f"{seconds:.3f}",
+            "rate": f"{sent / seconds / 1e6 if seconds > 0 else 0.0:.2f}",
+        }
+        if more:
+            fields.update(more)
+        if size is not None:
+            fields["size"] = str(size)
+        if rendered:
+            fields["rendered"] = "yes"
+        self.transfer(service, address, fields, mac=mac)
+
     def inventory(self, kind: Kind, mac: str, machine: str) -> None:
         """Boot-once marked done (``INSTALLED``) or asked again (``AGAIN``) for ``mac``."""
         if self._room():

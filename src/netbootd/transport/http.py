@@ -119,25 +119,27 @@ def _tell_journal(
     else:
         result = f"error: {step.error or f'{status} {response.reason}'}"
     peer = request.remote or ""
-    fields = {
-        "file": step.name,
-        "role": role_of(request.app[_SOURCE_KEY], step.name, peer or None).value
-        if isinstance(request, web.Request)
-        else "file",
-        "result": result,
-        "status": str(status),
-        "bytes": str(sent),
-        "seconds": f"{seconds:.3f}",
-        "rate": f"{sent / seconds / 1e6 if seconds > 0 else 0.0:.2f}",
-    }
-    size = step.size if step.size is not None else response.content_length
-    if size is not None:
-        fields["size"] = str(size)
-    if step.rendered:
-        fields["rendered"] = "yes"
+    more = {"status": str(status)}
     if request.method != "GET":
-        fields["method"] = request.method  # HEAD (UEFI HTTP Boot's, before its GET), POST
-    step.journal.transfer(Service.HTTP, peer, fields, mac=path_mac(step.name))
+        more["method"] = request.method  # HEAD (UEFI HTTP Boot's, before its GET), POST
+    role = (
+        role_of(request.app[_SOURCE_KEY], step.name, peer or None).value
+        if isinstance(request, web.Request)
+        else "file"
+    )
+    step.journal.fetched(
+        Service.HTTP,
+        peer,
+        file=step.name,
+        role=role,
+        result=result,
+        sent=sent,
+        seconds=seconds,
+        size=step.size if step.size is not None else response.content_length,
+        rendered=step.rendered,
+        more=more,
+        mac=path_mac(step.name),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -558,19 +558,15 @@ class TftpServer:
     ) -> None:
         """A read's end (or its refusal), as the journal has it; uploads are not boot steps."""
         assert self._journal is not None
-        seconds = max(seconds, 0.0)
-        fields = {
-            "file": name,
-            "role": role_of(self._source, name, addr[0]).value,
-            "result": result,
-            "bytes": str(sent),
-            "seconds": f"{seconds:.3f}",
-            "rate": f"{sent / seconds / 1e6 if seconds > 0 else 0.0:.2f}",
-        }
-        if file_size is not None:
-            fields["size"] = str(file_size)
-        if block is not None:
-            fields["block"] = str(block)
-        if rendered:
-            fields["rendered"] = "yes"
-        self._journal.transfer(Service.TFTP, addr[0], fields)
+        self._journal.fetched(
+            Service.TFTP,
+            addr[0],
+            file=name,
+            role=role_of(self._source, name, addr[0]).value,
+            result=result,
+            sent=sent,
+            seconds=seconds,
+            size=file_size,
+            rendered=rendered,
+            more={"block": str(block)} if block is not None else None,
+        )
